@@ -1,0 +1,19 @@
+"""Logging setup: one call at the program's edge; every module uses `logging.getLogger(__name__)`."""
+
+import logging
+import sys
+import warnings
+
+
+def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    """Rank 0 logs at `level`; other ranks only warnings and errors."""
+    logging.basicConfig(
+        level=level if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    # fvcore traces with TorchScript, which torch now marks deprecated on every call.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*TorchScript.*")
