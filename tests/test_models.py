@@ -1,0 +1,164 @@
+"""The ViT_P / ViT_C family: graph, invariants, initialisation, position-embedding resize."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vitc.config import load_config
+from vitc.errors import VitcError
+from vitc.models.stems import ConvStem, PatchifyStem
+from vitc.models.vit import VisionTransformer, adapt_state_dict, interpolate_pos_embed
+from vitc.models.zoo import MODELS, PAPER_MODELS, get_spec
+from vitc.specs import model_spec
+
+
+def tiny(**overrides):
+    base = dict(width=32, depth=2, heads=2, stem_channels=(8, 16), stem_strides=(2, 2), image_size=32,
+                num_classes=5)
+    return get_spec("vit_c_1gf", **{**base, **overrides})
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_paper_model_trains_forward_and_backward_at_batch_2(name):
+    torch.manual_seed(0)
+    model = VisionTransformer(get_spec(name))
+    logits = model(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 1000)
+    nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_table_1_structure_conv_stem_has_bn_relu_and_a_final_1x1_with_bias():
+    model = VisionTransformer(get_spec("vit_c_18gf"))
+    convs = [m for m in model.stem.convs if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 128, 256, 256, 512]
+    assert [c.stride[0] for c in convs] == [2, 2, 1, 2, 1, 2]
+    assert all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.stem.convs) == 6
+    assert sum(isinstance(m, nn.ReLU) for m in model.stem.convs) == 6
+    assert model.stem.proj.kernel_size == (1, 1) and model.stem.proj.bias is not None
+    assert len(model.blocks) == 11 and model.stem.proj.out_channels == 768
+
+
+def test_patchify_stem_is_one_stride_16_conv():
+    model = VisionTransformer(get_spec("vit_p_4gf"))
+    assert isinstance(model.stem, PatchifyStem)
+    assert model.stem.proj.kernel_size == (16, 16) and model.stem.proj.stride == (16, 16)
+    assert len(model.blocks) == 12
+
+
+def test_initialisation_follows_the_authors_rules():
+    torch.manual_seed(0)
+    model = VisionTransformer(get_spec("vit_c_4gf"))
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.05)
+    first = model.stem.convs[0]
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / (48 * 9)), rel=0.05)
+    assert model.stem.proj.weight.std().item() == pytest.approx(math.sqrt(1 / 384), rel=0.05)
+    fc1 = model.blocks[0].mlp.fc1.weight
+    assert fc1.abs().max().item() <= math.sqrt(6 / sum(fc1.shape)) + 1e-6  # xavier uniform bound
+    patchify = VisionTransformer(get_spec("vit_p_4gf")).stem.proj
+    assert patchify.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * 256)), rel=0.05)
+
+
+@pytest.mark.parametrize("classifier", ["token", "pool"])
+def test_classifier_token_or_mean_pool(classifier):
+    model = VisionTransformer(tiny(classifier=classifier))
+    assert (model.cls_token is not None) == (classifier == "token")
+    assert model.pos_embed.shape[1] == 8 * 8 + (classifier == "token")  # stride 4 on 32 px
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 5)
+
+
+def test_input_size_not_divisible_by_the_stem_stride_is_a_clear_error():
+    with pytest.raises(VitcError, match=r"model.image_size 225 is not divisible by the stem's total stride 16"):
+        get_spec("vit_p_1gf", image_size=225)
+
+
+def test_conv_stem_strides_must_multiply_to_the_patch_size():
+    with pytest.raises(VitcError, match=r"product of model.stem_strides \[2, 2, 2\] is 8, but model.patch_size is 16"):
+        model_spec(load_config(None, ["model.stem_strides=[2, 2, 2]", "model.stem_channels=[8, 16, 32]",
+                                      "model.patch_size=16"]).model)
+
+
+def test_stem_channels_on_a_patchify_model_are_rejected_not_ignored():
+    with pytest.raises(VitcError, match="apply to the conv stem only"):
+        model_spec(load_config(None, ["model.name=vit_p_1gf", "model.stem_channels=[8, 16]"]).model)
+
+
+def test_every_stem_key_changes_the_built_graph():
+    base = VisionTransformer(tiny())
+    wider = VisionTransformer(tiny(stem_channels=(8, 24)))
+    deeper = VisionTransformer(tiny(stem_channels=(8, 16, 16), stem_strides=(2, 1, 2)))
+    assert wider.stem.convs[3].out_channels == 24
+    assert len([m for m in deeper.stem.convs if isinstance(m, nn.Conv2d)]) == 3
+    assert isinstance(base.stem, ConvStem)
+
+
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(VitcError, match=r"unknown model 'vit_c_4fg' \(did you mean 'vit_c_4gf'\?\)"):
+        get_spec("vit_c_4fg")
+
+
+def test_model_refuses_an_input_of_another_size():
+    with pytest.raises(VitcError, match=r"built for 32×32"):
+        VisionTransformer(tiny())(torch.randn(1, 3, 64, 64))
+
+
+def test_pos_embed_interpolation_224_to_384_and_identity_at_same_size():
+    pos = torch.randn(1, 1 + 14 * 14, 192)
+    assert interpolate_pos_embed(pos, 1, 14) is pos
+    resized = interpolate_pos_embed(pos, 1, 24)
+    assert resized.shape == (1, 1 + 24 * 24, 192)
+    assert torch.equal(resized[:, 0], pos[:, 0])  # the class token is not a grid position
+
+
+def test_weights_trained_at_224_load_and_run_at_384():
+    spec224 = get_spec("vit_c_1gf")
+    trained = VisionTransformer(spec224).state_dict()
+    spec384 = get_spec("vit_c_1gf", image_size=384)
+    model = VisionTransformer(spec384)
+    model.load_state_dict(adapt_state_dict(trained, spec384))
+    assert model(torch.randn(1, 3, 384, 384)).shape == (1, 1000)
+
+
+def test_no_weight_decay_covers_biases_norms_position_and_class_token():
+    model = VisionTransformer(tiny())
+    skip = model.no_weight_decay_params()
+    names = dict(model.named_parameters())
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "head.bias", "blocks.0.attn.qkv.bias",
+            "stem.convs.1.weight", "stem.proj.bias"} <= skip
+    assert skip <= set(names)
+    decayed = set(names) - skip
+    assert decayed and all(names[n].ndim >= 2 for n in decayed)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = VisionTransformer(tiny())
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))
+
+
+def test_stochastic_depth_is_active_in_training_and_off_in_eval():
+    torch.manual_seed(0)
+    model = VisionTransformer(tiny(drop_path=0.5, depth=4))
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    assert not torch.equal(model.forward_features(x), model.forward_features(x))
+    model.eval()
+    assert torch.equal(model.forward_features(x), model.forward_features(x))
+
+
+def test_every_registry_model_builds_on_the_meta_device():
+    for name, spec in MODELS.items():
+        with torch.device("meta"):
+            model = VisionTransformer(spec)
+        assert len(model.blocks) == spec.depth, name

@@ -1,0 +1,82 @@
+"""Who am I in the job: rank, world size, local rank and master, discovered once.
+
+Read from torchrun (RANK/WORLD_SIZE/LOCAL_RANK), Slurm (SLURM_PROCID/SLURM_NTASKS/...) or MPI
+(OMPI_COMM_WORLD_*), in that order; a plain process is rank 0 of 1. The trainer calls `discover()`
+once and passes the result down: nothing deeper reads these variables. No torch import here, so
+`vitc slurm submit --dry-run` stays instant on a login node.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vitc.errors import VitcError
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+    source: str = "single"  # single | torchrun | slurm | mpi
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def export(self) -> dict[str, str]:
+        """The variables torch.distributed's env:// rendezvous reads."""
+        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": str(self.local_rank), "LOCAL_WORLD_SIZE": str(self.local_world_size),
+                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise VitcError(f"environment variable {key}={env[key]!r}: expected an integer")
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm node list: 'gpu[003-005,7],cpu1' -> 'gpu003' (what scontrol prints)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise VitcError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
+    prefix, ranges = match.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def discover(env: Mapping[str, str] | None = None) -> DistEnv:
+    """The DistEnv of this process, from whichever launcher started it."""
+    env = os.environ if env is None else env
+    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT
+    if "RANK" in env and "WORLD_SIZE" in env:
+        local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+        return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+                       local_world, _int(env, "GROUP_RANK") if "GROUP_RANK" in env else 0,
+                       env.get("MASTER_ADDR", "127.0.0.1"), port, "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        # Slurm names nodes, but names need not resolve on the training network: the sbatch
+        # script exports MASTER_ADDR as the first node's address; the node name is a fallback.
+        master = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        if "MASTER_PORT" not in env and "SLURM_JOB_ID" in env:
+            port = 20000 + _int(env, "SLURM_JOB_ID") % 20000  # same on every node, differs per job
+        # SLURM_NTASKS_PER_NODE reads like '4' or '4(x16)'
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
+        local_world = int(per_node) if per_node.isdigit() else 1
+        return DistEnv(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),
+                       _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0, local_world,
+                       _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0, master, port, "slurm")
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return DistEnv(_int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
+                       _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"), _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"),
+                       0, env.get("MASTER_ADDR", "127.0.0.1"), port, "mpi")
+    return DistEnv(master_port=port)
