@@ -177,11 +177,12 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     if tp is Any:
         pass
     elif kind in (Union, types.UnionType):
-        for arg in args:
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
+        if value is None and type(None) in args:
+            return None
+        choices = [a for a in args if a is not type(None)]
+        if len(choices) == 1:  # Optional[X]: X's own error is the most precise one
+            return _coerce(value, choices[0], key, origin)
+        for arg in choices:
             try:
                 return _coerce(value, arg, key, origin)
             except VitcError:
