@@ -1,0 +1,152 @@
+"""The shard manifest (`manifest.json` beside `<prefix>-%06d.tar` shards): what the loader trusts.
+
+Format `vitc-shards/1` (notes/HELPERS.md, SPEC §3): shard names with their sample counts, bytes and
+sha256, the class-name -> index map, where the samples came from and how they were written, and
+the inputs that were skipped with the reason. Writers (`vitc shards build|index`) save it last, so
+a directory with a manifest is a complete one.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vitc.errors import VitcError
+from vitc.fileio import atomic_write_text
+
+FORMAT = "vitc-shards/1"
+MANIFEST_NAME = "manifest.json"
+SOURCE_KINDS = ("imagefolder", "synset_tars", "indexed")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One shard file: its name inside the directory, sample count, size and checksum."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike, samples: int) -> "ShardRecord":
+        path = Path(path)
+        return cls(path.name, samples, path.stat().st_size, file_sha256(path))
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """An input that is not in any shard, and why (corrupt image, not an image, no label...)."""
+
+    input: str
+    reason: str
+
+
+@dataclass
+class Manifest:
+    """A shard directory's contents. `num_samples` and `num_classes` are derived, never stored apart."""
+
+    prefix: str
+    shards: list[ShardRecord]
+    classes: dict[str, int]
+    source: dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
+    skipped: list[SkippedInput] = field(default_factory=list)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    format: str = FORMAT
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def num_classes(self) -> int:
+        # Indices are 0..n-1; a label map with gaps still needs a head of max+1 outputs.
+        return max(self.classes.values(), default=-1) + 1
+
+    def shard_paths(self, directory: str | os.PathLike) -> list[Path]:
+        return [Path(directory) / s.name for s in self.shards]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "prefix": self.prefix,
+            "shards": [dataclasses.asdict(s) for s in self.shards],
+            "num_samples": self.num_samples, "num_classes": self.num_classes,
+            "classes": dict(self.classes), "source": dict(self.source), "options": dict(self.options),
+            "skipped": [dataclasses.asdict(s) for s in self.skipped], "created": self.created,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `directory/manifest.json` atomically; returns its path."""
+        path = Path(directory) / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, dir_or_path: str | os.PathLike) -> "Manifest":
+        """Read a shard directory's manifest (or a manifest file), checking its structure."""
+        path = Path(dir_or_path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if not path.is_file():
+            raise VitcError(f"shard manifest not found: {path} (build shards with `vitc shards build`, "
+                            f"or write a manifest for existing shards with `vitc shards index`)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VitcError(f"shard manifest {path} is not valid JSON: {e}") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict):
+            raise VitcError(f"{origin}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise VitcError(f"{origin}: format is {data.get('format')!r}, expected {FORMAT!r}")
+        try:
+            manifest = cls(
+                prefix=_typed(data, "prefix", str, origin),
+                shards=[ShardRecord(**s) for s in _typed(data, "shards", list, origin)],
+                classes={str(k): int(v) for k, v in _typed(data, "classes", dict, origin).items()},
+                source=_typed(data, "source", dict, origin),
+                options=data.get("options", {}),
+                skipped=[SkippedInput(**s) for s in data.get("skipped", [])],
+                created=data.get("created", ""),
+            )
+        except (TypeError, ValueError) as e:
+            raise VitcError(f"{origin}: malformed shard or class entry ({e})") from None
+        _check_consistent(manifest, data, origin)
+        return manifest
+
+
+def _typed(data: dict, key: str, kind: type, origin: str) -> Any:
+    if key not in data:
+        raise VitcError(f"{origin}: missing key '{key}'")
+    if not isinstance(data[key], kind):
+        raise VitcError(f"{origin}: '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
+    return data[key]
+
+
+def _check_consistent(manifest: Manifest, data: dict, origin: str) -> None:
+    # The stored totals are for humans and other tools; they must agree with the shard list.
+    for key in ("num_samples", "num_classes"):
+        if key in data and data[key] != getattr(manifest, key):
+            raise VitcError(f"{origin}: '{key}' is {data[key]} but the shards/classes give "
+                            f"{getattr(manifest, key)}")
+    if manifest.source.get("kind") not in SOURCE_KINDS:
+        raise VitcError(f"{origin}: source.kind is {manifest.source.get('kind')!r}, "
+                        f"expected one of {', '.join(SOURCE_KINDS)}")
+    if any(v < 0 for v in manifest.classes.values()):
+        raise VitcError(f"{origin}: class indices must be >= 0")
