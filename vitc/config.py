@@ -211,5 +211,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     elif tp is str:
         ok = isinstance(value, str)
     if not ok:
-        raise VitcError(f"'{key}' in {origin}: expected {_type_name(tp)}, got {value!r}")
+        # YAML 1.1 reads an unquoted 4:00:00 as the sexagesimal number 14400
+        hint = "; quote the value if it is text (YAML reads 4:00:00 as a number)" if (
+            tp is str and isinstance(value, (int, float))) else ""
+        raise VitcError(f"'{key}' in {origin}: expected {_type_name(tp)}, got {value!r}{hint}")
     return out

@@ -7,8 +7,11 @@ all ranks agree (an all_reduce in the trainer) so every rank stops at the same s
 
 import logging
 import os
+import re
 import signal
 import subprocess
+
+from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,13 @@ class PreemptionSignal:
 
 
 def requeue_job(env: dict[str, str] | None = None) -> bool:
-    """Ask Slurm to requeue this job; False (and a log line) when not running under Slurm.
+    """Ask Slurm to requeue this job if it is still running; False (and a log line) when it is
+    not, or when not running under Slurm.
 
-    Call only after the checkpoint is complete: `scontrol requeue` ends the running job at once.
+    A job that is no longer RUNNING was cancelled (`scancel` sends SIGTERM too), timed out, or is
+    being preempted by Slurm itself: requeueing it would undo the user's cancel, so the
+    checkpoint is kept and the job left to end. Call only after the checkpoint is complete:
+    `scontrol requeue` ends the running job at once.
     """
     env = os.environ if env is None else env
     job = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
@@ -38,6 +45,20 @@ def requeue_job(env: dict[str, str] | None = None) -> bool:
     if not job:
         log.info("preempted outside Slurm: checkpoint saved, not requeueing")
         return False
+    state = _scontrol(job, "show", "job", "-o", job)
+    state = re.search(r"JobState=(\S+)", state).group(1) if "JobState=" in state else "unknown"
+    if state != "RUNNING":
+        log.info("Slurm job %s is %s (cancelled, timed out or preempted by Slurm): checkpoint "
+                 "saved, not requeueing", job, state)
+        return False
     log.info("requeueing Slurm job %s", job)
-    subprocess.run(["scontrol", "requeue", job], check=True)
+    _scontrol(job, "requeue", job)  # on success Slurm ends this job at once: may never return
     return True
+
+
+def _scontrol(job: str, *args: str) -> str:
+    done = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise VitcError(f"`scontrol {' '.join(args)}` failed: {done.stderr.strip() or done.stdout.strip()}; "
+                        f"the checkpoint is saved: resubmit job {job}'s script to resume from it")
+    return done.stdout

@@ -1,0 +1,48 @@
+# ---- vitc launch body (slurm/launch.sh), shared by every vitc sbatch template ----
+# Runs in the batch shell on the first node: finds the master, then starts one task per GPU
+# (one per node on CPU) with srun. Rank, world size and local rank reach vitc through
+# SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (vitc.launch.env); master through the two exports.
+set -uo pipefail  # no -e: `wait` returns >128 when the USR1 trap interrupts it
+cd {{workdir}}
+
+# Node names need not resolve on the training network: use the first node's NodeAddr.
+first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_ADDR=$(scontrol show node "$first_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+export MASTER_ADDR=${MASTER_ADDR:-$first_node}
+# Same on every node, different for two jobs sharing a node (array tasks each have a job id).
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+
+# NCCL and threading: the one place these are set. A failed or timed-out collective raises
+# (train.dist_timeout_s) instead of hanging the job; site settings come from slurm.env below.
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
+export PYTHONUNBUFFERED=1
+{{env_exports}}
+echo "vitc: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST," \
+     "$SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT"
+
+# Preemption: Slurm signals only this shell (--signal=B:USR1@N, or `scancel --signal=USR1
+# --batch`); srun forwards USR1 to every task, whose PreemptionSignal then asks the trainer to
+# finish its step, checkpoint and `scontrol requeue` the job.
+srun_pid=""
+forward_preemption() {
+    echo "vitc: $(date +%T) preemption signal received; forwarding USR1 to every rank"
+    [ -n "$srun_pid" ] && kill -USR1 "$srun_pid"
+}
+trap forward_preemption USR1
+
+# --kill-on-bad-exit: one rank that dies ends the step; --wait: one rank that exits cleanly
+# while others still run ends it after slurm.exit_wait_s. Neither case can hang the job.
+# --cpus-per-task again: srun 22.05 does not inherit it from sbatch (its release notes).
+srun --kill-on-bad-exit=1 --wait={{exit_wait_s}} --cpus-per-task="$SLURM_CPUS_PER_TASK" --label \
+    {{python}} -m vitc.cli "${VITC_ARGS[@]}" &
+srun_pid=$!
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
+wait "$srun_pid"
+status=$?
+if [ "$status" -ne 0 ]; then
+    echo "vitc: error: the training step ended with status $status: a rank failed or was" \
+         "killed (its srun error is above); the job ends here" >&2
+fi
+exit "$status"
