@@ -1,0 +1,308 @@
+"""`vitc plan`: memory, time and cost of a run, against hand-computed cases and a real `vitc train`."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from vitc.audit.analytic import model_cost
+from vitc.audit.flops import traced_cost
+from vitc.cli import main
+from vitc.data.shards import BuildOptions, build_shards
+from vitc.engine.memory_estimate import deepspeed_model_states_bytes
+from vitc.engine.runtime import free_port
+from vitc.errors import VitcError
+from vitc.models.vit import VisionTransformer
+from vitc.models.zoo import get_spec
+from vitc.plan.activations import activation_memory
+from vitc.plan.comm import zero_comm_volume
+from vitc.plan.gpus import get_gpu, load_gpus
+from vitc.plan.memory import ZeroSetup, model_states
+from vitc.plan.planner import largest_layer_params, plan_memory, sweep
+from vitc.plan.setup import Cluster, load_run_config, run_setup
+from vitc.plan.throughput import compute_time
+
+# nn.Sequential(Linear(1000, 2000), ReLU(), Linear(2000, 10))
+MLP_PARAMS = 1000 * 2000 + 2000 + 2000 * 10 + 10  # 2,022,010
+VIT_C_1GF_PARAMS = 4_567_936  # ViT_C-1GF, 1000 classes (the audit's count)
+
+
+def plan_json(*args: str, capsys) -> dict:
+    assert main(["plan", *args, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# ---- model states -------------------------------------------------------------------------------
+
+
+def test_two_layer_mlp_fp32_zero0_states_are_what_adamw_allocates():
+    mlp = nn.Sequential(nn.Linear(1000, 2000), nn.ReLU(), nn.Linear(2000, 10))
+    optimizer = torch.optim.AdamW(mlp.parameters())
+    mlp(torch.randn(4, 1000)).sum().backward()
+    optimizer.step()
+    moments = [t for state in optimizer.state.values() for t in state.values() if t.dim() > 0]
+
+    states = model_states(MLP_PARAMS, ZeroSetup(0, "fp32", 1, overlap_comm=False, fused_optimizer=False))
+
+    assert states.params == sum(p.nbytes for p in mlp.parameters()) == 4 * 2_022_010
+    assert states.grads == sum(p.grad.nbytes for p in mlp.parameters()) == 8_088_040
+    assert states.optimizer == sum(t.nbytes for t in moments) == 16_176_080
+    assert states.master == states.fp32_grads == states.step_temporaries == states.gathered == 0
+    assert states.buckets == 8_088_040  # DeepSpeed's flatten copy of the grads for the all-reduce
+    # the grads and that copy appear as backward frees the activations
+    assert (states.persistent, states.transient) == (8_088_040 + 16_176_080, 2 * 8_088_040)
+
+
+def test_two_layer_mlp_fp32_zero2_on_two_cpu_ranks_by_hand():
+    states = model_states(MLP_PARAMS, ZeroSetup(2, "fp32", 2, overlap_comm=False, fused_optimizer=False))
+
+    assert states.params == 8_088_040  # ZeRO-2 keeps every parameter
+    assert states.grads == 4_044_020  # half of 4 bytes × 2,022,010
+    assert states.master == 4_044_020  # DeepSpeed clones the fp32 partition
+    assert states.optimizer == 8_088_040  # 8 bytes × half the params
+    assert states.buckets == 8_088_040  # one reduce bucket, the model's size (< 5e8 elements)
+    assert states.step_temporaries == 8_088_040  # unfused AdamW: sqrt(v) and the denominator
+
+
+def test_vit_c_1gf_bf16_zero0_on_8_gpus_by_hand():
+    p = VIT_C_1GF_PARAMS
+    states = model_states(p, ZeroSetup(0, "bf16", 8))
+
+    assert (states.params, states.grads) == (9_135_872, 9_135_872)  # 2 bytes each, unpartitioned
+    assert (states.master, states.fp32_grads) == (18_271_744, 18_271_744)  # 4 bytes each
+    assert states.optimizer == 36_543_488  # Adam's two fp32 moments
+    assert states.buckets == 9_135_872 and states.step_temporaries == states.gathered == 0
+    assert states.states + states.buckets == 22 * p
+
+
+def test_vit_c_1gf_bf16_zero3_on_8_gpus_by_hand():
+    states = model_states(VIT_C_1GF_PARAMS, ZeroSetup(3, "bf16", 8))  # 570,992 params per GPU
+
+    assert states.params == 1_141_984 and states.grads == 0
+    assert (states.master, states.fp32_grads, states.optimizer) == (2_283_968, 2_283_968, 4_567_936)
+    assert states.buckets == 3 * 9_135_872  # two bf16 reduce buckets (overlap_comm) + a flat copy
+    assert states.gathered == 2 * 9_135_872  # every bf16 parameter (< 1e9 live) + the all-gather staging
+    assert states.persistent == 1_141_984 + 2_283_968 * 2 + 4_567_936 + 5 * 9_135_872
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_states_agree_with_deepspeeds_own_estimator(stage):
+    p, largest = VIT_C_1GF_PARAMS, largest_layer_params(get_spec("vit_c_1gf"))
+    ours = model_states(p, ZeroSetup(stage, "bf16", 16)).states
+
+    theirs = deepspeed_model_states_bytes(p, largest, stage, gpus_per_node=8, nodes=2)
+
+    # DeepSpeed's ZeRO-3 estimate adds 4 bytes × the largest layer for its gathered weights
+    assert theirs - ours == (4 * largest if stage == 3 else 0)
+
+
+# ---- activations ---------------------------------------------------------------------------------
+
+
+def test_vit_c_1gf_activations_by_hand():
+    spec = get_spec("vit_c_1gf")
+
+    plain = activation_memory(spec, 1, "bf16", checkpointing=False)
+    ckpt = activation_memory(spec, 1, "bf16", checkpointing=True)
+
+    # stem 150,528 + 2·(24·112² + 48·56² + 96·28² + 192·14²) = 1,279,488; block 197·(8·192 + 2·576)
+    # = 529,536; head 197·192 + 192 = 38,016; fp32: 11 blocks × 7·197 + 2·197 + 1000 classes
+    assert plain.saved == 2 * (1_279_488 + 11 * 529_536 + 38_016) + 4 * (11 * 1_379 + 1_394)
+    assert plain.working == 2 * 197 * 1_536 and plain.recomputed == 0
+    assert ckpt.saved == 2 * (1_279_488 + 11 * 197 * 192 + 38_016) + 4 * 1_394
+    assert ckpt.recomputed == 2 * 529_536 + 4 * 1_379
+    assert activation_memory(spec, 8, "bf16", False).saved == 8 * plain.saved
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_formula_matches_what_autograd_saves(checkpointing):
+    spec = get_spec("vit_c_1gf", depth=3, num_classes=10, act_checkpoint=checkpointing)
+    model = VisionTransformer(spec).train()
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([1, 2]))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = sum(n for ptr, n in storages.items() if ptr not in weights)
+
+    predicted = activation_memory(spec, 2, "fp32", checkpointing).saved
+    # checkpoint() keeps some bookkeeping of its own per block (~2.6 % here) that is not modelled
+    assert abs(predicted - saved) <= 0.03 * saved
+
+
+# ---- communication and time ------------------------------------------------------------------
+
+
+def test_zero_communication_volumes_by_hand():
+    one = 9_135_872 * 7 // 8  # ViT_C-1GF bf16 grads, (N-1)/N of them over 8 ranks
+
+    assert zero_comm_volume(VIT_C_1GF_PARAMS, 0, "bf16", 8).all_reduce == 2 * one
+    zero3 = zero_comm_volume(VIT_C_1GF_PARAMS, 3, "bf16", 8)
+    assert (zero3.reduce_scatter, zero3.all_gather) == (one, 2 * one)
+    mlp = zero_comm_volume(MLP_PARAMS, 2, "fp32", 2, accum=4)  # reduce-scatter every micro-batch
+    assert (mlp.reduce_scatter, mlp.all_gather) == (4 * 4_044_020, 4_044_020)
+    assert zero_comm_volume(MLP_PARAMS, 3, "fp32", 1).total == 0
+
+
+def test_compute_time_counts_a_multiply_add_as_two_datasheet_flops():
+    flops = model_cost(get_spec("vit_c_1gf")).flops
+
+    seconds = compute_time(flops, 64, get_gpu("h100").peak_flops("bf16"), 0.4)
+
+    assert seconds == pytest.approx(3 * flops * 64 * 2 / (989.4e12 * 0.4), rel=1e-12)
+
+
+def test_step_flops_are_three_times_the_audits_forward_times_global_batch(capsys):
+    tiny = ["model.width=32", "model.depth=2", "model.heads=2", "model.stem_channels=[8,16]",
+            "model.stem_strides=[2,2]", "model.image_size=32", "train.micro_batch=16", "train.grad_accum=2"]
+    spec = run_setup(load_run_config("vit_c_1gf", tiny), Cluster(2, 8)).spec
+
+    plan = plan_json("vit_c_1gf", *tiny, "--nodes", "2", "--gpus-per-node", "8", capsys=capsys)["plan"]
+
+    assert plan["train_flops"] == 3 * traced_cost(spec).flops * (16 * 2 * 16)
+
+
+def test_run_time_and_gpu_hours_follow_the_step(capsys):
+    plan = plan_json("vit_c_1gf", "schedule.epochs=10", "train.micro_batch=128", "--nodes", "1",
+                     "--gpus-per-node", "8", "--dataset-size", "1281167", capsys=capsys)["plan"]
+
+    run, step = plan["run"], plan["step_s"]
+    assert run["steps_per_epoch"] == 1281167 // 1024
+    assert run["total_s"] == pytest.approx(10 * run["steps_per_epoch"] * step)
+    assert run["gpu_hours"] == pytest.approx(run["total_s"] / 3600 * 8)
+    assert run["images_per_s"] == pytest.approx(1024 / step)
+
+
+def test_sweep_holds_the_global_batch_and_shows_where_nodes_stop_paying():
+    setup = run_setup(load_run_config("vit_c_36gf", ["train.micro_batch=64", "train.zero_stage=3"]),
+                      Cluster(1, 8, dataset_size=1_000_000))
+
+    one, eight, sixty_four, too_many = sweep(setup, [1, 8, 64, 512])
+
+    assert [p.setup.global_batch for p in (one, eight, sixty_four)] == [512, 512, 512]
+    assert eight.run.images_per_s > one.run.images_per_s
+    assert one.compute_share > eight.compute_share > sixty_four.compute_share
+    assert too_many is None  # 4096 GPUs cannot split 512 images
+
+
+def test_sweep_prints_one_row_per_node_count(capsys):
+    assert main(["plan", "vit_c_1gf", "--gpus-per-node", "8", "--nodes", "1", "train.micro_batch=64",
+                 "--sweep-nodes", "1,8,64,512"]) == 0
+
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:6].strip().isdigit()]
+    assert rows == ["1", "8", "64", "512"]
+
+
+def test_largest_micro_batch_fills_the_gpu():
+    setup = run_setup(load_run_config("vit_c_18gf", ["train.micro_batch=1"]), Cluster(1, 8, gpu="a100-40gb"))
+
+    memory = plan_memory(setup, model_cost(setup.spec).params)
+    fixed = memory.runtime + memory.states.persistent
+    per_image = memory.activations.total
+    fits = memory.max_micro_batch
+    assert fits * per_image > memory.states.transient  # activations, not gradients, set the peak
+    assert fixed + fits * per_image <= memory.capacity < fixed + (fits + 1) * per_image
+    assert memory.max_micro_batch_other > memory.max_micro_batch  # checkpointing fits more
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def test_unknown_gpu_suggests_the_closest(capsys):
+    assert main(["plan", "vit_c_1gf", "--nodes", "1", "--gpus-per-node", "8", "--gpu", "h10"]) == 2
+    assert "unknown GPU 'h10' (did you mean 'h100'?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--nodes", "--gpus-per-node"])
+def test_fewer_than_one_node_or_gpu_is_refused(flag, capsys):
+    args = {"--nodes": "1", "--gpus-per-node": "8", flag: "0"}
+    assert main(["plan", "vit_c_1gf", *[x for kv in args.items() for x in kv]]) == 2
+    assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_micro_batch_that_cannot_fit_names_what_fits(capsys):
+    assert main(["plan", "vit_c_203gf", "train.micro_batch=4096", "--nodes", "1", "--gpus-per-node", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "train.micro_batch=4096 does not fit on a h100" in err and "the largest micro-batch that fits is" in err
+
+
+def test_gpu_table_typo_names_the_entry_and_key(tmp_path):
+    table = tmp_path / "gpus.yaml"
+    table.write_text("gpus:\n  mine:\n    description: x\n    kind: gpu\n    peak_tflops: {bf16: 1}\n"
+                     "    memory_gib: 8\n    runtime_gib: 1\n    intra_node_gbs: 10\n    inter_node_gbps: 1\n")
+    with pytest.raises(VitcError, match=r"gpus.mine: unknown key 'intra_node_gbs' \(did you mean 'intra_node_gbps'\?\)"):
+        load_gpus(table)
+
+
+def test_a_gpu_without_bf16_is_planned_in_fp16_or_refused():
+    v100 = get_gpu("v100")
+    assert v100.auto_precision() == "fp16"
+    with pytest.raises(VitcError, match="no bf16 peak"):
+        v100.peak_flops("bf16")
+    assert math.isclose(get_gpu("cpu").peak_flops("fp32"), 0.06e12)
+
+
+# ---- checked against a real `vitc train` ---------------------------------------------------------
+
+PROBE = Path(__file__).resolve().parent / "plan_memory_probe.py"
+# glibc's dynamic mmap threshold keeps freed tensors of up to 32 MiB in its heap, so RSS would also
+# count memory the process no longer uses; fixed at its 128 KiB default, freed tensors go back to
+# the system and the resident peak follows the live tensors (what a GPU's allocator would reuse).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def probe_config(digits_folder, tmp_path_factory) -> Path:
+    """vit_p_4gf (18.5 M params) at 224 px, micro-batch 8: model and activations dominate the process."""
+    tmp = tmp_path_factory.mktemp("plan_probe")
+    build_shards(digits_folder, tmp / "train", "train", BuildOptions(samples_per_shard=50), progress=False)
+    config = tmp / "probe.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "vit_p_4gf", "num_classes": "auto"},
+        "data": {"train_shards": str(tmp / "train"), "workers": 0, "shuffle_buffer": 16,
+                 "auto_augment": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "hflip": 0.0},
+        "train": {"run_dir": str(tmp / "run"), "micro_batch": 8, "max_steps": 2},
+        "schedule": {"epochs": 1, "warmup_epochs": 0},
+        "log": {"every_steps": 1, "tensorboard": False},
+        "checkpoint": {"resume": False}}))
+    return config
+
+
+def measured_peak_added(config: Path, stage: int, ranks: int, out: Path) -> list[int]:
+    """Each rank's peak RSS above its baseline before the model, at the end of the 2nd step."""
+    launcher = ([sys.executable] if ranks == 1 else
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                 "--master_port", str(free_port())])
+    run_dir = out / f"run_z{stage}_n{ranks}"
+    result = subprocess.run([*launcher, str(PROBE), str(out / f"z{stage}_n{ranks}"), "2", str(config),
+                             f"train.zero_stage={stage}", f"train.run_dir={run_dir}"],
+                            capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"z{stage}_n{ranks}.{r}.json").read_text())["added"] for r in range(ranks)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_plan_predicts_the_memory_a_real_cpu_training_step_adds(probe_config, ranks, tmp_path):
+    for stage in (0, 2, 3):
+        setup = run_setup(load_run_config(str(probe_config), [f"train.zero_stage={stage}"]),
+                          Cluster(1, ranks, "cpu"))
+        predicted = plan_memory(setup, model_cost(setup.spec).params).total
+
+        measured = measured_peak_added(probe_config, stage, ranks, tmp_path)
+
+        print(f"ZeRO-{stage}, {ranks} rank(s): predicted {predicted / 2**20:.0f} MiB, measured "
+              + ", ".join(f"{m / 2**20:.0f}" for m in measured) + " MiB")
+        for added in measured:
+            assert abs(predicted - added) <= 0.2 * added, (stage, ranks, predicted, measured)

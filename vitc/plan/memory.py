@@ -1,0 +1,151 @@
+"""Memory per GPU: model states by ZeRO stage, as DeepSpeed allocates them, and when they are live.
+
+Model states, bytes per parameter (N = data-parallel ranks; /N = partitioned over them), as
+DeepSpeed 0.19 allocates them with a torch AdamW (8 bytes of moments; SGD: 4) and no offload:
+
+| precision | stage | params | grads | fp32 master | fp32 grads | optimizer | buffers |
+|---|---|---|---|---|---|---|---|
+| fp32  | 0 | 4   | 4   | -   | -   | 8   | all-reduce flatten copy of the grads |
+| fp32  | 1 | 4   | 4   | 4/N | -   | 8/N | reduce bucket (fp32) |
+| fp32  | 2 | 4   | 4/N | 4/N | -   | 8/N | reduce bucket |
+| fp32  | 3 | 4/N | 4/N | -   | -   | 8/N | reduce bucket (+ its flat copy) + gathered params |
+| bf16  | 0 | 2   | 2   | 4   | 4   | 8   | all-reduce flatten copy (FP16_Optimizer) |
+| bf16  | 1 | 2   | 2   | 4/N | 4/N | 8/N | reduce bucket (fp32) |
+| bf16  | 2 | 2   | 2/N | 4/N | 4/N | 8/N | reduce bucket (bf16) |
+| bf16  | 3 | 2/N | -   | 4/N | 4/N | 8/N | reduce bucket (+ its flat copy) + gathered params |
+
+The optimizer's step adds temporaries when it is not fused (torch's AdamW on CPU; the engine
+fuses it on GPU): AdamW builds sqrt(v) and the denominator, SGD-Nesterov one update, each the
+size of the tensor it steps; at ZeRO >= 1 that tensor is the whole flat fp32 partition.
+
+The peak of a step is persistent + max(activations, transient): parameters, master copy, optimizer
+states (and at ZeRO-3 the gradient partition and the gathered parameters) stay from step to step;
+the gradients (and, on CPU, the buckets) appear as backward frees the activations and go after
+the optimizer step, together with its temporaries.
+
+fp32 ZeRO-1/2 clone the partition into a separate "fp32" master even though it is already fp32;
+fp32 ZeRO-3 aliases it (stage3.py `_create_fp32_partitions`). For bf16/fp16 at stages 2 and 3 the
+total is DeepSpeed's own estimator (`vitc.engine.memory_estimate`), which this table reproduces.
+"""
+
+from dataclasses import dataclass
+
+from vitc.errors import VitcError
+
+PARAM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 4}  # fp32 moments per parameter (SGD: momentum only)
+UNFUSED_STEP_TEMPORARIES = {"adamw": 2, "sgd": 1}  # fp32 tensors the size of the stepped tensor
+# DeepSpeed's ZeRO-3 default: gathered parameters stay live up to this many elements.
+STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
+# DeepSpeed's stage-0 all-reduce flattens gradients into buckets of at most this many elements.
+ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
+
+
+@dataclass(frozen=True)
+class ZeroSetup:
+    """How DeepSpeed holds the model: ZeRO stage, precision, ranks sharing the states."""
+
+    stage: int
+    precision: str  # fp32 | bf16 | fp16
+    world_size: int
+    optimizer: str = "adamw"
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000  # also ZeRO-3's prefetch bucket (vitc.engine.deepspeed_cfg)
+    overlap_comm: bool = True  # DeepSpeed double-buffers the reduce bucket when on (GPU)
+    fused_optimizer: bool = True  # one kernel, no temporaries (the engine's choice on GPU)
+    buckets_reserved: bool = True  # GPU: the caching allocator keeps them; CPU: pages come and go
+
+    def __post_init__(self) -> None:
+        if self.stage not in (0, 1, 2, 3):
+            raise VitcError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.stage}")
+        if self.precision not in PARAM_BYTES:
+            raise VitcError(f"precision must be one of {', '.join(PARAM_BYTES)}, got '{self.precision}'")
+        if self.world_size < 1:
+            raise VitcError(f"world size must be >= 1, got {self.world_size}")
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Bytes per GPU of each kind of model state, and which of them live through the whole step."""
+
+    params: int
+    grads: int
+    master: int  # fp32 copy of the parameters the optimizer updates
+    fp32_grads: int  # fp32 gradients of that copy (mixed precision)
+    optimizer: int  # Adam moments / SGD momentum
+    buckets: int  # DeepSpeed's reduce bucket(s) or the stage-0 all-reduce flatten copy
+    gathered: int  # ZeRO-3: full parameters gathered for forward and backward
+    step_temporaries: int  # an unfused optimizer's intermediates during its step
+    grads_persist: bool  # ZeRO-3 allocates its gradient partition once, up front
+    buckets_reserved: bool  # a GPU's caching allocator keeps the buckets reserved between steps
+
+    @property
+    def states(self) -> int:
+        """Params, grads and optimizer states: what DeepSpeed's estimators count."""
+        return self.params + self.grads + self.master + self.fp32_grads + self.optimizer
+
+    @property
+    def persistent(self) -> int:
+        """Held from one step to the next, under the activations as well."""
+        grads = self.grads + self.fp32_grads if self.grads_persist else 0
+        buckets = self.buckets if self.buckets_reserved else 0
+        return self.params + self.master + self.optimizer + self.gathered + grads + buckets
+
+    @property
+    def transient(self) -> int:
+        """Allocated as backward frees the activations, released after the optimizer step."""
+        grads = 0 if self.grads_persist else self.grads + self.fp32_grads
+        buckets = 0 if self.buckets_reserved else self.buckets
+        return grads + buckets + self.step_temporaries
+
+
+def model_states(params: int, setup: ZeroSetup) -> ModelStates:
+    """Per-GPU model-state bytes for `params` parameters under `setup` (the module table)."""
+    n, p, stage = setup.world_size, PARAM_BYTES[setup.precision], setup.stage
+    mixed = setup.precision != "fp32"
+    shard = (lambda b: b * params // n)  # noqa: E731  bytes per param, partitioned
+    full = (lambda b: b * params)  # noqa: E731
+    param_bytes = shard(p) if stage == 3 else full(p)
+    if stage == 3 and mixed:
+        grad_bytes = 0  # ZeRO-3 reduces 16-bit grads straight into the fp32 partition
+    else:
+        grad_bytes = shard(p) if stage >= 2 else full(p)
+    if stage == 0:
+        master = full(4) if mixed else 0
+        fp32_grads = full(4) if mixed else 0
+    else:
+        master = shard(4) if (mixed or stage in (1, 2)) else 0
+        fp32_grads = shard(4) if mixed else 0
+    optimizer = (full if stage == 0 else shard)(OPTIMIZER_STATE_BYTES[setup.optimizer])
+    # ZeRO-0 steps each parameter tensor on its own: its temporaries are one layer's, negligible.
+    temporaries = 0 if setup.fused_optimizer or stage == 0 else shard(4 * UNFUSED_STEP_TEMPORARIES[setup.optimizer])
+    gathered = stage3_gathered_bytes(params, setup) if stage == 3 else 0
+    return ModelStates(param_bytes, grad_bytes, master, fp32_grads, optimizer, bucket_bytes(params, setup),
+                       gathered, temporaries, grads_persist=stage == 3,
+                       buckets_reserved=setup.buckets_reserved and stage >= 1)  # stage 0: a temporary copy
+
+
+def stage3_gathered_bytes(params: int, setup: ZeroSetup) -> int:
+    """ZeRO-3's gathered parameters: all of them up to max_live_parameters stay gathered from forward
+    to backward (DeepSpeed's default reuse distance keeps them); over several ranks each coalesced
+    all-gather also stages its flat output (up to the prefetch bucket) before copying it out
+    (partition_parameters.py, `torch.cat(partitions)`)."""
+    p = PARAM_BYTES[setup.precision]
+    staging = min(params, setup.allgather_bucket_size) * p if setup.world_size > 1 else 0
+    return min(params, STAGE3_MAX_LIVE_PARAMETERS) * p + staging
+
+
+def bucket_bytes(params: int, setup: ZeroSetup) -> int:
+    """Bytes of DeepSpeed's gradient buckets (stage 0: the flattened copy its all-reduce makes).
+
+    Approximation: a bucket larger than the model is counted at the model's size, since it is
+    never filled (its untouched pages cost nothing on CPU; on a GPU DeepSpeed reserves it whole).
+    """
+    p = PARAM_BYTES[setup.precision]
+    if setup.stage == 0:
+        return min(params, ALLREDUCE_BUCKET_ELEMENTS) * p
+    bucket_dtype_bytes = 4 if setup.stage == 1 else p  # ZeRO-1 stages the fp32 accumulator
+    buckets = (2 if setup.overlap_comm else 1) * min(params, setup.reduce_bucket_size) * bucket_dtype_bytes
+    if setup.stage == 3 and setup.world_size > 1:  # reduce_scatter_coalesced flattens the bucket again
+        buckets += min(params, setup.reduce_bucket_size) * p
+    return buckets

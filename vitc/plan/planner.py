@@ -1,0 +1,193 @@
+"""A run's plan: memory per GPU, the largest micro-batch that fits, step time, run time and cost.
+
+Pure arithmetic over a `RunSetup` (the resolved config + cluster) and the audit's counts; the CLI
+and the formatting live elsewhere (vitc/plan/setup.py, vitc/plan/report.py).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from vitc.audit.analytic import model_cost
+from vitc.errors import VitcError
+from vitc.models.vit import ViTSpec
+from vitc.plan.activations import Activations, activation_memory
+from vitc.plan.comm import CommVolume, comm_time, zero_comm_volume
+from vitc.plan.gpus import GpuSpec
+from vitc.plan.memory import ModelStates, ZeroSetup, model_states
+from vitc.plan.throughput import RunTime, compute_time, run_time, step_time, train_flops_per_step
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a plan depends on: model, cluster, the engine's choices and the assumptions."""
+
+    spec: ViTSpec
+    gpu: GpuSpec
+    nodes: int
+    gpus_per_node: int
+    micro_batch: int
+    grad_accum: int
+    zero_stage: int
+    precision: str
+    optimizer: str
+    act_checkpoint: bool
+    epochs: int
+    dataset_size: int | None
+    mfu: float
+    overlap: bool
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+
+    def __post_init__(self) -> None:
+        for key in ("nodes", "gpus_per_node", "micro_batch", "grad_accum", "epochs"):
+            if getattr(self, key) < 1:
+                flag = {"nodes": "--nodes", "gpus_per_node": "--gpus-per-node"}.get(key, key)
+                raise VitcError(f"{flag} must be >= 1, got {getattr(self, key)}")
+        if self.dataset_size is not None and self.dataset_size < 1:
+            raise VitcError(f"--dataset-size must be >= 1, got {self.dataset_size}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    @property
+    def zero(self) -> ZeroSetup:
+        on_gpu = self.gpu.kind == "gpu"  # the engine's `auto` choices (vitc.engine.runtime, optim)
+        return ZeroSetup(self.zero_stage, self.precision, self.world_size, self.optimizer,
+                         self.reduce_bucket_size, self.allgather_bucket_size, overlap_comm=on_gpu,
+                         fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    runtime: int  # CUDA context, NCCL, DeepSpeed's own (the GPU table's runtime_gib)
+    states: ModelStates
+    activations: Activations
+    activations_other: Activations  # the same micro-batch with checkpointing switched the other way
+    deepspeed_estimate: int | None  # DeepSpeed's estimator for the 16-bit states, where it has one
+    capacity: int
+    max_micro_batch: int
+    max_micro_batch_other: int
+
+    @property
+    def total(self) -> int:
+        return _peak(self.runtime, self.states, self.activations.total)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+
+@dataclass(frozen=True)
+class Plan:
+    setup: RunSetup
+    params: int
+    forward_flops: int  # per image, multiply-adds (audit convention)
+    memory: MemoryPlan
+    train_flops: int  # per optimizer step, all GPUs: 3 × forward × global batch
+    compute_s: float
+    comm: CommVolume
+    comm_s: float
+    step_s: float
+    run: RunTime
+
+    @property
+    def compute_share(self) -> float:
+        return self.compute_s / self.step_s
+
+
+def largest_layer_params(spec: ViTSpec) -> int:
+    """Parameters of the module holding the most (what DeepSpeed's ZeRO-3 estimator asks for)."""
+    d, h = spec.width, spec.mlp_hidden
+    root = spec.num_tokens * d + (d if spec.classifier == "token" else 0)  # pos_embed, cls_token
+    return max(root, 3 * d * d + 3 * d, d * h + h, d * spec.num_classes + spec.num_classes)
+
+
+def plan_memory(setup: RunSetup, params: int) -> MemoryPlan:
+    states = model_states(params, setup.zero)
+    acts = activation_memory(setup.spec, setup.micro_batch, setup.precision, setup.act_checkpoint)
+    other = activation_memory(setup.spec, setup.micro_batch, setup.precision, not setup.act_checkpoint)
+    runtime = int(setup.gpu.runtime_gib * 2**30)
+    capacity = setup.gpu.memory_bytes
+    return MemoryPlan(runtime, states, acts, other, _deepspeed_estimate(setup, params), capacity,
+                      _fit(capacity, runtime, states, acts.total // setup.micro_batch),
+                      _fit(capacity, runtime, states, other.total // setup.micro_batch))
+
+
+def _peak(runtime: int, states: ModelStates, activations: int) -> int:
+    """Backward frees activations as it makes gradients: the two phases peak apart (memory.py)."""
+    return runtime + states.persistent + max(activations, states.transient)
+
+
+def _fit(capacity: int, runtime: int, states: ModelStates, per_image: int) -> int:
+    """The most images whose activations fit beside the states (0 when the states alone do not)."""
+    if _peak(runtime, states, 0) > capacity:
+        return 0
+    return (capacity - runtime - states.persistent) // per_image
+
+
+def _deepspeed_estimate(setup: RunSetup, params: int) -> int | None:
+    if setup.precision == "fp32" or setup.zero_stage < 2:
+        return None  # DeepSpeed's estimators assume 16-bit params and ZeRO-2/3
+    from vitc.engine.memory_estimate import deepspeed_model_states_bytes
+
+    return deepspeed_model_states_bytes(params, largest_layer_params(setup.spec), setup.zero_stage,
+                                        setup.gpus_per_node, setup.nodes)
+
+
+def plan_run(setup: RunSetup) -> Plan:
+    """The plan for `setup` as configured (it may not fit: see `Plan.memory.fits`)."""
+    cost = model_cost(setup.spec)
+    memory = plan_memory(setup, cost.params)
+    images_per_gpu = setup.micro_batch * setup.grad_accum
+    compute_s = compute_time(cost.flops, images_per_gpu, setup.gpu.peak_flops(setup.precision), setup.mfu)
+    comm = zero_comm_volume(cost.params, setup.zero_stage, setup.precision, setup.world_size, setup.grad_accum)
+    comm_s = comm_time(comm, setup.gpu, setup.nodes)
+    step_s = step_time(compute_s, comm_s, setup.overlap, setup.zero_stage)
+    return Plan(setup, cost.params, cost.flops, memory,
+                train_flops_per_step(cost.flops, setup.global_batch), compute_s, comm, comm_s, step_s,
+                run_time(step_s, setup.global_batch, setup.world_size, setup.dataset_size, setup.epochs))
+
+
+def check_fits(plan: Plan) -> Plan:
+    """`plan`, or a VitcError saying by how much the micro-batch overflows the GPU and what fits."""
+    mem, s = plan.memory, plan.setup
+    if mem.fits:
+        return plan
+    gib = 2**30
+    hint = (f"the largest micro-batch that fits is {mem.max_micro_batch}" if mem.max_micro_batch
+            else "not even one image fits")
+    raise VitcError(
+        f"train.micro_batch={s.micro_batch} does not fit on a {s.gpu.name} ({mem.capacity / gib:.1f} GiB): "
+        f"it needs {mem.total / gib:.1f} GiB per GPU (model states {mem.states.persistent / gib:.1f}, "
+        f"activations {mem.activations.total / gib:.1f}, runtime {mem.runtime / gib:.1f}); {hint}. "
+        "Lower train.micro_batch (raise train.grad_accum to keep the global batch), set "
+        "model.act_checkpoint=true, or use a higher train.zero_stage or more GPUs")
+
+
+def sweep(setup: RunSetup, node_counts: list[int]) -> list[Plan | None]:
+    """Plans at each node count holding the global batch fixed (strong scaling): each GPU takes
+    global / world images, as micro-batches no larger than the configured one and what fits,
+    accumulated. None where the global batch gives some GPU no image."""
+    if not node_counts or any(n < 1 for n in node_counts):
+        raise VitcError(f"--sweep-nodes must list node counts >= 1, got {node_counts}")
+    out = []
+    for nodes in node_counts:
+        world = nodes * setup.gpus_per_node
+        per_gpu = setup.global_batch // world
+        if per_gpu < 1 or setup.global_batch % world:
+            out.append(None)
+            continue
+        trial = dataclasses.replace(setup, nodes=nodes, micro_batch=min(setup.micro_batch, per_gpu), grad_accum=1)
+        fit = plan_memory(trial, model_cost(setup.spec).params).max_micro_batch
+        micro = _largest_divisor_at_most(per_gpu, min(setup.micro_batch, max(fit, 1)))
+        out.append(plan_run(dataclasses.replace(trial, micro_batch=micro, grad_accum=per_gpu // micro)))
+    return out
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)

@@ -1,0 +1,188 @@
+"""`vitc plan` output: the plan as a table or JSON, the scale-out sweep, and every assumption."""
+
+import dataclasses
+import json
+import math
+
+from vitc.plan.comm import link_bandwidth
+from vitc.plan.planner import Plan, RunSetup
+
+GIB = 2**30
+
+
+def assumptions(s: RunSetup) -> list[str]:
+    gpu = s.gpu
+    overlap = ("communication overlapped (DeepSpeed overlap_comm): hidden behind backward (2/3 of the "
+               "compute), at ZeRO-3 behind all of it; step = compute + what is not hidden"
+               if s.overlap else "communication not overlapped: step = compute + comm")
+    return [
+        f"GPU '{gpu.name}': {gpu.description}; peak {s.precision} {gpu.peak_tflops[s.precision]} TFLOP/s, "
+        f"{gpu.memory_gib:g} GiB, {gpu.runtime_gib:g} GiB taken by the runtime before the model",
+        f"MFU {s.mfu:g} of peak; the audit's forward flops count a multiply-add as 1, the peak as 2; "
+        "training = 3 × forward (checkpointing's recompute is not model flops: it lowers the MFU reached)",
+        f"communication: ring collectives at {gpu.intra_node_gbps:g} GB/s per GPU within a node, "
+        f"{gpu.inter_node_gbps:g} GB/s once the job spans nodes, no latency term; {overlap}",
+        f"memory: DeepSpeed's allocations for ZeRO-{s.zero_stage} {s.precision} with {s.optimizer} "
+        "(vitc/plan/memory.py); activations = what autograd saves (vitc/plan/activations.py); "
+        "allocator fragmentation and data-loader buffers not counted",
+        f"global batch {s.global_batch} = micro-batch {s.micro_batch} × accumulation {s.grad_accum} × "
+        f"{s.world_size} GPUs; an epoch drops its last partial step",
+    ]
+
+
+def _link(s: RunSetup) -> str:
+    where = "inter-node" if s.nodes > 1 else "intra-node"
+    return f"{where} {link_bandwidth(s.gpu, s.nodes) / 1e9:g} GB/s per GPU"
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:10.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.3g} s"
+
+
+def _ckpt_label(checkpointing: bool) -> str:
+    return "with activation checkpointing" if checkpointing else "without checkpointing"
+
+
+def _memory_lines(plan: Plan) -> list[str]:
+    s, m = plan.setup, plan.memory
+    st, n = m.states, s.world_size
+    share = lambda partitioned: f" (1/{n} each)" if partitioned and n > 1 else ""  # noqa: E731
+    rows = [
+        ("runtime (before the model)", m.runtime),
+        (f"parameters, {s.precision}{share(s.zero_stage == 3)}", st.params),
+        (f"gradients{share(s.zero_stage >= 2)}", st.grads),
+        (f"fp32 master parameters{share(s.zero_stage >= 1)}", st.master),
+        (f"fp32 gradients{share(s.zero_stage >= 1)}", st.fp32_grads),
+        (f"optimizer states, {s.optimizer}{share(s.zero_stage >= 1)}", st.optimizer),
+        ("DeepSpeed gradient buckets / all-reduce copy", st.buckets),
+        ("ZeRO-3 gathered parameters (+ all-gather staging)", st.gathered),
+        ("unfused optimizer step temporaries", st.step_temporaries),
+        (f"activations saved, micro-batch {s.micro_batch}", m.activations.saved),
+        ("activations recomputed (one block)", m.activations.recomputed),
+        ("gradients in flight during backward", m.activations.working),
+    ]
+    lines = [f"memory per GPU {'GiB':>41}"]
+    lines += [f"  {label:<51}{_gib(value)}" for label, value in rows if value or label.startswith("param")]
+    verdict = "fits" if m.fits else "DOES NOT FIT"
+    lines.append(f"  {'peak':<51}{_gib(m.total)}  of {m.capacity / GIB:g} ({verdict})")
+    lines.append(f"    = runtime + persistent {st.persistent / GIB:.2f} + max(activations "
+                 f"{m.activations.total / GIB:.2f}, transient {st.transient / GIB:.2f}): backward frees "
+                 f"activations as it makes the grads{'' if st.buckets_reserved else ' and buckets'}")
+    ckpt = s.act_checkpoint
+    lines.append(f"  largest micro-batch that fits: {m.max_micro_batch} {_ckpt_label(ckpt)}, "
+                 f"{m.max_micro_batch_other} {_ckpt_label(not ckpt)}")
+    lines.append(f"  activations of micro-batch {s.micro_batch} {_ckpt_label(not ckpt)}: "
+                 f"{m.activations_other.total / GIB:.2f} GiB")
+    if m.deepspeed_estimate is not None:
+        ours = st.states
+        lines.append(f"  DeepSpeed's own estimator for the model states: {m.deepspeed_estimate / GIB:.2f} GiB "
+                     f"(params, grads and optimizer states above: {ours / GIB:.2f})")
+    return lines
+
+
+def _step_lines(plan: Plan) -> list[str]:
+    s, c = plan.setup, plan.comm
+    parts = ", ".join(f"{name} {value / 1e9:.3g}" for name, value in
+                      (("all-reduce", c.all_reduce), ("reduce-scatter", c.reduce_scatter),
+                       ("all-gather", c.all_gather)) if value) or "none"
+    return [
+        "per step",
+        f"  training flops, 3 × forward × {s.global_batch} images: {plan.train_flops:.4g} multiply-adds",
+        f"  compute per GPU at MFU {s.mfu:g}: {plan.compute_s:.4g} s",
+        f"  ZeRO-{s.zero_stage} traffic per GPU: {c.total / 1e9:.4g} GB ({parts})",
+        f"  communication at {_link(s)}: {plan.comm_s:.4g} s",
+        f"  step ({'overlapped' if s.overlap else 'not overlapped'}): {plan.step_s:.4g} s, "
+        f"compute {plan.compute_share:.0%} of it",
+    ]
+
+
+def _run_lines(plan: Plan) -> list[str]:
+    s, r = plan.setup, plan.run
+    lines = ["per run", f"  images/s: {r.images_per_s:,.0f}"]
+    if s.dataset_size is None:
+        return lines + ["  epoch, total time, GPU-hours: need the dataset size (--dataset-size, or data.train_shards)"]
+    return lines + [
+        f"  {s.epochs} epoch{'s' if s.epochs > 1 else ''} of {s.dataset_size:,} images, "
+        f"{r.steps_per_epoch:,} steps each",
+        f"  epoch {_duration(r.epoch_s)}, total {_duration(r.total_s)}, {r.gpu_hours:,.0f} GPU-hours",
+    ]
+
+
+def format_plan(plan: Plan) -> str:
+    s = plan.setup
+    ranks = f"{s.world_size} {'processes' if s.gpu.kind == 'cpu' else 'GPUs'}"
+    head = [f"vitc plan: {s.spec.name} on {s.nodes} × {s.gpus_per_node} {s.gpu.name} ({ranks}), "
+            f"ZeRO-{s.zero_stage}, {s.precision}, activation checkpointing {'on' if s.act_checkpoint else 'off'}",
+            f"model: {plan.params / 1e6:.1f} M params, {plan.forward_flops / 1e9:.2f} GFLOPs forward per "
+            f"image at {s.spec.image_size}px (audit, closed form)", ""]
+    body = [*_memory_lines(plan), "", *_step_lines(plan), "", *_run_lines(plan), "", "assumptions"]
+    return "\n".join(head + body + [f"  - {a}" for a in assumptions(s)])
+
+
+SWEEP_HEADER = (f"{'nodes':>6} {'GPUs':>6} {'micro×acc':>10} {'compute s':>10} {'comm s':>9} {'step s':>9} "
+                f"{'images/s':>10} {'compute':>8} {'scaling':>8} {'mem GiB':>8} {'total':>9} {'GPU-h':>9}")
+
+
+def format_sweep(plans: list[Plan | None], node_counts: list[int], base: RunSetup) -> str:
+    lines = [f"scale-out of {base.spec.name}, ZeRO-{base.zero_stage} {base.precision} on {base.gpu.name} × "
+             f"{base.gpus_per_node} per node, global batch {base.global_batch} held fixed, MFU {base.mfu:g}",
+             SWEEP_HEADER, "-" * len(SWEEP_HEADER)]
+    first = next((p for p in plans if p is not None), None)
+    for nodes, plan in zip(node_counts, plans):
+        if plan is None:
+            lines.append(f"{nodes:>6} {nodes * base.gpus_per_node:>6}  global batch {base.global_batch} "
+                         "does not split evenly into at least one image per GPU")
+            continue
+        s, m = plan.setup, plan.memory
+        scaling = (plan.run.images_per_s / first.run.images_per_s) / (s.nodes / first.setup.nodes)
+        mem = f"{m.total / GIB:.1f}" + ("" if m.fits else "!")
+        lines.append(f"{s.nodes:>6} {s.world_size:>6} {f'{s.micro_batch}×{s.grad_accum}':>10} "
+                     f"{plan.compute_s:>10.4g} {plan.comm_s:>9.4g} {plan.step_s:>9.4g} "
+                     f"{plan.run.images_per_s:>10,.0f} {plan.compute_share:>8.0%} {scaling:>8.0%} {mem:>8} "
+                     f"{_duration(plan.run.total_s):>9} {_gh(plan.run.gpu_hours):>9}")
+    lines.append("compute = share of the step spent computing; scaling = images/s per node relative to the "
+                 "first row; '!' = does not fit in memory")
+    return "\n".join(lines + ["assumptions", *[f"  - {a}" for a in assumptions(base)]])
+
+
+def _gh(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "-"
+
+
+def to_json(plan: Plan | None) -> dict | None:
+    if plan is None:
+        return None
+    data = _finite(dataclasses.asdict(plan))
+    data["memory"]["total"] = plan.memory.total
+    data["memory"]["fits"] = plan.memory.fits
+    data["assumptions"] = assumptions(plan.setup)
+    return data
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_json(plan: Plan, sweep: list[Plan | None] | None = None) -> str:
+    out = {"plan": to_json(plan)}
+    if sweep is not None:
+        out["sweep"] = [to_json(p) for p in sweep]
+    return json.dumps(out, indent=1)
