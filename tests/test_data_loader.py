@@ -1,0 +1,251 @@
+"""The streaming loader: equal batches on every rank, each sample once, resumable, never hangs.
+
+Shards are written here with webdataset's TarWriter and a `vitc-shards/1` manifest. Sample k has
+class k, so labels identify samples (augmentation and mixing are off where identity matters).
+"""
+
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+import webdataset as wds
+from PIL import Image
+
+from vitc.config import load_config
+from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+from vitc.data.manifest import Manifest, ShardRecord
+from vitc.errors import VitcError
+from vitc.launch.env import DistEnv
+
+SIZES = (9, 3, 14, 6, 11, 2, 8)  # 7 shards of unequal sizes, 53 samples
+BATCH = 4
+
+
+def jpeg_bytes(index: int, size: int = 16) -> bytes:
+    rng = np.random.default_rng(index)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(root, sizes=SIZES, bad: dict | None = None):
+    """Shards `train-%06d.tar` + manifest; `bad` maps sample index -> 'truncated' | 'no_label'."""
+    root.mkdir(parents=True, exist_ok=True)
+    bad, records, k = bad or {}, [], 0
+    for i, n in enumerate(sizes):
+        path = root / f"train-{i:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for _ in range(n):
+                sample = {"__key__": f"s{k:05d}", "jpg": jpeg_bytes(k), "cls": str(k).encode()}
+                if bad.get(k) == "truncated":
+                    sample["jpg"] = sample["jpg"][: len(sample["jpg"]) // 2]
+                if bad.get(k) == "no_label":
+                    del sample["cls"]
+                writer.write(sample)
+                k += 1
+        records.append(ShardRecord.of_file(path, n))
+    Manifest("train", records, {f"c{j}": j for j in range(k)}, {"kind": "imagefolder", "path": "test"}).save(root)
+    return root
+
+
+def plain_config(shards, *overrides):
+    """Identity-preserving recipe: no auto-augment, no mixing, no smoothing -> int64 labels."""
+    return load_config(None, [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.image_size=16",
+                              f"train.micro_batch={BATCH}", "data.auto_augment=none", "data.mixup_alpha=0",
+                              "data.cutmix_alpha=0", "data.label_smoothing=0", "data.shuffle_buffer=8",
+                              "data.workers=2", *overrides])
+
+
+def labels_of(batches) -> list[int]:
+    return [int(v) for _, labels in batches for v in labels]
+
+
+def _rank_main(rank: int, shards: str, init_file: str, out: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    cfg = plain_config(shards)
+    dist = DistEnv(rank=rank, world_size=2)
+    loader = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    epochs = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        epochs.append(labels_of(loader))
+    # interrupted after 3 batches of epoch 0, then a new loader resumes from the saved state
+    first = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    head = []
+    for images, labels in first:
+        head += labels.tolist()
+        if len(head) == 3 * BATCH:
+            break
+    resumed = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    resumed.load_state_dict(first.state_dict())
+    tail = labels_of(resumed)
+    evaluated = list(build_eval_loader(cfg, dist))
+    result = {"len": len(loader), "remainder": loader.remainder, "epochs": epochs, "head": head, "tail": tail,
+              "eval_batches": len(evaluated), "eval_labels": labels_of(evaluated),
+              "shapes": [list(evaluated[0][0].shape), str(evaluated[0][0].dtype)]}
+    gathered = [None, None]
+    torch_dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(gathered, f)
+    torch_dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    shards = write_shards(root / "shards")
+    mp.spawn(_rank_main, args=(str(shards), str(root / "init"), str(root / "out.json")), nprocs=2)
+    return json.loads((root / "out.json").read_text())
+
+
+def test_every_rank_yields_the_same_number_of_batches(two_rank_run):
+    rank0, rank1 = two_rank_run
+    assert rank0["len"] == rank1["len"] > 0
+    for rank in two_rank_run:
+        assert [len(e) for e in rank["epochs"]] == [rank["len"] * BATCH] * 2
+
+
+def test_no_sample_twice_and_union_is_dataset_less_remainder(two_rank_run):
+    for epoch in (0, 1):
+        seen = two_rank_run[0]["epochs"][epoch] + two_rank_run[1]["epochs"][epoch]
+        assert len(seen) == len(set(seen))
+        assert set(seen) <= set(range(sum(SIZES)))
+        assert len(seen) == sum(SIZES) - two_rank_run[0]["remainder"]
+
+
+def test_a_new_epoch_is_a_new_order(two_rank_run):
+    for rank in two_rank_run:
+        assert rank["epochs"][0] != rank["epochs"][1]
+
+
+def test_resume_continues_the_epoch(two_rank_run):
+    for rank in two_rank_run:
+        full = rank["epochs"][0]
+        assert rank["head"] == full[: len(rank["head"])]  # same seed + epoch -> same order
+        assert sorted(rank["head"] + rank["tail"]) == sorted(full)  # the rest, nothing replayed
+        assert not set(rank["head"]) & set(rank["tail"])
+
+
+def test_eval_sees_every_sample_exactly_once_across_ranks(two_rank_run):
+    rank0, rank1 = two_rank_run
+    assert rank0["eval_batches"] == rank1["eval_batches"]
+    labels = [v for v in rank0["eval_labels"] + rank1["eval_labels"] if v >= 0]  # -1 = padding
+    assert sorted(labels) == list(range(sum(SIZES)))
+    assert rank0["shapes"] == [[BATCH, 3, 16, 16], "torch.float32"]
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path):
+    shards = write_shards(tmp_path, sizes=(10, 6), bad={2: "truncated", 12: "no_label"})
+    loader = build_train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0.5"),
+                                DistEnv(), num_classes=16)
+    labels = labels_of(loader)
+    assert loader.bad_samples == 2
+    assert 2 not in labels and 12 not in labels
+    assert len(labels) == len(loader) * BATCH
+
+
+def test_bad_samples_above_the_threshold_stop_the_run_naming_the_shard(tmp_path):
+    shards = write_shards(tmp_path, sizes=(8,), bad={5: "truncated"})
+    loader = build_train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0"), DistEnv(),
+                                num_classes=8)
+    with pytest.raises(VitcError, match=r"train-000000\.tar.*max_bad_fraction"):
+        list(loader)
+
+
+def test_missing_shard_file_is_an_error_naming_it(tmp_path):
+    shards = write_shards(tmp_path, sizes=(8, 8))
+    (shards / "train-000001.tar").unlink()
+    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=16)
+    with pytest.raises(VitcError, match=r"train-000001\.tar"):
+        list(loader)
+
+
+def test_a_stalled_pipe_is_an_error_within_the_timeout(tmp_path):
+    shards = write_shards(tmp_path, sizes=(8,))
+    url = f"pipe:sleep 60; cat {shards}/train-000000.tar"
+    cfg = plain_config(shards, "data.workers=0", "data.read_timeout_s=1")
+    cfg.data.train_shards, cfg.data.train_manifest = [url], str(shards / "manifest.json")
+    with pytest.raises(VitcError, match=r"shard train-000000\.tar: no data for 1 s"):
+        list(build_train_loader(cfg, DistEnv(), num_classes=8))
+
+
+def test_a_failing_pipe_command_is_an_error_naming_the_shard(tmp_path):
+    shards = write_shards(tmp_path, sizes=(8,))
+    cfg = plain_config(shards, "data.workers=0")
+    cfg.data.train_shards = f"pipe:cat {tmp_path}/nowhere/train-000000.tar"
+    cfg.data.train_manifest = str(shards / "manifest.json")
+    with pytest.raises(VitcError, match=r"shard train-000000\.tar: read failed"):
+        list(build_train_loader(cfg, DistEnv(), num_classes=8))
+
+
+def test_brace_pattern_needs_and_uses_a_manifest(tmp_path):
+    shards = write_shards(tmp_path / "s", sizes=(8, 8))
+    cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0")
+    assert read_manifest_num_classes(cfg) == 16
+    assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
+    cfg.data.train_shards = f"pipe:cat {shards}/train-000000.tar"
+    with pytest.raises(VitcError, match="data.train_manifest"):
+        build_train_loader(cfg, DistEnv(), num_classes=16)
+
+
+def test_paper_recipe_gives_soft_targets(tmp_path):
+    shards = write_shards(tmp_path, sizes=(8, 8))
+    cfg = load_config(None, [f"data.train_shards={shards}", "model.image_size=16", f"train.micro_batch={BATCH}",
+                             "data.workers=0", "data.random_erasing=0.25"])
+    images, targets = next(iter(build_train_loader(cfg, DistEnv(), num_classes=16)))
+    assert images.shape == (BATCH, 3, 16, 16) and images.dtype == torch.float32
+    assert targets.shape == (BATCH, 16) and torch.allclose(targets.sum(1), torch.ones(BATCH))
+
+
+@pytest.mark.parametrize("key", ["decode_device", "batch_device"])
+def test_cuda_options_fall_back_to_cpu_with_a_warning(tmp_path, caplog, key):
+    shards = write_shards(tmp_path, sizes=(8,))
+    cfg = plain_config(shards, "data.workers=0", f"data.{key}=cuda")
+    with caplog.at_level(logging.WARNING):
+        loader = build_train_loader(cfg, DistEnv(), num_classes=8)
+    assert f"data.{key} is 'cuda' but CUDA is not available" in caplog.text
+    assert len(labels_of(loader)) == 2 * BATCH
+
+
+def test_resampled_mode_yields_num_samples_over_batch(tmp_path):
+    shards = write_shards(tmp_path, sizes=(5, 3))
+    loader = build_train_loader(plain_config(shards, "data.resampled=true"), DistEnv(), num_classes=8)
+    assert len(loader) == 8 // BATCH
+    assert len(labels_of(loader)) == len(loader) * BATCH
+
+
+def test_resume_on_another_worker_count_continues_at_the_same_fraction(tmp_path, caplog):
+    shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
+    first = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    for done, _ in enumerate(first, start=1):
+        if done == 3:
+            break
+    resumed = build_train_loader(plain_config(shards, "data.workers=0"), DistEnv(), num_classes=32)
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(first.state_dict())
+    assert "same fraction" in caplog.text
+    rest = labels_of(resumed)
+    skipped = int(len(resumed) * 3 / len(first))  # the same fraction of the new epoch length
+    assert len(rest) == (len(resumed) - skipped) * BATCH and resumed.batches_consumed == len(resumed)
+
+
+def test_a_loader_state_of_another_version_is_refused(tmp_path):
+    loader = build_train_loader(plain_config(write_shards(tmp_path, sizes=(8,)), "data.workers=0"), DistEnv(), 8)
+    with pytest.raises(VitcError, match="loader state"):
+        loader.load_state_dict({"version": 99})
+
+
+def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
+    from vitc.cli import main
+
+    shards = write_shards(tmp_path / "shards", sizes=(6, 6))
+    assert main(["bench", "data", "--shards", str(shards), "--images", "8", "--batch", "2", "--rounds", "1",
+                 "--no-shard-build"]) == 0
+    out = capsys.readouterr().out
+    assert "(a) vitc train loader" in out and "(a)/(b) = " in out and "(a)/(c) = " in out

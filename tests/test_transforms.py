@@ -1,0 +1,105 @@
+"""The augmentation recipe: reduced-size decode keeps the crop geometry; targets and sizes are right."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitc.config import load_config
+from vitc.data.decode import Box, decode_crop, image_size, plan_decode
+from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
+                                  center_crop_box)
+from vitc.errors import VitcError
+
+
+def jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def large_photo() -> bytes:
+    """A 1200x1600 image with structure at every scale (so a shifted crop looks different)."""
+    y, x = np.mgrid[0:1200, 0:1600].astype(np.float32)
+    pixels = np.stack([127 + 120 * np.sin(x / 37) * np.cos(y / 53), 255 * x / 1600,
+                       127 + 120 * np.sin((x + y) / 91)], axis=-1)
+    return jpeg(pixels.clip(0, 255).astype(np.uint8))
+
+
+def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().mean().item()
+
+
+@pytest.mark.parametrize("box, expected_reduction", [
+    (Box(101, 203, 900, 1100), 4),  # crop >= 4x the output: decoded at 1/4
+    (Box(37, 555, 500, 470), 2),
+    (Box(0, 0, 1200, 1600), 4),
+])
+def test_reduced_decode_crops_the_same_region_as_full_decode(large_photo, box, expected_reduction):
+    size = (224, 224)
+    plan = plan_decode(*image_size(large_photo), box, size)
+    assert plan.reduction == expected_reduction
+    reduced = decode_crop(large_photo, plan.box, size, reduce=True)
+    full = decode_crop(large_photo, plan.box, size, reduce=False)
+    shifted = decode_crop(large_photo, Box(plan.box.top + 8, plan.box.left + 8, plan.box.height, plan.box.width),
+                          size, reduce=False)
+    assert reduced.shape == full.shape == (3, 224, 224) and reduced.dtype == torch.uint8
+    # same region: differences are only resampling noise, far below an 8-pixel shift's
+    assert mean_abs_diff(reduced, full) < 2.5
+    assert mean_abs_diff(shifted, full) > 3 * mean_abs_diff(reduced, full)
+
+
+def test_snapped_box_stays_within_one_reduced_pixel_of_the_sampled_box():
+    box = Box(101, 203, 901, 1103)
+    snapped = plan_decode(1200, 1600, box, (224, 224)).box
+    for a, b in zip((box.top, box.left, box.height, box.width),
+                    (snapped.top, snapped.left, snapped.height, snapped.width)):
+        assert abs(a - b) <= 4
+
+
+def test_small_crops_are_decoded_at_full_size():
+    assert plan_decode(375, 500, Box(10, 20, 300, 300), (224, 224)).reduction == 1
+
+
+def recipe(**overrides) -> Recipe:
+    return Recipe(image_size=32, num_classes=10, **overrides)
+
+
+def test_mixup_cutmix_targets_sum_to_one_with_label_smoothing():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(8)
+    x, targets = TrainBatchTransform(recipe(random_erasing=0.5))(images, labels)
+    assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32)
+    assert targets.shape == (8, 10)
+    assert torch.allclose(targets.sum(1), torch.ones(8))
+    assert targets.min() >= 0.1 / 10 - 1e-6  # smoothing mass on every class
+
+
+def test_labels_stay_integers_without_mixing_or_smoothing():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    _, targets = TrainBatchTransform(recipe(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0))(images, torch.arange(4))
+    assert targets.dtype == torch.int64 and targets.tolist() == [0, 1, 2, 3]
+
+
+def test_eval_transform_output_size_and_center_crop_box():
+    photo = jpeg(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8), quality=90)
+    out = EvalSampleTransform(recipe())(photo)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    # Resize(224 / 0.875 = 256) + CenterCrop(224) on 375x500 = the centred 328-pixel square
+    assert center_crop_box(375, 500, 0.875) == Box(23, 86, 328, 328)
+
+
+@pytest.mark.parametrize("augment", ["autoaugment", "randaugment", "none"])
+def test_train_transform_gives_uint8_images_of_the_model_size(augment):
+    photo = jpeg(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8), quality=90)
+    out = TrainSampleTransform(recipe(auto_augment=augment))(photo)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+
+
+def test_recipe_rejects_a_bad_crop_scale():
+    cfg = load_config(None, ["data.crop_scale=[0.5, 0.1]"])
+    with pytest.raises(VitcError, match="data.crop_scale"):
+        Recipe.from_config(cfg, 10)

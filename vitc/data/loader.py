@@ -1,0 +1,273 @@
+"""Streaming train/eval loaders over WebDataset shards (SPEC §3), as the engine calls them.
+
+    loader = build_train_loader(cfg, dist, num_classes)   # images per rank: cfg.train.micro_batch
+    for epoch in range(start, epochs):
+        loader.set_epoch(epoch)
+        for images, targets in loader: ...                # len(loader) batches on every rank
+    state = loader.state_dict()                           # into the checkpoint; load_state_dict resumes
+
+Train: shards are dealt to ranks once (balanced by sample count from the manifest) and to workers
+per epoch; every rank yields exactly `len(loader)` full batches, computed from the manifest alone;
+the samples left over (`remainder`, logged) differ from epoch to epoch. Order is a function of
+(data.seed, epoch, rank, worker): per-worker shard order, then webdataset's shuffle buffer.
+`data.resampled: true` draws shards with replacement instead (len = num_samples / global batch).
+Targets are float [B, num_classes] (MixUp/CutMix, label smoothing) when those are on, else int64.
+
+Eval: every sample exactly once across ranks, in order. Ranks yield the same number of batches
+(ZeRO-3 forwards are collectives); a rank that runs out first yields padding batches of one zero
+image with label -1, which metrics must not count (`labels >= 0`).
+
+Bad samples (undecodable image, missing or out-of-range label) are skipped and counted per rank
+(`bad_samples`); more than data.max_bad_fraction of a worker's samples stops the run with a
+VitcError naming the shard. A shard that cannot be opened or stalls for data.read_timeout_s raises
+a VitcError naming it.
+"""
+
+import logging
+import math
+import multiprocessing
+import signal
+
+import torch
+from torch.utils.data import DataLoader
+
+from vitc.data.manifest import Manifest
+from vitc.data.plan import (WorkerPlan, assign_to_ranks, assign_to_workers, even_quotas, skips_after,
+                            train_batches_per_rank, worker_quotas)
+from vitc.data.streams import Shard, resolve_shards
+from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
+                                  normalize)
+from vitc.data.workers import BatchStream, Failure, GpuDecode
+from vitc.errors import VitcError
+from vitc.launch.env import DistEnv
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class _Loader:
+    """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
+
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, batch_transform):
+        d = cfg.data
+        if batch < 1:
+            raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
+        if d.workers < 0 or d.shuffle_buffer < 0 or d.read_timeout_s <= 0:
+            raise VitcError(f"data.workers and data.shuffle_buffer must be >= 0 and data.read_timeout_s > 0, "
+                            f"got {d.workers}, {d.shuffle_buffer}, {d.read_timeout_s}")
+        self.cfg, self.dist, self.batch, self.shards, self.manifest = cfg, dist, batch, shards, manifest
+        self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
+        self.workers = max(1, d.workers)  # 0 workers = one stream in this process
+        self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size)
+        pin = d.pin_memory if d.pin_memory != "auto" else torch.cuda.is_available()
+        self._pin = bool(pin) and self.gpu is None
+        self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
+        self._bad = [0] * self.workers
+        self.bad_samples_before = 0
+
+    @property
+    def bad_samples(self) -> int:
+        """Samples skipped so far on this rank (undecodable, or label missing/out of range)."""
+        return self.bad_samples_before + sum(self._bad)
+
+    def _batches(self, stream: BatchStream):
+        workers = self.cfg.data.workers
+        # fork, whatever start method this process inherited (a torch.multiprocessing.spawn child has
+        # 'spawn', which re-imports torch in every worker, every epoch: ~10 s each here). Workers never
+        # touch CUDA: GPU decode runs in this process.
+        context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
+                            multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal)
+        self.bad_samples_before += sum(self._bad)  # counts restart with the workers
+        self._bad = [0] * self.workers
+        # read now, not at build time: the engine selects this rank's GPU before iterating
+        device = torch.device("cuda", torch.cuda.current_device()) if self.batch_on_cuda else None
+        for item in loader:
+            if isinstance(item, Failure):
+                raise VitcError(item.message)
+            payload, worker, bad = item
+            self._bad[worker] = bad
+            if self.gpu is not None:
+                payload = self.gpu.decode(*payload, stream)
+            elif device is not None:
+                payload = tuple(t.to(device, non_blocking=True) for t in payload)
+            yield worker, self.batch_transform(*payload)
+
+
+def _ignore_preemption_signal(_worker_id: int) -> None:
+    # Slurm signals every process of the step; the trainer handles preemption, and a worker must
+    # not die of SIGUSR1 (its default action) whatever start method created it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+class TrainLoader(_Loader):
+    """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
+
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, recipe: Recipe):
+        super().__init__(cfg, dist, batch, shards, manifest, TrainBatchTransform(recipe))
+        self.recipe, self.epoch, self.batches_consumed = recipe, 0, 0
+        self._worker_batches = [0] * self.workers
+        self._resume_fraction: float | None = None
+        if cfg.data.resampled:
+            self._rank_shards = shards
+            self._len = manifest_samples(shards) // (dist.world_size * batch)
+        else:
+            by_rank = assign_to_ranks(shards, dist.world_size)
+            self._rank_shards = by_rank[dist.rank]
+            self._len = train_batches_per_rank(by_rank, batch, self.workers)
+        if self._len == 0:
+            raise VitcError(f"data.train_shards: {manifest_samples(shards)} samples in {len(shards)} shards "
+                            f"give no full batch of {batch} per rank on {dist.world_size} ranks x {self.workers} "
+                            f"workers: use more or smaller shards, fewer workers, or data.resampled: true")
+        used = self._len * batch * dist.world_size
+        self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
+        if dist.rank == 0:
+            log.info("train loader: %d batches of %d per rank per epoch on %d ranks; %d of %d samples "
+                     "left out per epoch (shard imbalance and per-worker partial batches)",
+                     self._len, batch, dist.world_size, self.remainder, manifest_samples(shards))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` (a new order); setting the epoch a resumed state is in keeps its position."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_consumed = epoch, 0
+            self._worker_batches = [0] * self.workers
+            self._resume_fraction = None
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_consumed": self.batches_consumed,
+                "batches_per_epoch": self._len, "worker_batches": list(self._worker_batches),
+                "world_size": self.dist.world_size,
+                "workers": self.workers, "batch": self.batch, "bad_samples": self.bad_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the saved epoch after its consumed batches (exactly, when ranks/workers/batch match)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise VitcError(f"loader state: expected version {STATE_VERSION}, got {state!r:.200}")
+        self.epoch, self.bad_samples_before = int(state["epoch"]), int(state.get("bad_samples", 0))
+        self._bad = [0] * self.workers
+        same = all(state.get(k) == v for k, v in
+                   (("world_size", self.dist.world_size), ("workers", self.workers), ("batch", self.batch)))
+        self._worker_batches = list(state["worker_batches"]) if same else [0] * self.workers
+        saved_len = max(1, state.get("batches_per_epoch", self._len))
+        self._resume_fraction = None if same else min(1.0, state["batches_consumed"] / saved_len)
+        if not same:
+            log.warning("loader state saved with world_size/workers/batch %s/%s/%s, now %s/%s/%s: resuming "
+                        "epoch %d at the same fraction (%.3f), not the exact sample", state.get("world_size"),
+                        state.get("workers"), state.get("batch"), self.dist.world_size, self.workers,
+                        self.batch, self.epoch, self._resume_fraction)
+        self.batches_consumed = sum(self._worker_batches)
+
+    def __iter__(self):
+        if self.batches_consumed >= self._len:  # iterated again without set_epoch: the next epoch
+            self.set_epoch(self.epoch + 1)
+        plans = self._plans()
+        self._worker_batches = [p.skip for p in plans]
+        self.batches_consumed = sum(self._worker_batches)
+        self._resume_fraction = None  # from here on the per-worker counts are exact
+        for worker, batch in self._batches(self._stream(plans)):
+            self._worker_batches[worker] += 1
+            self.batches_consumed += 1
+            yield batch
+        if self.batches_consumed != self._len:
+            raise RuntimeError(f"train loader yielded {self.batches_consumed} of {self._len} batches")
+
+    def _plans(self) -> list[WorkerPlan]:
+        d, rank, epoch = self.cfg.data, self.dist.rank, self.epoch
+        seed = f"{d.seed}/{epoch}/{rank}"
+        if d.resampled:
+            deal = [tuple(self._rank_shards)] * self.workers
+            quotas = even_quotas(self._len, self.workers)
+        else:
+            deal = [tuple(s) for s in assign_to_workers(self._rank_shards, self.workers, seed)]
+            quotas = worker_quotas([sum(s.samples for s in w) for w in deal], self.batch, self._len)
+        fraction = self._resume_fraction or 0.0
+        consumed = None if self._resume_fraction is not None else self._worker_batches
+        skips = skips_after(consumed, quotas, fraction)
+        return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}") for w in range(self.workers)]
+
+    def _stream(self, plans: list[WorkerPlan]) -> BatchStream:
+        d = self.cfg.data
+        return BatchStream(plans, self.batch, self.recipe.num_classes, TrainSampleTransform(self.recipe),
+                           self.gpu is None, d.shuffle_buffer, d.resampled, d.max_bad_fraction, d.read_timeout_s)
+
+
+class EvalLoader(_Loader):
+    """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
+
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, recipe: Recipe):
+        super().__init__(cfg, dist, batch, shards, manifest, _normalize_batch)
+        self.recipe = recipe
+        by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
+        self._worker_plans = [WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}")
+                              for i, w in enumerate(by_rank[dist.rank])]
+        self._len = max(sum(math.ceil(manifest_samples(w) / batch) for w in workers) for workers in by_rank)
+        self.num_samples = sum(p.samples for p in self._worker_plans)  # this rank's share
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        d = self.cfg.data
+        stream = BatchStream(self._worker_plans, self.batch, self.recipe.num_classes,
+                             EvalSampleTransform(self.recipe), self.gpu is None, 0, False,
+                             d.max_bad_fraction, d.read_timeout_s)
+        yielded = 0
+        for _, batch in self._batches(stream):
+            yielded += 1
+            yield batch
+        size = self.recipe.image_size
+        for _ in range(self._len - yielded):  # equal batch counts on every rank; label -1 = not a sample
+            yield torch.zeros(1, 3, size, size), torch.full((1,), -1, dtype=torch.int64)
+
+
+def _batch_on_cuda(choice: str, gpu_decode: bool) -> bool:
+    """Whether uint8 batches move to this rank's GPU to be finished there."""
+    if choice == "cpu" or gpu_decode:  # GPU-decoded batches are on the GPU already
+        return False
+    if not torch.cuda.is_available():
+        if choice == "cuda":
+            log.warning("data.batch_device is 'cuda' but CUDA is not available: finishing batches on the CPU")
+        return False
+    return True
+
+
+def _normalize_batch(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return normalize(images), labels
+
+
+def manifest_samples(shards: list[Shard]) -> int:
+    return sum(s.samples for s in shards)
+
+
+def _batch_size(cfg, batch_size: int | None) -> int:
+    return cfg.train.micro_batch if batch_size is None else batch_size
+
+
+def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None) -> TrainLoader:
+    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch."""
+    shards, manifest = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
+    _check_classes(manifest, num_classes, "train_shards")
+    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, manifest,
+                       Recipe.from_config(cfg, num_classes))
+
+
+def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
+    """The eval loader for this rank over data.val_shards; labels are checked against the manifest's classes."""
+    shards, manifest = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
+    num_classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else manifest.num_classes
+    recipe = Recipe.from_config(cfg, num_classes)
+    return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, manifest, recipe)
+
+
+def read_manifest_num_classes(cfg) -> int:
+    """Class count of the training shards (for model.num_classes: auto)."""
+    return resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")[1].num_classes
+
+
+def _check_classes(manifest: Manifest, num_classes: int, key: str) -> None:
+    if num_classes < manifest.num_classes:
+        raise VitcError(f"data.{key}: the manifest has {manifest.num_classes} classes but the model has "
+                        f"{num_classes} outputs (set model.num_classes: auto or >= {manifest.num_classes})")

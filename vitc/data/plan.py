@@ -1,0 +1,80 @@
+"""Who reads which shard, and how many batches each rank yields: pure functions of the manifest.
+
+Every rank computes the same plan from the manifest's per-shard counts, so all ranks agree on the
+number of batches per epoch without talking to each other (unequal counts hang the collectives,
+SPEC §3). webdataset's `split_by_node`/`split_by_worker` deal shards round-robin, which cannot make
+sample counts equal when shard sizes differ; this module balances them and states the remainder.
+"""
+
+import random
+from dataclasses import dataclass
+
+from vitc.data.streams import Shard
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One DataLoader worker's share of an epoch on one rank."""
+
+    shards: tuple[Shard, ...]
+    quota: int | None  # batches to yield; None = all its samples (eval, last batch partial)
+    skip: int = 0  # batches already consumed before a resume
+    seed: str = ""  # seeds this worker's shard order, shuffle buffer and augmentation
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def _greedy(shards: list[Shard], bins: int) -> list[list[Shard]]:
+    """Each shard, in the given order, to the bin with the fewest samples (ties: lowest index)."""
+    out: list[list[Shard]] = [[] for _ in range(bins)]
+    loads = [0] * bins
+    for shard in shards:
+        i = min(range(bins), key=lambda b: (loads[b], b))
+        out[i].append(shard)
+        loads[i] += shard.samples
+    return out
+
+
+def assign_to_ranks(shards: list[Shard], world_size: int) -> list[list[Shard]]:
+    """Largest shard first to the least-loaded rank: fixed for the whole run, so len() is too."""
+    return _greedy(sorted(shards, key=lambda s: (-s.samples, s.name)), world_size)
+
+
+def assign_to_workers(shards: list[Shard], workers: int, seed: str | None) -> list[list[Shard]]:
+    """A rank's shards over its workers; with a seed, the deal changes every epoch."""
+    order = sorted(shards, key=lambda s: (-s.samples, s.name))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return _greedy(order, workers)
+
+
+def train_batches_per_rank(rank_shards: list[list[Shard]], batch: int, workers: int) -> int:
+    """Full batches every rank can yield in any epoch: the minimum over ranks.
+
+    Each worker batches its own samples and drops its partial batch, so a rank loses fewer than
+    `workers` batches to that whatever the per-epoch deal: floor(n / batch) - (workers - 1) is safe.
+    """
+    return min(max(0, sum(s.samples for s in shards) // batch - (workers - 1)) for shards in rank_shards)
+
+
+def worker_quotas(counts: list[int], batch: int, total: int) -> list[int]:
+    """Split `total` batches over workers holding `counts` samples: no worker asked beyond its data."""
+    quotas = [c // batch for c in counts]
+    for _ in range(sum(quotas) - total):  # trim the largest first, so the deal stays even
+        i = max(range(len(quotas)), key=lambda w: (quotas[w], -w))
+        quotas[i] -= 1
+    return quotas
+
+
+def even_quotas(total: int, workers: int) -> list[int]:
+    return [total // workers + (w < total % workers) for w in range(workers)]
+
+
+def skips_after(consumed: list[int] | None, quotas: list[int], fraction: float) -> list[int]:
+    """Batches each worker skips on resume: exact per-worker counts when the layout is unchanged,
+    else the same fraction of every worker's quota."""
+    if consumed is not None and len(consumed) == len(quotas):
+        return [min(c, q) for c, q in zip(consumed, quotas)]
+    return [int(q * fraction) for q in quotas]

@@ -1,0 +1,142 @@
+"""Which shards a config names, and reading one shard as samples without ever hanging.
+
+Opening (local path, `pipe:` command, http) and tar parsing are webdataset's (`gopen`,
+`tar_file_expander`, `group_by_keys`). What it does not do is bound a read in time: a `pipe:`
+command or a network stream that stops sending blocks its reader forever. `TimedStream` reads in
+a thread and gives up after `timeout` seconds with an error naming the shard.
+"""
+
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from vitc.data.manifest import MANIFEST_NAME, Manifest
+from vitc.errors import VitcError
+
+CHUNK = 1 << 18
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard as the loader sees it: manifest name, where to read it from, sample count."""
+
+    name: str
+    url: str
+    samples: int
+
+
+def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
+                   key: str) -> tuple[list[Shard], Manifest]:
+    """The shards named by `data.<key>` (a directory, brace pattern, list or URLs) and their manifest."""
+    if spec is None or spec == [] or spec == "":
+        raise VitcError(f"data.{key} is not set: expected a shard directory (with {MANIFEST_NAME}), "
+                        f"a brace pattern like 'dir/train-{{000000..000099}}.tar', or a list of paths/URLs")
+    if isinstance(spec, str) and not manifest_path and os.path.isdir(spec):
+        manifest = Manifest.load(spec)
+        paths = manifest.shard_paths(spec)
+        return [Shard(r.name, str(p), r.samples) for r, p in zip(manifest.shards, paths)], manifest
+    urls = [u for item in ([spec] if isinstance(spec, str) else spec) for u in wds.shardlists.expand_urls(item)]
+    manifest = Manifest.load(manifest_path or _manifest_beside(urls[0], key))
+    records = {r.name: r for r in manifest.shards}
+    shards = []
+    for url in urls:
+        names = [n for n in re.findall(r"[^/\s]+\.tar\b", url) if n in records]
+        if not names:
+            raise VitcError(f"data.{key}: shard '{url}' is not in the manifest "
+                            f"({len(records)} shards, e.g. {next(iter(records), '-')})")
+        shards.append(Shard(names[-1], url, records[names[-1]].samples))
+    return shards, manifest
+
+
+def _manifest_beside(url: str, key: str) -> Path:
+    directory = Path(url).parent
+    if "://" in url or url.startswith("pipe:") or not (directory / MANIFEST_NAME).is_file():
+        manifest_key = key.replace("_shards", "_manifest")
+        raise VitcError(f"data.{key} names shards without a local {MANIFEST_NAME} beside them "
+                        f"('{url}'): set data.{manifest_key} to the manifest's path")
+    return directory / MANIFEST_NAME
+
+
+class TimedStream:
+    """A readable stream over `raw` whose every wait for data is bounded by `timeout` seconds."""
+
+    def __init__(self, raw, name: str, timeout: float):
+        self.raw, self.name, self.timeout = raw, name, timeout
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._buffer = bytearray()
+        self._eof = self._closed = False
+        self.failure: str | None = None  # why reading stopped, kept intact for the error message
+        threading.Thread(target=self._pump, daemon=True, name=f"read {name}").start()
+
+    def _pump(self) -> None:
+        try:
+            while not self._closed:
+                block = self.raw.read(CHUNK)
+                if not block:
+                    self.raw.close()  # a `pipe:` command's exit status is checked here
+                self._put(block)
+                if not block:
+                    return
+        except Exception as e:
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self._closed:
+            try:
+                return self._queue.put(item, timeout=1.0)
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buffer) < n):
+            try:
+                item = self._queue.get(timeout=self.timeout)
+            except queue.Empty:
+                self._fail(f"no data for {self.timeout:g} s (stalled read; data.read_timeout_s)")
+            if isinstance(item, Exception):
+                self._fail(f"read failed: {item}")
+            self._eof = not item
+            self._buffer += item
+        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    def _fail(self, reason: str):
+        self.close()
+        self.failure = f"shard {self.name}: {reason}"
+        raise VitcError(self.failure)
+
+    def close(self) -> None:
+        """Stop reading; a stalled `pipe:` command is killed so its reader thread ends too."""
+        self._closed = True
+        proc = getattr(self.raw, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def __repr__(self) -> str:
+        return f"shard {self.name}"
+
+
+def shard_samples(shard: Shard, timeout: float) -> Iterator[dict]:
+    """The samples of one shard as dicts {'__key__', 'jpg', 'cls', ...}; a failed read raises VitcError."""
+    try:
+        raw = wds.gopen(shard.url, "rb")
+    except Exception as e:
+        raise VitcError(f"shard {shard.name}: cannot open '{shard.url}': {e}") from None
+    stream = TimedStream(raw, shard.name, timeout)
+    try:
+        yield from group_by_keys(tar_file_expander([{"url": shard.name, "stream": stream}]))
+    except Exception as e:  # tarfile.ReadError, webdataset's duplicate-key ValueError, ...
+        # webdataset appends context to the exception's args; the stream keeps the clean reason
+        raise VitcError(stream.failure or f"shard {shard.name}: not a readable tar stream "
+                                          f"({e.args[0] if e.args else e})") from None
+    finally:
+        stream.close()

@@ -1,0 +1,189 @@
+"""The paper's augmentation recipe (SPEC §2) with torchvision.transforms.v2, split where it is cheapest.
+
+Per sample, in the loader's workers, on uint8: RandomResizedCrop (box sampled in full-resolution
+coordinates from the JPEG header, then decoded at reduced size: vitc.data.decode), horizontal flip,
+AutoAugment or RandAugment. Per batch: normalize, RandomErasing, MixUp/CutMix, label smoothing —
+float work done once on a stacked batch instead of per image.
+
+AutoAugment and RandAugment run on PIL images: on uint8 224 px images they are 2x (AutoAugment) and
+4.5x (RandAugment) faster than on tensors here (measured), because the tensor path does its affine
+ops in float; the crop/resize runs on tensors, which is 3x faster than PIL's.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms as v1
+import torchvision.transforms.v2 as v2
+from PIL import Image
+
+from vitc.data.decode import Box, decode_crop, image_size, plan_decode
+from vitc.errors import VitcError
+
+# ImageNet channel statistics (torchvision/timm convention), in 0..255 units
+MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range (torchvision default, pycls the same)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything the transforms need, resolved from `cfg.data` + `cfg.model.image_size`."""
+
+    image_size: int
+    num_classes: int
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    auto_augment: str = "autoaugment"
+    randaugment_magnitude: int = 9
+    randaugment_num_ops: int = 2
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    label_smoothing: float = 0.1
+    eval_crop_ratio: float = 0.875
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int) -> "Recipe":
+        d = cfg.data
+        if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+            raise VitcError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}")
+        for key in ("hflip", "random_erasing", "label_smoothing", "max_bad_fraction"):
+            if not 0 <= getattr(d, key) <= 1:
+                raise VitcError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
+        if not 0 < d.eval_crop_ratio <= 1:
+            raise VitcError(f"data.eval_crop_ratio must be in (0, 1], got {d.eval_crop_ratio}")
+        if not 0 <= d.randaugment_magnitude <= 30 or d.randaugment_num_ops < 1:  # torchvision's 31 bins
+            raise VitcError(f"data.randaugment_magnitude must be in 0..30 and data.randaugment_num_ops >= 1, "
+                            f"got {d.randaugment_magnitude} and {d.randaugment_num_ops}")
+        if d.mixup_alpha < 0 or d.cutmix_alpha < 0:
+            raise VitcError(f"data.mixup_alpha and data.cutmix_alpha must be >= 0, "
+                            f"got {d.mixup_alpha} and {d.cutmix_alpha}")
+        return cls(cfg.model.image_size, num_classes, tuple(d.crop_scale), d.hflip, d.auto_augment,
+                   d.randaugment_magnitude, d.randaugment_num_ops, d.random_erasing, d.mixup_alpha,
+                   d.cutmix_alpha, d.label_smoothing, d.eval_crop_ratio)
+
+    @property
+    def soft_targets(self) -> bool:
+        """Targets are float [B, num_classes] when mixing or smoothing is on, else int64 [B]."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0
+
+
+def sample_crop_box(height: int, width: int, scale: tuple[float, float]) -> Box:
+    """RandomResizedCrop's box for an image of this size, sampled by torchvision itself."""
+    # get_params only reads the shape; a meta tensor carries it without pixels.
+    top, left, h, w = v1.RandomResizedCrop.get_params(torch.empty(3, height, width, device="meta"),
+                                                     list(scale), list(RATIO))
+    return Box(top, left, h, w)
+
+
+def center_crop_box(height: int, width: int, ratio: float) -> Box:
+    """Resize(size / ratio) + CenterCrop(size) as one full-resolution square box."""
+    side = max(1, round(min(height, width) * ratio))
+    return Box((height - side) // 2, (width - side) // 2, side, side)
+
+
+class TrainSampleTransform:
+    """JPEG bytes -> uint8 [3, S, S]: random crop (reduced decode), flip, AutoAugment/RandAugment."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.size = (recipe.image_size, recipe.image_size)
+        self.augment = _auto_augment(recipe)
+
+    def plan(self, data: bytes) -> Box:
+        """The crop box in full-resolution pixels, snapped to the reduced-decode grid."""
+        height, width = image_size(data)
+        box = sample_crop_box(height, width, self.recipe.crop_scale)
+        return plan_decode(height, width, box, self.size).box
+
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        """Flip and auto-augment a cropped uint8 [3, S, S] image."""
+        if torch.rand(()) < self.recipe.hflip:
+            image = image.flip(-1)
+        if self.augment is not None and image.is_cuda:
+            image = self.augment(image)
+        elif self.augment is not None:
+            image = _from_pil(self.augment(_to_pil(image)))
+        return image
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.finish(decode_crop(data, self.plan(data), self.size))
+
+
+class EvalSampleTransform:
+    """JPEG bytes -> uint8 [3, S, S]: resize to S / eval_crop_ratio + center crop, as one box."""
+
+    def __init__(self, recipe: Recipe):
+        self.size = (recipe.image_size, recipe.image_size)
+        self.ratio = recipe.eval_crop_ratio
+
+    def plan(self, data: bytes) -> Box:
+        height, width = image_size(data)
+        return plan_decode(height, width, center_crop_box(height, width, self.ratio), self.size).box
+
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return decode_crop(data, self.plan(data), self.size)
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [3, H, W] -> PIL RGB by merging the three planes: 6x faster than F.to_pil_image's
+    interleaving copy (measured at 224 px: 0.03 ms against 0.16 ms)."""
+    planes = [Image.frombuffer("L", (image.shape[2], image.shape[1]), p.numpy(), "raw", "L", 0, 1)
+              for p in image.contiguous()]
+    return Image.merge("RGB", planes)
+
+
+def _from_pil(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> contiguous uint8 [3, H, W], split by PIL rather than a strided copy in torch."""
+    return torch.from_numpy(np.stack([np.asarray(p) for p in image.split()]))
+
+
+def _auto_augment(recipe: Recipe) -> v2.Transform | None:
+    if recipe.auto_augment == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    if recipe.auto_augment == "randaugment":
+        return v2.RandAugment(num_ops=recipe.randaugment_num_ops, magnitude=recipe.randaugment_magnitude)
+    return None
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32, ImageNet mean/std normalized."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    # three passes, but each a same-dtype kernel: a mixed uint8-float `images - mean` is 2x slower
+    return images.float().sub_(mean).div_(std)
+
+
+class TrainBatchTransform:
+    """uint8 batch + int64 labels -> normalized float batch + targets (RandomErasing, MixUp/CutMix, smoothing)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        # value=0 erases to the mean colour (inputs are normalized), as torchvision's reference does
+        self.erase = v2.RandomErasing(p=recipe.random_erasing) if recipe.random_erasing > 0 else None
+        mixes = []
+        if recipe.mixup_alpha > 0:
+            mixes.append(v2.MixUp(alpha=recipe.mixup_alpha, num_classes=recipe.num_classes))
+        if recipe.cutmix_alpha > 0:
+            mixes.append(v2.CutMix(alpha=recipe.cutmix_alpha, num_classes=recipe.num_classes))
+        # one of MixUp/CutMix per batch, chosen uniformly (pycls/timm switch probability 0.5)
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize(images)
+        if self.erase is not None:  # per image: v2 on a batch would erase one box in all of them
+            for i in range(x.shape[0]):
+                x[i] = self.erase(x[i])
+        if not self.recipe.soft_targets:
+            return x, labels
+        if self.mix is not None:
+            x, targets = self.mix(x, labels)
+        else:
+            targets = torch.nn.functional.one_hot(labels, self.recipe.num_classes).float()
+        eps = self.recipe.label_smoothing
+        return x, targets * (1 - eps) + eps / self.recipe.num_classes
