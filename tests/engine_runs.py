@@ -1,0 +1,104 @@
+"""Shared by the engine tests: digit shards, a tiny-model config, and reading a run's results."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from vitc.cli import main
+from vitc.data.shards import BuildOptions, build_shards
+from vitc.engine.export import load_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A ViT_C small enough for CPU tests: conv stem (BatchNorm inside), 2 blocks, 32 px digits.
+TINY_CONV = {"name": "vit_c_1gf", "width": 32, "depth": 2, "heads": 2, "stem_channels": [8, 16],
+             "stem_strides": [2, 2], "image_size": 32, "num_classes": "auto"}
+# Its patchify twin: no BatchNorm, so a batch's gradient does not depend on how it is split.
+TINY_PATCHIFY = {"name": "vit_p_1gf", "width": 32, "depth": 2, "heads": 2, "patch_size": 4,
+                 "image_size": 32, "num_classes": "auto"}
+
+
+def digit_shards(folder: Path, out: Path) -> Path:
+    """4 train shards of 50 digits (10 classes) under `out`; the same images as `val` shards."""
+    for prefix in ("train", "val"):
+        build_shards(folder, out / prefix, prefix, BuildOptions(samples_per_shard=50), progress=False)
+    return out
+
+
+def write_config(path: Path, shards: Path, run_dir: Path, model: dict = TINY_CONV, **sections) -> Path:
+    """A YAML config for a tiny run; `sections` (e.g. train={...}) update the defaults below."""
+    cfg = {
+        "model": model,
+        "data": {"train_shards": str(shards / "train"), "val_shards": str(shards / "val"), "workers": 0,
+                 "shuffle_buffer": 50, "auto_augment": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+                 "label_smoothing": 0.0, "hflip": 0.0, "crop_scale": [0.7, 1.0]},
+        # 25 steps per epoch: this ViT needs ~50 AdamW steps to leave the uniform prediction
+        "train": {"run_dir": str(run_dir), "micro_batch": 8, "zero_stage": 1},
+        "optim": {"base_lr": 1e-3, "reference_batch": 8, "weight_decay": 0.05},
+        "schedule": {"epochs": 3, "warmup_epochs": 0.5},
+        "log": {"every_steps": 1, "tensorboard": False},
+        "checkpoint": {"every_steps": 1000},
+    }
+    for key, values in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **values}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in metrics(run_dir)]
+
+
+def loss_fell(run_dir: Path, window: int = 10, by: float = 0.03) -> bool:
+    loss = losses(run_dir)
+    return sum(loss[-window:]) / window < sum(loss[:window]) / window - by
+
+
+def launcher_free_env() -> dict[str, str]:
+    """This environment minus the rendezvous variables an in-process run exported for DeepSpeed,
+    so a child process starts as its own job."""
+    exported = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return {k: v for k, v in os.environ.items() if k not in exported}
+
+
+def vitc(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """`vitc ARGS` in a fresh process."""
+    result = subprocess.run([sys.executable, "-m", "vitc.cli", *args], capture_output=True, text=True,
+                            cwd=ROOT, env=launcher_free_env(), **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"vitc {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node N -m vitc.cli ARGS` (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(_free_port()), "-m", "vitc.cli", *args]
+    env = {**launcher_free_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if result.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def _free_port() -> int:
+    from vitc.engine.runtime import free_port
+
+    return free_port()
+
+
+def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
+    """The run's newest complete checkpoint through `vitc export` (in this process), as a state dict."""
+    out = tmp / f"{Path(run_dir).name}.safetensors"
+    assert main(["export", str(run_dir), "--out", str(out), *extra]) == 0
+    return load_weights(out)

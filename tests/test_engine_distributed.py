@@ -1,0 +1,47 @@
+"""Two processes (torchrun, gloo on CPU): ZeRO-2 and ZeRO-3 train, save and consolidate; a ZeRO-2
+run saved on two ranks resumes on one through DeepSpeed's universal checkpoint."""
+
+import pytest
+
+from engine_runs import digit_shards, exported, loss_fell, metrics, torchrun, vitc, write_config
+from vitc.engine import checkpoint
+
+# 2 ranks × 4 images: global batch 8, 25 steps per epoch, as in the one-process tests
+TWO_RANKS = {"micro_batch": 4}
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory):
+    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
+
+
+@pytest.mark.slow
+def test_zero3_on_two_ranks_learns_with_ema_and_exports_what_it_evaluated(shards, tmp_path):
+    config = write_config(tmp_path / "z3.yaml", shards, tmp_path / "run", train={**TWO_RANKS, "zero_stage": 3},
+                          optim={"ema_alpha": 1e-3, "ema_update_period": 4})
+    torchrun(2, "train", str(config))
+    assert loss_fell(tmp_path / "run", by=0.01) and metrics(tmp_path / "run", "eval")[-1]["top1"] > 15.0
+    # the EMA gathered ZeRO-3 partitions every 4 steps; it is evaluated and exported too
+    assert 0 < metrics(tmp_path / "run", "eval")[-1]["ema_top1"] <= 100
+    assert exported(tmp_path / "run", tmp_path, "--ema").keys() == exported(tmp_path / "run", tmp_path).keys()
+    assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 2
+    # consolidated from both ranks' partitions; evaluated by a plain model on one process
+    exported(tmp_path / "run", tmp_path)
+    out = vitc("eval", str(config), f"--weights={tmp_path / 'run.safetensors'}").stdout
+    last = metrics(tmp_path / "run", "eval")[-1]
+    assert last["count"] == 200 and f"top-1 {last['top1']:.2f}%" in out
+
+
+@pytest.mark.slow
+def test_zero2_saved_on_two_ranks_resumes_on_one(shards, tmp_path):
+    config = write_config(tmp_path / "z2.yaml", shards, tmp_path / "run", train={**TWO_RANKS, "zero_stage": 2})
+    torchrun(2, "train", str(config), "train.max_steps=30")
+    saved = checkpoint.newest_checkpoint(tmp_path / "run")
+    assert (saved.step, saved.world_size) == (30, 2)
+    # one process, twice the micro-batch: the same global batch and schedule
+    result = vitc("train", str(config), "train.micro_batch=8", "train.max_steps=35")
+    assert "universal" in result.stderr
+    steps = [r["step"] for r in metrics(tmp_path / "run")]
+    assert steps[-6:] == [30, 31, 32, 33, 34, 35]
+    assert (checkpoint.checkpoint_root(tmp_path / "run") / "step_00000030_universal").is_dir()
+    assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 1

@@ -1,0 +1,85 @@
+"""Exactness: a run killed with SIGKILL and resumed equals a straight run; gradient accumulation
+equals a bigger micro-batch."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine_runs import ROOT, TINY_PATCHIFY, launcher_free_env, digit_shards, exported, metrics, write_config
+from vitc.cli import main
+from vitc.engine import checkpoint
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory):
+    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
+
+
+def _kill_after_checkpoint(config, run_dir, step: int) -> None:
+    """Start `vitc train` in a process and SIGKILL it once checkpoint `step` is complete."""
+    marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
+    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
+                            cwd=ROOT, env=launcher_free_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, "the training process ended before the checkpoint"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_killed_and_resumed_run_equals_a_straight_run(shards, tmp_path):
+    # A checkpoint every step, so the kill lands mid-epoch (and sometimes mid-save). Random crops
+    # off (full-image crops): the loader re-draws the augmentation of the first batch after a
+    # resume, which is the data loader's exactness, not the engine's, and is tested there.
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "straight",
+                          data={"crop_scale": [1.0, 1.0]}, schedule={"epochs": 1, "warmup_epochs": 0.2},
+                          checkpoint={"every_steps": 1})
+    assert main(["train", str(config)]) == 0
+    _kill_after_checkpoint(config, tmp_path / "killed", step=8)
+    resumed_from = checkpoint.newest_checkpoint(tmp_path / "killed").step
+    assert 8 <= resumed_from < 25
+    assert main(["train", str(config), f"train.run_dir={tmp_path / 'killed'}"]) == 0
+    assert metrics(tmp_path / "killed")[-1]["step"] == 25
+    straight, resumed = exported(tmp_path / "straight", tmp_path), exported(tmp_path / "killed", tmp_path)
+    # Same data order (loader position restored), same RNG, same optimizer and schedule state,
+    # same CPU kernels on the same thread count: bit-for-bit equal.
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(shards, tmp_path):
+    # The patchify twin: BatchNorm in the conv stem normalizes per micro-batch, so with it the
+    # two runs differ by design; without it the gradient of the 16 images is the same sum.
+    common = dict(model=TINY_PATCHIFY, schedule={"epochs": 1, "warmup_epochs": 0.2})
+    accumulated = write_config(tmp_path / "a.yaml", shards, tmp_path / "accum",
+                               train={"micro_batch": 8, "grad_accum": 2}, **common)
+    single = write_config(tmp_path / "b.yaml", shards, tmp_path / "single",
+                          train={"micro_batch": 16, "grad_accum": 1}, **common)
+    assert main(["train", str(accumulated)]) == 0 and main(["train", str(single)]) == 0
+    assert metrics(tmp_path / "accum")[-1]["step"] == metrics(tmp_path / "single")[-1]["step"] == 12
+    a, b = exported(tmp_path / "accum", tmp_path), exported(tmp_path / "single", tmp_path)
+    # float sums in another order: differences of a few ulps, which 12 Adam steps keep small
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_preemption_signal_saves_at_the_current_step_and_exits_zero(shards, tmp_path):
+    config = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
+    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
+                            env=launcher_free_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)  # what Slurm sends before the time limit
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted at epoch" in out and "not requeueing" in err  # outside Slurm: nothing to requeue
+    last_logged = metrics(tmp_path / "run")[-1]["step"]
+    assert checkpoint.newest_checkpoint(tmp_path / "run").step == last_logged < 500

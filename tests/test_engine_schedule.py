@@ -1,0 +1,83 @@
+"""The maths of optimization: lr scaling, warmup + cosine (SPEC §2), parameter groups, DeepSpeed config."""
+
+import math
+
+import pytest
+
+from vitc.config import load_config
+from vitc.engine.deepspeed_cfg import deepspeed_config
+from vitc.engine.optim import build_optimizer, param_groups
+from vitc.engine.runtime import resolve_runtime
+from vitc.engine.schedule import WarmupCosine, scaled_lr, warmup_cosine
+from vitc.errors import VitcError
+from vitc.launch.env import DistEnv
+from vitc.models.vit import VisionTransformer
+from vitc.specs import model_spec
+
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.stem_channels=[8,16]",
+        "model.stem_strides=[2,2]", "model.image_size=32", "model.num_classes=10"]
+
+
+@pytest.mark.parametrize("rule, expected", [("linear", 2e-3), ("sqrt", 1e-3 * math.sqrt(2)), ("none", 1e-3)])
+def test_lr_scales_with_global_batch_over_reference(rule, expected):
+    optim = load_config(None, [f"optim.lr_scaling={rule}", "optim.base_lr=1e-3", "optim.reference_batch=2048"]).optim
+    assert scaled_lr(optim, 4096) == pytest.approx(expected)
+
+
+def test_paper_schedule_warms_up_from_a_tenth_then_decays_to_the_floor():
+    schedule = load_config(None, ["schedule.epochs=100", "schedule.warmup_epochs=5"]).schedule
+    f = warmup_cosine(schedule, steps_per_epoch=10)
+    assert f.total_steps == 1000 and f.warmup_steps == 50
+    assert f(0) == pytest.approx(0.1, rel=1e-3)  # SPEC §2: warmup from 0.1 × lr
+    cosine_at_25 = 0.005 + 0.995 * 0.5 * (1 + math.cos(math.pi * 25 / 1000))
+    assert f(25) == pytest.approx((0.1 * 0.5 + 0.5) * cosine_at_25)  # halfway through the warmup
+    assert f(1000) == pytest.approx(0.005)  # SPEC §2: cosine to 0.005 × lr
+    after_warmup = [f(t) for t in range(50, 1001)]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+    assert f(500) == pytest.approx(0.005 + 0.995 * 0.5)  # half-period cosine: midpoint is halfway
+
+
+def test_warmup_rises_linearly_every_iteration():
+    f = WarmupCosine(total_steps=10**9, warmup_steps=4, warmup_factor=0.2, floor=0.0)
+    assert [round(f(t), 6) for t in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+@pytest.mark.parametrize("override", ["schedule.warmup_epochs=200", "schedule.min_lr_factor=1.5",
+                                      "schedule.epochs=0"])
+def test_impossible_schedule_is_a_clear_error(override):
+    with pytest.raises(VitcError, match="schedule."):
+        warmup_cosine(load_config(None, [override]).schedule, steps_per_epoch=10)
+
+
+def test_no_weight_decay_on_what_the_model_names():
+    model = VisionTransformer(model_spec(load_config(None, TINY).model))
+    decay, no_decay = param_groups(model, weight_decay=0.24)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} == model.no_weight_decay_params()
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.24
+    assert "pos_embed" not in {names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_sgd_uses_momentum_and_nesterov():
+    cfg = load_config(None, TINY + ["optim.name=sgd", "optim.momentum=0.8"])
+    opt = build_optimizer(VisionTransformer(model_spec(cfg.model)), cfg.optim, 0.1, on_gpu=False)
+    assert opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"] is True
+
+
+def test_deepspeed_config_is_generated_and_the_passthrough_wins():
+    cfg = load_config(None, ["train.micro_batch=8", "train.grad_accum=4", "train.zero_stage=2",
+                             "train.clip_grad=1.0", "deepspeed.zero_optimization.overlap_comm=true",
+                             "deepspeed.flops_profiler.enabled=false"])
+    ds = deepspeed_config(cfg, resolve_runtime(cfg.train, DistEnv()), world_size=4)
+    assert ds["train_batch_size"] == 8 * 4 * 4
+    assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["overlap_comm"] is True  # passthrough over generated
+    assert ds["flops_profiler"] == {"enabled": False}
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False  # CPU: fp32 by default
+
+
+def test_fp16_on_cpu_is_refused():
+    cfg = load_config(None, ["train.precision=fp16"])
+    with pytest.raises(VitcError, match="fp16 needs a GPU"):
+        resolve_runtime(cfg.train, DistEnv())

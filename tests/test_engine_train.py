@@ -1,0 +1,119 @@
+"""`vitc train` on one process: learning, optimizers, export, the NaN guard, checkpoints and resume."""
+
+import re
+
+import pytest
+import torch
+import yaml
+
+from engine_runs import digit_shards, exported, loss_fell, losses, metrics, write_config
+from vitc.cli import main
+from vitc.config import load_config
+from vitc.engine import checkpoint
+from vitc.engine.runtime import resolve_runtime
+from vitc.engine.trainer import Trainer
+from vitc.launch.env import DistEnv
+from vitc.launch.preempt import PreemptionSignal
+from vitc.models.vit import VisionTransformer
+from vitc.specs import model_spec
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory):
+    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def adamw_run(shards, tmp_path_factory):
+    """One finished 3-epoch AdamW run at ZeRO-1 (75 steps), shared by the tests that read it."""
+    tmp = tmp_path_factory.mktemp("adamw")
+    config = write_config(tmp / "run.yaml", shards, tmp / "run", checkpoint={"every_steps": 5, "keep_last": 2})
+    assert main(["train", str(config)]) == 0
+    return config, tmp / "run"
+
+
+def test_loss_falls_and_eval_counts_every_image(adamw_run):
+    _, run_dir = adamw_run
+    assert len(losses(run_dir)) == 75 and loss_fell(run_dir)
+    evals = metrics(run_dir, "eval")
+    assert [e["epoch"] for e in evals] == [1, 2, 3] and all(e["count"] == 200 for e in evals)
+    assert evals[-1]["top1"] > 20.0  # 10 classes: chance is 10 %
+
+
+def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
+    config, run_dir = adamw_run
+    assert load_config(run_dir / "config.yaml") == load_config(config)
+    ds = yaml.safe_load((run_dir / "deepspeed_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 1 and ds["train_batch_size"] == 8
+    assert "deepspeed" in yaml.safe_load((run_dir / "environment.json").read_text())
+
+
+def test_keeps_the_last_k_complete_checkpoints(adamw_run):
+    _, run_dir = adamw_run
+    assert [c.step for c in checkpoint.complete_checkpoints(run_dir)] == [70, 75]
+    assert sorted(p.name for p in checkpoint.checkpoint_root(run_dir).glob("step_*")) == ["step_00000070", "step_00000075"]
+
+
+def test_export_gives_a_plain_model_with_the_engines_logits(adamw_run, tmp_path):
+    config, run_dir = adamw_run
+    cfg = load_config(config)
+    weights = exported(run_dir, tmp_path)
+    plain = VisionTransformer(model_spec(cfg.model, 10))
+    plain.load_state_dict(weights)
+    # the engine, rebuilt by resuming the same checkpoint
+    trainer = Trainer(cfg, DistEnv(), resolve_runtime(cfg.train, DistEnv()), PreemptionSignal())
+    images = torch.randn(4, 3, 32, 32)
+    trainer.engine.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(images), trainer.engine(images), atol=1e-6)
+
+
+def test_eval_of_exported_weights_matches_the_runs_last_eval(adamw_run, tmp_path, capsys):
+    config, run_dir = adamw_run
+    exported(run_dir, tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(config), f"weights={tmp_path / 'run.safetensors'}"]) == 0
+    top1 = metrics(run_dir, "eval")[-1]["top1"]
+    assert f"top-1 {top1:.2f}%" in capsys.readouterr().out
+
+
+def test_sgd_with_nesterov_learns(shards, tmp_path):
+    config = write_config(tmp_path / "sgd.yaml", shards, tmp_path / "run",
+                          optim={"name": "sgd", "base_lr": 0.1, "weight_decay": 1e-4})
+    assert main(["train", str(config)]) == 0
+    assert loss_fell(tmp_path / "run")
+
+
+def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(shards, tmp_path, capsys):
+    config = write_config(tmp_path / "nan.yaml", shards, tmp_path / "run",
+                          optim={"name": "sgd", "base_lr": 1e12, "nesterov": False},
+                          checkpoint={"every_steps": 1, "keep_last": 5})
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "loss is not finite" in err and "Traceback" not in err
+    saved = checkpoint.complete_checkpoints(tmp_path / "run")
+    failed_at = int(re.search(r"loss is not finite .* at epoch \d+, step (\d+)", err).group(1))
+    assert saved and all(c.step < failed_at for c in saved)
+
+
+def test_a_half_written_checkpoint_is_skipped_on_resume(shards, tmp_path):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", checkpoint={"every_steps": 4})
+    assert main(["train", str(config), "train.max_steps=8"]) == 0
+    root = checkpoint.checkpoint_root(tmp_path / "run")
+    # a save that was killed: DeepSpeed's files (truncated) but no completeness marker
+    (root / "step_00000012").mkdir()
+    (root / "step_00000012" / "mp_rank_00_model_states.pt").write_bytes(b"\x80half")
+    assert main(["train", str(config), "train.max_steps=10"]) == 0
+    assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 11))
+    assert checkpoint.newest_checkpoint(tmp_path / "run").step == 10
+
+
+def test_bad_inputs_are_one_line_errors(shards, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "m.safetensors")]) == 2
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    assert main(["eval", str(config), f"weights={tmp_path / 'missing.safetensors'}"]) == 2
+    err = capsys.readouterr().err
+    assert "config file not found" in err and "no complete checkpoint" in err
+    assert "weights file not found" in err and "Traceback" not in err

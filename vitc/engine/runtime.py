@@ -1,0 +1,114 @@
+"""Where and how this process trains: device, precision, process group, seeds, environment.
+
+Reads the launcher's facts only from the `DistEnv` that `vitc.launch.env.discover()` returned at
+the top of the program; `init_distributed` exports them once because DeepSpeed itself reads
+LOCAL_RANK from the environment.
+"""
+
+import atexit
+import os
+import platform
+import random
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from vitc.errors import VitcError
+from vitc.launch.env import DistEnv
+from vitc.schema import TrainConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved `auto` choices for this process."""
+
+    device: torch.device
+    precision: str  # bf16 | fp16 | fp32
+    backend: str  # nccl | gloo
+    channels_last: bool
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
+    """Device, precision, backend: bf16/NCCL/channels-last on GPU, fp32/gloo on CPU unless set."""
+    want_gpu = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
+    if want_gpu and not torch.cuda.is_available():
+        raise VitcError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    device = torch.device("cuda", dist.local_rank) if want_gpu else torch.device("cpu")
+    precision = train.precision if train.precision != "auto" else ("bf16" if want_gpu else "fp32")
+    if precision == "fp16" and not want_gpu:
+        raise VitcError("train.precision=fp16 needs a GPU; on CPU use fp32 or bf16")
+    backend = train.dist_backend if train.dist_backend != "auto" else ("nccl" if want_gpu else "gloo")
+    if backend == "nccl" and not want_gpu:
+        raise VitcError("train.dist_backend=nccl needs GPUs; on CPU use gloo (or auto)")
+    channels_last = want_gpu if train.channels_last == "auto" else train.channels_last
+    return Runtime(device, precision, backend, channels_last)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> None:
+    """Join (or, for a lone process, create) the process group, once per process: DeepSpeed keeps
+    references to it, so it lives until the process exits. Every rank calls this."""
+    if tdist.is_initialized():
+        return
+    if dist.world_size == 1 and dist.source == "single":
+        # no launcher: a 1-process group on a free port, so two lone runs never collide
+        dist = DistEnv(master_port=free_port())
+    os.environ.update(dist.export())  # DeepSpeed reads LOCAL_RANK and friends from here
+    if rt.on_gpu:
+        torch.cuda.set_device(rt.device)
+    tdist.init_process_group(rt.backend, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
+                             rank=dist.rank, world_size=dist.world_size,
+                             timeout=timedelta(seconds=timeout_s))
+    atexit.register(tdist.destroy_process_group)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's RNG states, as plain values (tensors, ints, lists) for a checkpoint."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def environment_summary(dist: DistEnv, rt: Runtime) -> dict:
+    """What ran where: written to the run directory next to the resolved config."""
+    import deepspeed
+
+    return {
+        "host": socket.gethostname(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__, "cuda": torch.version.cuda,
+        "gpus_visible": torch.cuda.device_count(), "threads": torch.get_num_threads(),
+        "launcher": dist.source, "world_size": dist.world_size,
+        "device": str(rt.device), "precision": rt.precision, "backend": rt.backend,
+    }

@@ -1,0 +1,332 @@
+"""`vitc train`: one trainer for one CPU process, torchrun, and Slurm srun alike.
+
+`train(cfg)` discovers the launcher once, builds the plain model, data, optimizer and schedule,
+wraps them with `deepspeed.initialize` in exactly one place (`wrap`), resumes from the newest
+complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
+ranks agree, with one all_reduce, on two flags: a preemption signal arrived (then all ranks
+save at this same step, rank 0 requeues the Slurm job, the process exits 0) and a loss was not
+finite (then all ranks stop with a VitcError before any later save can overwrite good state).
+"""
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vitc.config import config_to_dict, save_config
+from vitc.engine import checkpoint
+from vitc.engine.checkpoint import CheckpointInfo
+from vitc.engine.deepspeed_cfg import deepspeed_config
+from vitc.engine.ema import EMA_FILE, ModelEMA
+from vitc.engine.evaluate import Accuracy, evaluate
+from vitc.engine.meters import MetricsLog, Window, console_line
+from vitc.engine.optim import build_optimizer
+from vitc.engine.runtime import (Runtime, environment_summary, init_process_group, resolve_runtime,
+                                 rng_state, seed_everything, set_rng_state)
+from vitc.engine.schedule import scaled_lr, warmup_cosine
+from vitc.errors import VitcError
+from vitc.fileio import atomic_write_text
+from vitc.launch.env import DistEnv, discover
+from vitc.launch.preempt import PreemptionSignal, requeue_job
+from vitc.models.vit import VisionTransformer
+from vitc.schema import Config
+from vitc.specs import model_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int  # epochs completed
+    stopped: str  # finished | preempted | max_steps
+    accuracy: Accuracy | None  # last evaluation of the trained weights
+    ema_accuracy: Accuracy | None
+    wall_s: float
+
+    def describe(self) -> str:
+        line = f"{self.run_dir}: {self.stopped} at epoch {self.epoch}, step {self.step} in {self.wall_s:.0f} s"
+        for name, acc in (("", self.accuracy), ("EMA ", self.ema_accuracy)):
+            if acc is not None:
+                line += f"; {name}top-1 {acc.top1:.2f}% top-5 {acc.top5:.2f}% ({acc.count} images)"
+        return line
+
+
+def train(cfg: Config, dist: DistEnv | None = None) -> TrainResult:
+    """Train as `cfg` says; every rank of the job calls this."""
+    dist = discover() if dist is None else dist
+    rt = resolve_runtime(cfg.train, dist)
+    init_process_group(dist, rt, cfg.train.dist_timeout_s)
+    deepspeed.init_distributed(dist_backend=rt.backend)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        return Trainer(cfg, dist, rt, PreemptionSignal()).fit()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
+    """The one call to `deepspeed.initialize`: ZeRO, precision, accumulation and clipping."""
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=ds_config)
+    return engine
+
+
+class Trainer:
+    """State of one training invocation. Methods marked 'every rank' contain collectives."""
+
+    def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal):
+        from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+
+        self.cfg, self.dist, self.rt, self.preempt = cfg, dist, rt, preempt
+        self.run_dir = Path(cfg.train.run_dir)
+        self.accum = cfg.train.grad_accum
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        num_classes = read_manifest_num_classes(cfg) if cfg.model.num_classes == "auto" else None
+        self.loader = build_train_loader(cfg, dist, num_classes or cfg.model.num_classes)
+        self.eval_loader = build_eval_loader(cfg, dist) if cfg.data.val_shards else None
+        self.steps_per_epoch = len(self.loader) // self.accum
+        if self.steps_per_epoch < 1:
+            raise VitcError(f"the training data gives {len(self.loader)} micro-batches per rank per "
+                            f"epoch, fewer than train.grad_accum={self.accum}: lower train.micro_batch "
+                            "or train.grad_accum, or add data")
+        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        self.global_batch = cfg.train.micro_batch * self.accum * dist.world_size
+        model = self._build_model(num_classes)
+        self.ema = None
+        if cfg.optim.ema_alpha > 0:
+            self.ema = ModelEMA(model, cfg.optim.ema_alpha, cfg.optim.ema_update_period,
+                                self.global_batch, cfg.schedule.epochs)
+        self.step = self.epoch = self.micro_in_epoch = 0
+        self.last_saved: CheckpointInfo | None = None
+        resume = checkpoint.newest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
+        tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
+                                                  cfg.train.zero_stage, dist.rank)
+                          if resume else (None, False))
+        self.ds_config = deepspeed_config(cfg, rt, dist.world_size, load_universal=universal)
+        lr = scaled_lr(cfg.optim, self.global_batch)
+        optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, self.steps_per_epoch))
+        self.engine = wrap(model, optimizer, scheduler, self.ds_config)
+        if resume:
+            self._restore(resume, tag)
+        self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
+        if dist.is_main:
+            self._write_run_files(lr)
+
+    def _build_model(self, num_classes: int | None) -> torch.nn.Module:
+        model = VisionTransformer(model_spec(self.cfg.model, num_classes)).to(self.rt.device)
+        if self.rt.channels_last:
+            model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
+        return model
+
+    def _write_run_files(self, lr: float) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        atomic_write_text(self.run_dir / "deepspeed_config.json", json.dumps(self.ds_config, indent=1) + "\n")
+        env = {**environment_summary(self.dist, self.rt), "global_batch": self.global_batch, "lr": lr,
+               "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
+        atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=1) + "\n")
+        log.info("run %s: %d rank(s), %s, %s, ZeRO-%d, global batch %d, lr %.3g, %d steps/epoch",
+                 self.run_dir, self.dist.world_size, self.rt.device, self.rt.precision,
+                 self.cfg.train.zero_stage, self.global_batch, lr, self.steps_per_epoch)
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train to the end of the schedule, to train.max_steps, or to a preemption. Every rank."""
+        start = time.perf_counter()
+        stopped, accuracy, ema_accuracy = "finished", None, None
+        if self._stop_reason(preempted=False):  # resumed at train.max_steps already
+            stopped = "max_steps"
+        while self.epoch < self.cfg.schedule.epochs and stopped == "finished":
+            stopped = self._train_epoch()
+            if stopped != "finished":
+                break
+            self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+            self._save()
+            if self._eval_due():
+                accuracy, ema_accuracy = self._evaluate()
+        if self.metrics is not None:
+            self.metrics.close()
+        return TrainResult(self.run_dir, self.step, self.epoch, stopped, accuracy, ema_accuracy,
+                           time.perf_counter() - start)
+
+    def _train_epoch(self) -> str:
+        """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
+        self.loader.set_epoch(self.epoch)  # the epoch a resumed loader is in keeps its position
+        batches, window = iter(self.loader), Window()
+        loss_sum = torch.zeros((), device=self.rt.device)
+        while self.micro_in_epoch < self.steps_per_epoch * self.accum:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:  # after a world-size change the loader may resume a batch later
+                break
+            images, targets = batch
+            window.data_s += time.perf_counter() - waited
+            loss_sum += self._micro_step(images, targets)
+            self.micro_in_epoch += 1
+            if self.micro_in_epoch % self.accum:
+                continue
+            self.step += 1
+            preempted, loss = self._agree_on_flags(loss_sum)
+            window.add(len(images) * self.accum * self.dist.world_size, loss, 0.0)
+            loss_sum.zero_()
+            if self.ema is not None:
+                self.ema.update(self.engine.module, self.step)
+            if self.step % self.cfg.log.every_steps == 0:
+                window = self._log(window)
+            stop = self._stop_reason(preempted)
+            if stop or self.step % self.cfg.checkpoint.every_steps == 0:
+                self._save()
+            if stop:
+                if stop == "preempted" and self.dist.is_main:
+                    requeue_job()
+                return stop
+        return "finished"
+
+    def _micro_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and (at an accumulation boundary) the optimizer step."""
+        images = self._prepare(images, self.engine.module.head.weight.dtype)
+        targets = targets.to(self.rt.device, non_blocking=True)
+        loss = F.cross_entropy(self.engine(images).float(), targets)  # int labels or soft targets
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach()
+
+    def _prepare(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
+        return images.to(self.rt.device, dtype, non_blocking=True, memory_format=fmt)
+
+    def _agree_on_flags(self, loss_sum: torch.Tensor) -> tuple[bool, float]:
+        """One all_reduce over [preemption requested, loss not finite, loss]: every rank learns
+        whether any rank was signalled or diverged, and the mean loss. Raises on a non-finite loss
+        before anything is saved. Every rank."""
+        flags = torch.stack([torch.tensor(float(self.preempt.requested), device=self.rt.device),
+                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum])
+        tdist.all_reduce(flags)
+        preempted, diverged, loss = (float(v) for v in flags)
+        if diverged > 0:
+            good = self.last_saved.tag if self.last_saved else "none saved yet"
+            raise VitcError(
+                f"loss is not finite (mean over ranks {loss:.4g}) at epoch {self.epoch + 1}, "
+                f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
+                "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
+        return preempted > 0, loss / self.dist.world_size
+
+    def _stop_reason(self, preempted: bool) -> str | None:
+        if preempted:
+            log.warning("preemption signal received: saving at step %d, then requeueing", self.step)
+            return "preempted"
+        max_steps = self.cfg.train.max_steps
+        return "max_steps" if max_steps is not None and self.step >= max_steps else None
+
+    def _log(self, window: Window) -> Window:
+        """Console line, JSONL and TensorBoard (rank 0); returns a fresh window."""
+        if self.metrics is not None:
+            record = {**window.summary(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
+                      "total_steps": self.total_steps, "lr": self.engine.get_lr()[0],
+                      "grad_norm": self._grad_norm()}
+            record["eta_s"] = record["step_s"] * (self.total_steps - self.step)
+            log.info(console_line({**record, "step": self.step}))
+            self.metrics.write("train", self.step, record)
+        return Window()
+
+    def _grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else None
+        return norm if norm is None or math.isfinite(norm) else None
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.eval.every_epochs
+        last = self.epoch == self.cfg.schedule.epochs
+        return self.eval_loader is not None and every > 0 and (self.epoch % every == 0 or last)
+
+    def _sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over ranks. Each rank's statistics follow its own
+        data (DeepSpeed, unlike DDP, does not broadcast buffers), so without this the evaluated
+        and the saved model would be rank 0's alone. Every rank."""
+        for buffer in self.engine.module.buffers():
+            if buffer.is_floating_point() and self.dist.world_size > 1:
+                tdist.all_reduce(buffer)
+                buffer /= self.dist.world_size
+
+    def _evaluate(self) -> tuple[Accuracy, Accuracy | None]:
+        """Top-1/top-5 of the engine's weights and of the EMA weights. Every rank."""
+        self._sync_buffers()
+        dtype = self.engine.module.head.weight.dtype
+        accuracy = evaluate(self.engine, self.eval_loader, lambda x: self._prepare(x, dtype))
+        ema_accuracy = None
+        if self.ema is not None:
+            ema_accuracy = evaluate(self.ema.model, self.eval_loader, lambda x: self._prepare(x, torch.float32))
+        if self.metrics is not None:
+            values = {"epoch": self.epoch, "top1": accuracy.top1, "top5": accuracy.top5, "count": accuracy.count}
+            if ema_accuracy is not None:
+                values.update(ema_top1=ema_accuracy.top1, ema_top5=ema_accuracy.top5)
+            log.info("eval after epoch %d: %s", self.epoch,
+                     ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k not in ("epoch", "count")))
+            self.metrics.write("eval", self.step, values)
+        return accuracy, ema_accuracy
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def _save(self) -> None:
+        """A complete checkpoint at this step (skipped when this step is already saved). Every rank."""
+        if self.last_saved is not None and self.last_saved.step == self.step:
+            return
+        self._sync_buffers()
+        info = CheckpointInfo(checkpoint.tag_for(self.step), self.step, self.epoch,
+                              self.dist.world_size, self.cfg.train.zero_stage)
+        shared = {EMA_FILE: self.ema.save} if self.ema is not None else {}
+        checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
+                        self.cfg.checkpoint.keep_last, shared)
+        self.last_saved = info
+
+    def _client_state(self) -> dict:
+        """Position, config, and the RNG and loader state of every rank (gathered). Every rank."""
+        mine = {"rng": rng_state(), "loader": self.loader.state_dict()}
+        ranks: list = [None] * self.dist.world_size
+        tdist.all_gather_object(ranks, mine)
+        return {"epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
+                "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks, "config": config_to_dict(self.cfg)}
+
+    def _restore(self, info: CheckpointInfo, tag: str) -> None:
+        """Load weights, optimizer, schedule, position, RNG, loader and EMA. Every rank."""
+        root = checkpoint.checkpoint_root(self.run_dir)
+        path, client = self.engine.load_checkpoint(str(root), tag=tag)
+        if path is None or not client:
+            raise VitcError(f"could not load checkpoint {root / tag}: DeepSpeed found no loadable state")
+        self.step, self.epoch = client["step"], client["epoch"]
+        ranks = client["ranks"]
+        if len(ranks) == self.dist.world_size:
+            self.micro_in_epoch = client["micro_in_epoch"]
+            set_rng_state(ranks[self.dist.rank]["rng"])
+            self.loader.load_state_dict(ranks[self.dist.rank]["loader"])
+        else:
+            self._restore_resized(client)
+        if self.ema is not None and (root / info.tag / EMA_FILE).is_file():
+            self.ema.load_state_dict(load_file(str(root / info.tag / EMA_FILE), device=str(self.rt.device)))
+        self.last_saved = info
+        log.info("resumed from %s: epoch %d, step %d", root / tag, self.epoch + 1, self.step)
+
+    def _restore_resized(self, client: dict) -> None:
+        """Another world size: weights and optimizer state came through the universal checkpoint;
+        the loader resumes the epoch at the same fraction (per-rank positions do not map onto a
+        new sharding) and the RNG is re-seeded per rank from (seed, step)."""
+        fraction = client["micro_in_epoch"] / client["micro_per_epoch"]
+        log.warning("checkpoint saved on %d rank(s), resuming on %d: epoch %d continues at %.0f %%",
+                    client["world_size"], self.dist.world_size, self.epoch + 1, 100 * fraction)
+        self.micro_in_epoch = int(fraction * self.steps_per_epoch) * self.accum
+        self.loader.load_state_dict(client["ranks"][0]["loader"])
+        seed_everything(self.cfg.train.seed + 1_000_003 * self.step + self.dist.rank)
