@@ -24,7 +24,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for item in overrides:
         key, value = parse_override(item)
         _check_dict(_nest(key, value), Config, "", f"override '{item}'")
-        merged = _merge(merged, _nest(key, value))
+        merged = merge_dicts(merged, _nest(key, value))
     return config_from_dict(merged, "the resolved config")
 
 
@@ -90,15 +90,16 @@ def _load_yaml_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     _check_dict(data, Config, "", str(path))
     merged: dict = {}
     for base in bases:
-        merged = _merge(merged, _load_yaml_tree(path.parent / base, (*chain, path)))
-    return _merge(merged, data)
+        merged = merge_dicts(merged, _load_yaml_tree(path.parent / base, (*chain, path)))
+    return merge_dicts(merged, data)
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge_dicts(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursively; lists and scalars in `top` replace."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out

@@ -48,8 +48,21 @@ def resolve_targets(targets: list[str], overrides: list[str], resolution: int | 
             cfg = load_config(target, extra)
         else:
             cfg = load_config(None, [f"model.name={target}", *extra])
-        out.append((model_spec(cfg.model), cfg.audit.parity_tolerance))
+        out.append((model_spec(cfg.model, _auto_num_classes(cfg, target)), cfg.audit.parity_tolerance))
     return out
+
+
+def _auto_num_classes(cfg, target: str) -> int | None:
+    """The training manifest's class count for `model.num_classes: auto`, else None."""
+    if cfg.model.num_classes != "auto":
+        return None
+    from vitc.data.loader import read_manifest_num_classes
+
+    try:
+        return read_manifest_num_classes(cfg)
+    except VitcError as e:
+        raise VitcError(f"{target}: model.num_classes is 'auto' and the training manifest cannot be "
+                        f"read ({e}); pass --num-classes K to audit without the data")
 
 
 def audit_row(spec: ViTSpec) -> AuditRow:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from vitc.config import merge_dicts
 from vitc.engine.runtime import Runtime
 from vitc.errors import VitcError
 from vitc.schema import Config
@@ -42,12 +43,6 @@ def deepspeed_config(cfg: Config, rt: Runtime, world_size: int, load_universal: 
         if train.clip_grad <= 0:
             raise VitcError(f"train.clip_grad must be > 0 or null, got {train.clip_grad}")
         ds["gradient_clipping"] = train.clip_grad
-    return merge(ds, cfg.deepspeed)
+    return merge_dicts(ds, cfg.deepspeed)  # a passthrough key wins over the generated one
 
 
-def merge(base: dict, top: dict) -> dict:
-    """`top` over `base`, recursively: a passthrough key wins over the generated one."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out

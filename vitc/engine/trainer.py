@@ -227,7 +227,10 @@ class Trainer:
 
     def _stop_reason(self, preempted: bool) -> str | None:
         if preempted:
-            log.warning("preemption signal received: saving at step %d, then requeueing", self.step)
+            # SIGUSR1 is Slurm's warning before the time limit; SIGTERM is scancel, not requeued
+            name = signal.Signals(self.preempt.received).name if self.preempt.received else "a peer's"
+            log.warning("%s signal: saving at step %d; requeued only if Slurm still runs the job",
+                        name, self.step)
             return "preempted"
         max_steps = self.cfg.train.max_steps
         return "max_steps" if max_steps is not None and self.step >= max_steps else None
