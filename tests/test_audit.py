@@ -1,7 +1,6 @@
 """`vitc audit`: fvcore counts with attention handled, the analytic check, parity, pinned costs."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -21,9 +21,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: bool) -> torch.optim.Optimizer:
-    """The torch optimizer DeepSpeed wraps. Fused AdamW (one kernel for all tensors) on GPU."""
-    groups = param_groups(model, optim.weight_decay)
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: bool,
+                    groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """The torch optimizer DeepSpeed wraps. Fused AdamW (one kernel for all tensors) on GPU.
+    `groups` replaces the decay/no-decay groups (layer-wise lr decay: vitc/finetune.py)."""
+    groups = groups or param_groups(model, optim.weight_decay)
     if optim.name == "adamw":
         if len(optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in optim.betas):
             raise VitcError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")

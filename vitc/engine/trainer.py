@@ -35,6 +35,7 @@ from vitc.engine.runtime import (Runtime, environment_summary, init_process_grou
 from vitc.engine.schedule import scaled_lr, warmup_cosine
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
+from vitc.finetune import init_model, optimizer_param_groups
 from vitc.launch.env import DistEnv, discover
 from vitc.launch.preempt import PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
@@ -116,7 +117,7 @@ class Trainer:
                           if resume else (None, False))
         self.ds_config = deepspeed_config(cfg, rt, dist.world_size, load_universal=universal)
         lr = scaled_lr(cfg.optim, self.global_batch)
-        optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu)
+        optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, self.steps_per_epoch))
         self.engine = wrap(model, optimizer, scheduler, self.ds_config)
         if resume:
@@ -126,7 +127,9 @@ class Trainer:
             self._write_run_files(lr)
 
     def _build_model(self, num_classes: int | None) -> torch.nn.Module:
-        model = VisionTransformer(model_spec(self.cfg.model, num_classes)).to(self.rt.device)
+        model = VisionTransformer(model_spec(self.cfg.model, num_classes))
+        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/finetune.py)
+        model = model.to(self.rt.device)
         if self.rt.channels_last:
             model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
         return model

@@ -1,0 +1,179 @@
+"""The optimizability sweep: make (reproducible sampling), run, collect (diverged = 100 % error),
+plot (EDF PNG + CSV) (vitc/sweep/)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vitc.cli import main
+from vitc.config import load_config
+from vitc.data.shards import BuildOptions, build_shards
+from vitc.errors import VitcError
+from vitc.sweep.collect import read_results
+from vitc.sweep.edf import edf, error_thresholds
+from vitc.sweep.make import load_spec, make_sweep, read_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL_YAML = """
+model: {name: %(name)s, width: 32, depth: %(depth)d, heads: 2, image_size: 32, num_classes: auto%(stem)s}
+data: {train_shards: %(shards)s, val_shards: %(shards)s, workers: 1}
+train: {micro_batch: 16}
+optim: {reference_batch: 16}
+schedule: {epochs: 1, warmup_epochs: 0}
+log: {tensorboard: false}
+"""
+SPEC_YAML = """
+seed: %(seed)d
+samples: %(samples)d
+models: {vit_p_tiny: vit_p.yaml, vit_c_tiny: vit_c.yaml}
+optimizers:
+  adamw: {lr: [1.0e-4, 1.0e-2], weight_decay: [1.0e-3, 0.5]}
+  sgd: {lr: [1.0e-2, 1.0], weight_decay: [1.0e-5, 1.0e-3]}
+epochs: [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep_data") / "shards"
+    build_shards(digits_folder, out, options=BuildOptions(samples_per_shard=100), progress=False)
+    return out
+
+
+def write_spec(root: Path, shards: Path, seed: int = 0, samples: int = 3, body: str = SPEC_YAML) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vit_p.yaml").write_text(MODEL_YAML % dict(name="vit_p_1gf", depth=3, shards=shards,
+                                                      stem=", patch_size: 4"))
+    (root / "vit_c.yaml").write_text(MODEL_YAML % dict(name="vit_c_1gf", depth=2, shards=shards,
+                                                      stem=", stem_channels: [8, 16], stem_strides: [2, 2]"))
+    spec = root / "spec.yaml"
+    spec.write_text(body % dict(seed=seed, samples=samples))
+    return spec
+
+
+def test_make_is_reproducible_from_the_spec_seed(shards, tmp_path):
+    spec = write_spec(tmp_path / "spec", shards)
+    make_sweep(spec, tmp_path / "a")
+    make_sweep(spec, tmp_path / "b")
+    other = write_spec(tmp_path / "spec2", shards, seed=1)
+    make_sweep(other, tmp_path / "c")
+
+    a, b, c = (read_runs(tmp_path / d) for d in "abc")
+    settings = lambda runs: [(r.id, r.lr, r.weight_decay, r.epochs, r.seed) for r in runs]  # noqa: E731
+    assert settings(a) == settings(b)
+    assert settings(a) != settings(c)
+    config_a = (tmp_path / "a" / a[0].config).read_text()
+    assert config_a.replace(str(tmp_path / "a"), "") == (tmp_path / "b" / b[0].config).read_text().replace(
+        str(tmp_path / "b"), "")
+
+
+def test_make_samples_each_setting_once_for_every_model_within_the_ranges(shards, tmp_path):
+    runs = make_sweep(write_spec(tmp_path / "spec", shards, samples=5), tmp_path / "sweep")
+
+    assert len(runs) == 5 * 2 * 2  # samples × optimizers × models
+    for optimizer, (lr_range, wd_range) in {"adamw": ((1e-4, 1e-2), (1e-3, 0.5)),
+                                            "sgd": ((1e-2, 1.0), (1e-5, 1e-3))}.items():
+        group = [r for r in runs if r.optimizer == optimizer]
+        assert all(lr_range[0] <= r.lr <= lr_range[1] and wd_range[0] <= r.weight_decay <= wd_range[1]
+                   for r in group)
+        for model in ("vit_p_tiny", "vit_c_tiny"):  # paired: both models get the same settings
+            assert [(r.lr, r.weight_decay, r.seed) for r in group if r.model == model] == \
+                   [(r.lr, r.weight_decay, r.seed) for r in group if r.model == "vit_p_tiny"]
+    assert {r.stem for r in runs} == {"conv", "patchify"}
+    cfg = load_config(tmp_path / "sweep" / runs[-1].config)
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay, cfg.schedule.epochs) == (
+        runs[-1].optimizer, runs[-1].lr, runs[-1].weight_decay, runs[-1].epochs)
+    assert cfg.train.run_dir == str(tmp_path / "sweep" / "runs" / runs[-1].id)
+
+
+def test_make_refuses_a_different_sweep_in_the_same_directory(shards, tmp_path):
+    make_sweep(write_spec(tmp_path / "s0", shards, seed=0), tmp_path / "sweep")
+    with pytest.raises(VitcError, match="already holds another sweep"):
+        make_sweep(write_spec(tmp_path / "s1", shards, seed=1), tmp_path / "sweep")
+
+
+def test_a_spec_typo_names_the_key_and_suggests_the_right_one(shards, tmp_path):
+    spec = write_spec(tmp_path, shards, body=SPEC_YAML.replace("samples:", "sampels:"))
+    with pytest.raises(VitcError, match=r"unknown key 'sampels'.*did you mean 'samples'"):
+        load_spec(spec)
+
+
+def test_edf_is_the_fraction_of_errors_strictly_below_each_threshold():
+    assert edf([10.0, 20.0, 100.0, 100.0], [10.0, 10.5, 50.0, 100.0]) == [0.0, 0.25, 0.5, 0.5]
+    assert error_thresholds(25.0) == [0.0, 25.0, 50.0, 75.0, 100.0]
+
+
+def test_slurm_dry_run_renders_one_array_task_per_run(shards, tmp_path, capsys):
+    runs = make_sweep(write_spec(tmp_path / "spec", shards, samples=2), tmp_path / "sweep")
+
+    assert main(["sweep", "run", str(tmp_path / "sweep"), "--slurm", "--dry-run", "--parallel", "3"]) == 0
+
+    script = capsys.readouterr().out
+    assert f"#SBATCH --array=0-{len(runs) - 1}%3" in script
+    assert str(tmp_path / "sweep" / "slurm" / "configs.txt") in script
+    assert not (tmp_path / "sweep" / "slurm").exists()  # a dry run writes nothing
+
+
+def test_collect_reads_a_slurm_array_task_log_that_ended_in_divergence(shards, tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = make_sweep(write_spec(tmp_path / "spec", shards, samples=1), sweep)
+    (sweep / "slurm").mkdir()
+    (sweep / "slurm" / "array.json").write_text(json.dumps([{"job_id": "77", "runs": [r.id for r in runs]}]))
+    (sweep / "slurm" / "vitc-sweep-sweep-77_1.out").write_text(
+        "vitc: job 78 restart 0\nvitc: error: loss is not finite (rank 0 saw nan) at epoch 1, step 3\n")
+
+    assert main(["sweep", "collect", str(sweep)]) == 0
+
+    by_id = {r.id: r for r in read_results(sweep)}
+    assert (by_id[runs[1].id].status, by_id[runs[1].id].error) == ("diverged", 100.0)
+    assert {by_id[r.id].status for r in runs if r.id != runs[1].id} == {"incomplete"}
+    assert all(by_id[r.id].error is None for r in runs if r.id != runs[1].id)
+
+
+@pytest.mark.slow
+def test_run_collect_plot_a_sweep_where_one_run_diverges(shards, tmp_path, capsys):
+    # one model, two settings: AdamW at a sane lr finishes; SGD at lr 1e30 overflows to a non-finite loss
+    spec = write_spec(tmp_path / "spec", shards, samples=1, body="""
+seed: %(seed)d
+samples: %(samples)d
+models: {vit_c_tiny: vit_c.yaml}
+optimizers:
+  adamw: {lr: [1.0e-3, 1.0e-3], weight_decay: [0.05, 0.05]}
+  sgd: {lr: [1.0e+30, 1.0e+30], weight_decay: [1.0e-4, 1.0e-4]}
+epochs: [1]
+""")
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "make", str(spec), str(sweep)]) == 0
+
+    assert main(["sweep", "run", str(sweep)]) == 0
+    assert "trained 2 runs: 1 diverged, 1 finished" in capsys.readouterr().out
+    assert main(["sweep", "run", str(sweep)]) == 0  # both outcomes are final: nothing to redo
+    assert "nothing left to train" in capsys.readouterr().out
+
+    assert main(["sweep", "collect", str(sweep)]) == 0
+    by_optimizer = {r.optimizer: r for r in read_results(sweep)}
+    assert (by_optimizer["sgd"].status, by_optimizer["sgd"].error) == ("diverged", 100.0)
+    adamw = by_optimizer["adamw"]
+    assert adamw.status == "finished" and adamw.error == pytest.approx(100.0 - adamw.top1)
+
+    assert main(["sweep", "plot", str(sweep), "--out", str(tmp_path / "plot")]) == 0
+    assert (tmp_path / "plot" / "edf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "plot" / "edf.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    at_100 = rows[-1]
+    assert at_100["error"] == "100.0"
+    assert at_100["vit_c_tiny adamw (n=1)"] == "1.0000"  # its one run has error < 100
+    assert at_100["vit_c_tiny sgd (n=1)"] == "0.0000"  # diverged: 100 % error, never below e
+
+
+def test_shipped_sweep_specs_make_their_runs(tmp_path):
+    for name, count in (("paper_edf", 64 * 2 * 4), ("mini_edf", 4 * 2 * 2)):
+        spec = load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml")
+        assert spec.samples * len(spec.optimizers) * len(spec.models) == count
+        assert all(path.is_file() for path in spec.models.values())
+    runs = make_sweep(REPO / "configs" / "sweeps" / "mini_edf.yaml", tmp_path / "mini",
+                      ["data.train_shards=shards/train", "data.val_shards=shards/val"])
+    assert len(runs) == 16 and {r.epochs for r in runs} == {3}

@@ -1,0 +1,226 @@
+"""Start a run from pretrained weights: 21k pretrain -> 1k finetune (SPEC §2, docs/pipelines.md).
+
+`init_model(model, cfg)` is the trainer's one call: it reads `cfg.finetune.init_from` (an exported
+.safetensors file, or a run directory whose newest complete checkpoint is consolidated), handles
+the classifier head (keep / re-initialise / map the pretrained rows of this dataset's classes by
+name), interpolates the position embedding to this model's resolution, and loads strictly: a key
+missing on either side is an error naming it, unless an allow-list pattern covers it.
+`layer_decay_param_groups` gives the optimizer BEiT-style layer-wise lr decay groups.
+The functions below it take plain arguments (model, state dict, class maps) for tests and notebooks.
+"""
+
+import fnmatch
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitc.errors import VitcError
+from vitc.models.vit import adapt_state_dict
+from vitc.schema import Config, FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class LoadReport:
+    """What `apply_pretrained` did with the pretrained state dict."""
+
+    source: str
+    head: str  # keep | reinit | map
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)  # model keys left at their initialisation
+    unexpected: list[str] = field(default_factory=list)  # pretrained keys the model has no place for
+    resized: list[str] = field(default_factory=list)  # interpolated to the new resolution
+
+    def describe(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.source} (head: {self.head})"]
+        for what, keys in (("resized", self.resized), ("allowed missing", self.missing),
+                           ("allowed unexpected", self.unexpected)):
+            if keys:
+                parts.append(f"{what}: {', '.join(keys)}")
+        return "; ".join(parts)
+
+
+def load_pretrained(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 weights from a `vitc export` .safetensors file or from a run directory's newest complete
+    checkpoint (consolidated by DeepSpeed). Never unpickles: safetensors, or weights_only loads."""
+    from vitc.engine.export import consolidated_state_dict, load_weights
+
+    path = Path(source)
+    if path.is_dir():
+        return consolidated_state_dict(path)[0]
+    if path.suffix != ".safetensors":
+        raise VitcError(f"finetune.init_from: expected a .safetensors file from `vitc export` or a run "
+                        f"directory, got '{source}'")
+    return load_weights(path)
+
+
+def map_head_rows(state: dict[str, torch.Tensor], source_classes: dict[str, int],
+                  target_classes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The pretrained head cut to the target classes: row i is the source row of the class that has
+    index i in `target_classes` (matched by name, e.g. ImageNet-1k synsets inside ImageNet-21k)."""
+    from vitc.data.synsets import map_classes
+
+    rows = map_classes(target_classes, source_classes)
+    out = dict(state)
+    for key in HEAD_KEYS:
+        if key not in state:
+            raise VitcError(f"finetune.head=map: the pretrained weights have no '{key}'")
+        if max(rows) >= state[key].shape[0]:
+            raise VitcError(f"finetune.head=map: the source class map names class index {max(rows)}, "
+                            f"but the pretrained head has {state[key].shape[0]} rows")
+        out[key] = state[key][rows]
+    return out
+
+
+def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+               allow_missing: list[str] = (), allow_unexpected: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(allowed missing keys, allowed unexpected keys); raises a VitcError naming every key that is
+    missing, unexpected or of another shape and not covered by an allow-list pattern."""
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(expected) if k in state and state[k].shape != expected[k].shape]
+    bad_missing = [k for k in missing if not _matches(k, allow_missing)]
+    bad_unexpected = [k for k in unexpected if not _matches(k, allow_unexpected)]
+    problems = []
+    if bad_missing:
+        problems.append(f"missing in the pretrained weights: {_listing(bad_missing)} "
+                        "(allow with finetune.allow_missing)")
+    if bad_unexpected:
+        problems.append(f"not in the model: {_listing(bad_unexpected)} (allow with finetune.allow_unexpected)")
+    if shapes:
+        hint = " (a head of another class count: set finetune.head=reinit or map)" if any(
+            s.startswith("head.") for s in shapes) else ""
+        problems.append(f"shape differs: {_listing(shapes)}{hint}")
+    if problems:
+        raise VitcError("pretrained weights do not fit the model: " + "; ".join(problems))
+    return missing, unexpected
+
+
+def apply_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str = "keep",
+                     source_classes: dict[str, int] | None = None,
+                     target_classes: dict[str, int] | None = None, allow_missing: list[str] = (),
+                     allow_unexpected: list[str] = (), source: str = "state dict") -> LoadReport:
+    """Load `state` into `model` (a VisionTransformer): head handling, position-embedding
+    interpolation to `model.spec.image_size`, strict key check; returns what was done."""
+    if head == "reinit":
+        # the model's own fresh head stays: its rows are not a missing-key error
+        state = {k: v for k, v in state.items() if k not in HEAD_KEYS}
+        allow_missing = [*allow_missing, *HEAD_KEYS]
+    elif head == "map":
+        if source_classes is None or target_classes is None:
+            raise VitcError("finetune.head=map needs the class maps of both datasets "
+                            "(finetune.source_classes and the training shards' manifest)")
+        state = map_head_rows(state, source_classes, target_classes)
+    elif head != "keep":
+        raise VitcError(f"finetune.head: expected one of keep, reinit, map, got {head!r}")
+    adapted = adapt_state_dict(state, model.spec)
+    resized = [k for k in adapted if adapted[k] is not state[k]]
+    missing, unexpected = check_keys(adapted, model.state_dict(), allow_missing, allow_unexpected)
+    model.load_state_dict({k: v for k, v in adapted.items() if k not in unexpected}, strict=False)
+    return LoadReport(source, head, len(adapted) - len(unexpected), missing, unexpected, resized)
+
+
+def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
+    """The trainer's hook, called on every rank right after the model is built and before
+    `deepspeed.initialize`: load `cfg.finetune.init_from` into `model`. None when it is unset."""
+    ft = cfg.finetune
+    if not ft.init_from:
+        return None
+    source_classes = target_classes = None
+    if ft.head == "map":
+        source_classes = source_class_map(ft)
+        target_classes = _train_classes(cfg.data.train_shards, cfg.data.train_manifest, "data.train_shards")
+    report = apply_pretrained(model, load_pretrained(ft.init_from), ft.head, source_classes,
+                              target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from)
+    log.info("finetune: %s", report.describe())
+    return report
+
+
+def source_class_map(ft: FinetuneConfig) -> dict[str, int]:
+    """The pretraining data's class map: `finetune.source_classes`, else the training shards of the
+    run directory that `finetune.init_from` names (read from its saved config.yaml)."""
+    from vitc.data.synsets import read_class_map
+
+    if ft.source_classes:
+        return read_class_map(ft.source_classes)
+    run_config = Path(ft.init_from or "") / "config.yaml"
+    if not run_config.is_file():
+        raise VitcError("finetune.head=map: set finetune.source_classes to the pretraining data's "
+                        "class map (its shard directory or manifest.json); it can be found on its "
+                        f"own only when finetune.init_from is a run directory ({ft.init_from})")
+    from vitc.config import load_config
+
+    pre = load_config(run_config).data
+    return _train_classes(pre.train_shards, pre.train_manifest, f"data.train_shards of {run_config}")
+
+
+def _train_classes(shards: str | list[str] | None, manifest: str | None, key: str) -> dict[str, int]:
+    from vitc.data.streams import resolve_shards
+
+    try:
+        return resolve_shards(shards, manifest, "train_shards")[1].classes
+    except VitcError as e:
+        raise VitcError(f"finetune.head=map: reading the class map of {key}: {e}") from None
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """BEiT's layer numbering: stem, position embedding and class token 0; block i is i + 1; the
+    final norm and the head depth + 1."""
+    if name.startswith("stem.") or name in ("pos_embed", "cls_token"):
+        return 0
+    if match := _BLOCK.match(name):
+        return int(match.group(1)) + 1
+    if name.startswith(("norm.", "head.")):
+        return depth + 1
+    raise ValueError(f"layer_id: no layer for parameter '{name}'")
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
+                             lr: float | None = None) -> list[dict]:
+    """Optimizer groups per (layer, decay or not): `lr_scale` = layer_decay^(depth + 1 - layer),
+    and `lr` = lr × lr_scale when `lr` is given (an lr scheduler then scales each group's own lr).
+    No-decay parameters are the ones the model names (`no_weight_decay_params`, SPEC §2)."""
+    if not 0.0 < layer_decay <= 1.0:
+        raise VitcError(f"finetune.layer_decay: expected a factor in (0, 1], got {layer_decay}")
+    depth = len(model.blocks)
+    no_decay = model.no_weight_decay_params()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, decays = layer_id(name, depth), name not in no_decay
+        if (layer, decays) not in groups:
+            scale = layer_decay ** (depth + 1 - layer)
+            groups[(layer, decays)] = {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                       "lr_scale": scale, **({"lr": lr * scale} if lr is not None else {})}
+        groups[(layer, decays)]["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _matches(key: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def optimizer_param_groups(model: nn.Module, cfg: Config, lr: float) -> list[dict] | None:
+    """The trainer's hook for the optimizer: layer-wise lr decay groups when
+    `finetune.layer_decay` is set, else None (the engine's own decay/no-decay groups)."""
+    if cfg.finetune.layer_decay is None:
+        return None
+    return layer_decay_param_groups(model, cfg.optim.weight_decay, cfg.finetune.layer_decay, lr)

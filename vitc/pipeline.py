@@ -1,0 +1,228 @@
+"""`vitc pipeline`: pretrain -> export -> finetune -> export -> eval, one resumable chain (SPEC §2).
+
+All stages live in one run directory:
+
+    RUN/pretrain/                  the pretraining run (checkpoints, metrics, config.yaml)
+    RUN/pretrain.safetensors       its exported weights, and RUN/pretrain.classes.json its class map
+    RUN/finetune/                  the finetuning run, initialised from RUN/pretrain.safetensors
+    RUN/finetune.safetensors       its exported weights
+    RUN/eval.json                  top-1/top-5 of the finetuned weights on the finetune eval data
+    RUN/pretrain.yaml, RUN/finetune.yaml   the resolved config each training stage ran with
+    RUN/stages/<stage>.json        completion markers
+
+A stage writes its marker atomically after its outputs; a later invocation skips every stage whose
+marker and outputs exist, after checking the marker was written for the same config (a changed
+config is an error, not a silent reuse). A stage that is cut short (preemption, train.max_steps,
+a kill) has no marker: re-running resumes it, the training stages from their newest checkpoint.
+Running a stage deletes the markers of the stages after it, which depend on its output.
+
+Under torchrun or srun every rank runs the pipeline: training and evaluation are collective;
+export and marker files are rank 0's, the other ranks wait for the export marker.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vitc.config import config_to_dict, load_config, save_config
+from vitc.errors import VitcError
+from vitc.fileio import atomic_write_text
+from vitc.launch.env import DistEnv, discover
+from vitc.schema import Config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "export_pretrain", "finetune", "export_finetune", "eval")
+# Override prefixes that route a key=value to one stage's config; unprefixed ones go to both.
+PREFIXES = ("pretrain:", "finetune:")
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the chain stopped early (e.g. "pretrain: preempted")
+    eval: dict | None = None
+
+    def describe(self) -> str:
+        lines = [f"{self.run_dir}: ran {', '.join(self.ran) or 'nothing'}; "
+                 f"skipped (complete) {', '.join(self.skipped) or 'nothing'}"]
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}; re-run the same command to resume")
+        if self.eval:
+            lines.append(f"finetuned top-1 {self.eval['top1']:.2f}%  top-5 {self.eval['top5']:.2f}%  "
+                         f"({self.eval['count']} images) -> {self.run_dir / 'eval.json'}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one pipeline run directory."""
+
+    root: Path
+
+    def run(self, stage: str) -> Path:
+        return self.root / stage
+
+    def weights(self, stage: str) -> Path:
+        return self.root / f"{stage}.safetensors"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "pretrain.classes.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    def marker(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def outputs(self, stage: str) -> list[Path]:
+        return {"pretrain": [self.run("pretrain")], "finetune": [self.run("finetune")],
+                "export_pretrain": [self.weights("pretrain"), self.classes],
+                "export_finetune": [self.weights("finetune")], "eval": [self.eval]}[stage]
+
+
+def stage_configs(pretrain_config: str, finetune_config: str, overrides: list[str],
+                  layout: Layout) -> tuple[Config, Config]:
+    """The two training configs: overrides routed by prefix, run directories and the finetune's
+    init_from (the exported pretrained weights) and class map set by the pipeline."""
+    common = [o for o in overrides if not o.startswith(PREFIXES)]
+    for item in overrides:
+        if item.partition("=")[0].split(":")[-1].strip() == "train.run_dir":
+            raise VitcError(f"override '{item}': the pipeline places its runs in the run directory; "
+                            "choose it with --run-dir")
+    own = {p: [o[len(p):] for o in overrides if o.startswith(p)] for p in PREFIXES}
+    pre = load_config(pretrain_config, [*common, *own["pretrain:"], f"train.run_dir={layout.run('pretrain')}"])
+    ft = load_config(finetune_config, [*common, *own["finetune:"], f"train.run_dir={layout.run('finetune')}",
+                                       f"finetune.init_from={layout.weights('pretrain')}"])
+    if ft.finetune.head == "map" and not ft.finetune.source_classes:
+        ft = replace(ft, finetune=replace(ft.finetune, source_classes=str(layout.classes)))
+    return pre, ft
+
+
+def run_pipeline(pretrain_config: str, finetune_config: str, run_dir: str, overrides: list[str] = (),
+                 dist: DistEnv | None = None) -> PipelineResult:
+    """Run (or resume) the chain in `run_dir`. Every rank of the job calls this."""
+    dist = discover() if dist is None else dist
+    layout = Layout(Path(run_dir))
+    pre, ft = stage_configs(pretrain_config, finetune_config, list(overrides), layout)
+    result = PipelineResult(layout.root)
+    identity = {"pretrain": config_to_dict(pre), "finetune": config_to_dict(ft),
+                "export_pretrain": {"run": str(layout.run("pretrain"))},
+                "export_finetune": {"run": str(layout.run("finetune"))},
+                "eval": {"config": config_to_dict(ft), "weights": str(layout.weights("finetune"))}}
+    actions: dict[str, Callable[[], str | None]] = {
+        "pretrain": lambda: _train_stage(layout, "pretrain", pre),
+        "export_pretrain": lambda: _export_stage(layout, "pretrain", pre, dist),
+        "finetune": lambda: _train_stage(layout, "finetune", ft),
+        "export_finetune": lambda: _export_stage(layout, "finetune", ft, dist),
+        "eval": lambda: _eval_stage(layout, ft, dist, result),
+    }
+    for i, stage in enumerate(STAGES):
+        if is_complete(layout, stage, identity[stage]):
+            log.info("pipeline: %s is complete (%s), skipped", stage, layout.marker(stage))
+            result.skipped.append(stage)
+            continue
+        if dist.is_main:
+            for later in STAGES[i + 1:]:  # they were made from the output this stage replaces
+                layout.marker(later).unlink(missing_ok=True)
+        log.info("pipeline: running %s", stage)
+        stopped = actions[stage]()
+        if stopped:
+            result.stopped = f"{stage}: {stopped}"
+            return result
+        if dist.is_main:
+            write_marker(layout, stage, identity[stage])
+        result.ran.append(stage)
+    if result.eval is None and layout.eval.is_file():
+        result.eval = json.loads(layout.eval.read_text())
+    return result
+
+
+def is_complete(layout: Layout, stage: str, identity: dict) -> bool:
+    """The stage's marker and outputs exist; a marker written for another config is an error."""
+    marker = layout.marker(stage)
+    if not marker.is_file() or not all(p.exists() for p in layout.outputs(stage)):
+        return False
+    recorded = json.loads(marker.read_text())["identity"]
+    if recorded != identity:
+        changed = _changed_keys(recorded, identity)
+        raise VitcError(f"pipeline stage '{stage}' in {layout.root} was completed with another "
+                        f"config (changed: {', '.join(changed[:6]) or '?'}); use a new --run-dir, "
+                        f"or delete {marker} and the stage's output to redo it")
+    return True
+
+
+def write_marker(layout: Layout, stage: str, identity: dict) -> None:
+    atomic_write_text(layout.marker(stage), json.dumps(
+        {"stage": stage, "outputs": [str(p) for p in layout.outputs(stage)],
+         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "identity": identity}, indent=1) + "\n")
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _train_stage(layout: Layout, stage: str, cfg: Config) -> str | None:
+    """`vitc train` on the stage's config in a child process (vitc/train_process.py says why);
+    None when its schedule is complete, else why it stopped."""
+    from vitc.train_process import train_in_subprocess, training_finished
+
+    config_path = layout.root / f"{stage}.yaml"
+    save_config(cfg, config_path)
+    code = train_in_subprocess(config_path)
+    if code != 0:
+        raise VitcError(f"pipeline stage '{stage}': `vitc train {config_path}` failed with exit "
+                        f"code {code} (its error is printed above)")
+    if training_finished(cfg):
+        return None
+    return "preempted or train.max_steps reached before the end of the schedule"
+
+
+def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> None:
+    """Rank 0 exports `stage`'s run (the pretraining's also with its class map, for
+    finetune.head=map); the other ranks wait until rank 0's marker says the files are complete."""
+    if not dist.is_main:
+        return _wait_for(layout.marker(f"export_{stage}"), cfg.train.dist_timeout_s)
+    from vitc.engine.export import export_weights
+
+    export_weights(layout.run(stage), layout.weights(stage))
+    if stage == "pretrain":
+        from vitc.data.streams import resolve_shards
+
+        classes = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")[1].classes
+        atomic_write_text(layout.classes, json.dumps(classes, indent=1) + "\n")
+    return None
+
+
+def _eval_stage(layout: Layout, ft: Config, dist: DistEnv, result: PipelineResult) -> None:
+    from vitc.engine.evaluate import evaluate_weights
+
+    weights = str(layout.weights("finetune"))
+    accuracy = evaluate_weights(replace(ft, eval=replace(ft.eval, weights=weights)), dist)
+    result.eval = {"top1": accuracy.top1, "top5": accuracy.top5, "count": accuracy.count,
+                   "weights": weights}
+    if dist.is_main:
+        atomic_write_text(layout.eval, json.dumps(result.eval, indent=1) + "\n")
+    return None
+
+
+def _wait_for(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise VitcError(f"waited {timeout_s:.0f} s for rank 0 to write {path}")
+        time.sleep(1.0)

@@ -1,0 +1,192 @@
+"""`vitc sweep make`: a sweep spec (YAML) -> one run config per sampled setting, in a sweep directory.
+
+A spec (configs/sweeps/*.yaml) names the models to compare (run configs, one EDF curve each per
+optimizer), the optimizers with log-uniform lr and weight-decay ranges, the schedule lengths to
+draw from, how many settings to sample per optimizer, and the seed. The same sampled settings are
+given to every model (paired sampling): the curves then differ only by the model, which makes a
+small sweep's comparison less noisy. Sampling uses only the spec's seed, so `make` is reproducible.
+
+The sweep directory holds runs.csv (one row per run: id, model, stem, optimizer, lr, weight
+decay, epochs, seed, config path), configs/<id>.yaml and, once trained, runs/<id>/.
+"""
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from vitc.config import load_config, save_config
+from vitc.errors import VitcError, did_you_mean
+from vitc.fileio import atomic_write_text
+from vitc.schema import Config
+
+RUNS_CSV = "runs.csv"
+SPEC_KEYS = ("seed", "samples", "models", "optimizers", "epochs", "overrides")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    seed: int
+    samples: int  # settings sampled per optimizer; every model trains each of them
+    models: dict[str, Path]  # curve label -> run config
+    optimizers: dict[str, dict[str, tuple[float, float]]]  # name -> {lr: (lo, hi), weight_decay: (lo, hi)}
+    epochs: list[int]  # schedule lengths, drawn uniformly
+    overrides: list[str]  # key=value applied to every run
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of the sweep: a model trained with one sampled setting."""
+
+    id: str
+    model: str
+    stem: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    seed: int
+    config: str  # path relative to the sweep directory
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep spec; model config paths are relative to the spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitcError(f"sweep spec not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise VitcError(f"{path}: expected a mapping of {', '.join(SPEC_KEYS)}")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise VitcError(f"{path}: unknown key '{key}'{did_you_mean(key, SPEC_KEYS)}; "
+                            f"a sweep spec has {', '.join(SPEC_KEYS)}")
+    seed, samples = _int(data, "seed", path, 0), _int(data, "samples", path, 1)
+    models = data.get("models")
+    if not isinstance(models, dict) or not models or not all(isinstance(v, str) for v in models.values()):
+        raise VitcError(f"{path}: 'models' must map curve labels to run config paths")
+    optimizers = {name: _ranges(name, value, path) for name, value in _mapping(data, "optimizers", path).items()}
+    epochs = data.get("epochs")
+    if not isinstance(epochs, list) or not epochs or not all(isinstance(e, int) and e > 0 for e in epochs):
+        raise VitcError(f"{path}: 'epochs' must be a non-empty list of positive integers, got {epochs!r}")
+    overrides = data.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise VitcError(f"{path}: 'overrides' must be a list of key=value strings")
+    return SweepSpec(seed, samples, {k: path.parent / v for k, v in models.items()}, optimizers,
+                     epochs, overrides)
+
+
+def _int(data: dict, key: str, path: Path, minimum: int) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise VitcError(f"{path}: '{key}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _mapping(data: dict, key: str, path: Path) -> dict:
+    value = data.get(key)
+    if not isinstance(value, dict) or not value:
+        raise VitcError(f"{path}: '{key}' must be a non-empty mapping")
+    return value
+
+
+def _ranges(name: str, value, path: Path) -> dict[str, tuple[float, float]]:
+    if name not in OPTIMIZERS:
+        raise VitcError(f"{path}: optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}: expected one "
+                        f"of {', '.join(OPTIMIZERS)}")
+    if not isinstance(value, dict) or set(value) != {"lr", "weight_decay"}:
+        raise VitcError(f"{path}: optimizers.{name} must give exactly lr: [low, high] and "
+                        "weight_decay: [low, high]")
+    out = {}
+    for key, bounds in value.items():
+        ok = isinstance(bounds, list) and len(bounds) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        if not ok or not 0 < bounds[0] <= bounds[1]:
+            raise VitcError(f"{path}: optimizers.{name}.{key} must be [low, high] with "
+                            f"0 < low <= high (sampled log-uniformly), got {bounds!r}")
+        out[key] = (float(bounds[0]), float(bounds[1]))
+    return out
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    # 4 significant digits: readable configs and CSVs; far finer than the sweep's resolution
+    return float(f"{math.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))):.4g}")
+
+
+def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunPlan]:
+    """Every run of the sweep, drawn from `spec.seed` alone (reproducible). `stems` gives each
+    model label's stem (conv / patchify) for the plot."""
+    rng = np.random.default_rng(spec.seed)
+    runs = []
+    for optimizer, ranges in spec.optimizers.items():
+        for i in range(spec.samples):
+            lr, wd = _log_uniform(rng, ranges["lr"]), _log_uniform(rng, ranges["weight_decay"])
+            epochs = int(rng.choice(spec.epochs))
+            seed = int(rng.integers(0, 2**31 - 1))
+            for model in spec.models:
+                run_id = f"{model}-{optimizer}-{i:03d}"
+                runs.append(RunPlan(run_id, model, stems[model], optimizer, lr, wd, epochs, seed,
+                                    f"configs/{run_id}.yaml"))
+    return runs
+
+
+def run_config(spec: SweepSpec, plan: RunPlan, sweep_dir: Path, overrides: list[str] = ()) -> Config:
+    """The config of one run: the model's config, the spec's and the caller's overrides, then the
+    sampled setting (which wins) and the run directory inside the sweep."""
+    sampled = [f"optim.name={plan.optimizer}", f"optim.base_lr={plan.lr}",
+               f"optim.weight_decay={plan.weight_decay}", f"schedule.epochs={plan.epochs}",
+               f"train.seed={plan.seed}", f"data.seed={plan.seed}",
+               f"train.run_dir={sweep_dir / 'runs' / plan.id}"]
+    cfg = load_config(spec.models[plan.model], [*spec.overrides, *overrides, *sampled])
+    if cfg.schedule.warmup_epochs > plan.epochs:
+        raise VitcError(f"sweep: schedule.warmup_epochs={cfg.schedule.warmup_epochs} exceeds the "
+                        f"sampled schedule of {plan.epochs} epochs; lower it in the spec's overrides")
+    if not cfg.data.val_shards:
+        raise VitcError(f"sweep: {spec.models[plan.model]} has no data.val_shards: a sweep run's "
+                        "result is its final top-1 error on them")
+    return cfg
+
+
+def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str] = ()) -> list[RunPlan]:
+    """Write configs/<id>.yaml and runs.csv into `sweep_dir`. Re-making the same sweep is a no-op;
+    a different sweep in the same directory is an error."""
+    from vitc.specs import model_spec
+
+    spec, sweep_dir = load_spec(spec_path), Path(sweep_dir).resolve()
+    stems = {label: model_spec(load_config(path, list(spec.overrides)).model, 1).stem
+             for label, path in spec.models.items()}
+    runs = sample_runs(spec, stems)
+    configs = {plan.id: run_config(spec, plan, sweep_dir, list(overrides)) for plan in runs}
+    table = runs_table(runs)
+    index = sweep_dir / RUNS_CSV
+    if index.is_file() and index.read_text() != table:
+        raise VitcError(f"{sweep_dir} already holds another sweep ({index} differs): choose a new "
+                        "directory, or delete it to re-make")
+    for plan in runs:
+        save_config(configs[plan.id], sweep_dir / plan.config)
+    atomic_write_text(index, table)  # last: a directory with runs.csv has all its configs
+    return runs
+
+
+def runs_table(runs: list[RunPlan]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(RunPlan.__dataclass_fields__), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(plan) for plan in runs)
+    return out.getvalue()
+
+
+def read_runs(sweep_dir: str | Path) -> list[RunPlan]:
+    """The runs of a sweep directory made by `vitc sweep make`."""
+    index = Path(sweep_dir) / RUNS_CSV
+    if not index.is_file():
+        raise VitcError(f"{index} not found: make the sweep first with `vitc sweep make SPEC {sweep_dir}`")
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f))
+    types = {"lr": float, "weight_decay": float, "epochs": int, "seed": int}
+    return [RunPlan(**{k: types.get(k, str)(v) for k, v in row.items()}) for row in rows]
