@@ -1,0 +1,51 @@
+"""`vitc` subcommands. Thin: parse arguments, call one function, print its result.
+
+A VitcError (bad input) is printed as one line without a traceback and exits 2; any other
+exception is a bug and keeps its traceback.
+"""
+
+import argparse
+import logging
+import sys
+
+from vitc.cli import audit, data, engine, pipelines, plan, slurm
+from vitc.cli.args import split_overrides
+from vitc.errors import VitcError
+from vitc.log import setup_logging
+
+# each module adds its subcommands; the work lives in the modules they call
+COMMAND_GROUPS = (audit, plan, data, engine, pipelines, slurm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitc", description="Pretrain Vision Transformers with a convolutional stem (ViT-C) at scale.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help="speed benchmarks, each against a baseline in the same run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    for group in COMMAND_GROUPS:
+        group.add_parsers(sub, bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may follow options (`vitc audit m --parity model.depth=12`)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "split", False):
+        args.models, args.overrides = split_overrides(args.models)
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    setup_logging(level=logging.DEBUG if args.verbose else logging.INFO)
+    if getattr(args, "split", False):
+        if not args.models:
+            print("vitc: error: name at least one model or config", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except VitcError as e:
+        print(f"vitc: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,106 @@
+"""`vitc train`, `vitc eval`, `vitc export`, `vitc demo` and `vitc bench engine`."""
+
+import argparse
+import logging
+
+from vitc.cli.args import one_config
+from vitc.log import setup_logging
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vitc.config import load_config
+    from vitc.engine.trainer import train
+    from vitc.launch.env import discover
+
+    cfg = load_config(one_config(args, "train"), args.overrides)
+    dist = discover()
+    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    result = train(cfg, dist)
+    if dist.is_main:
+        print(result.describe())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitc.config import load_config
+    from vitc.engine.evaluate import evaluate_weights
+    from vitc.launch.env import discover
+
+    # `weights=FILE` is short for `eval.weights=FILE`, like --weights
+    overrides = [f"eval.{o}" if o.startswith("weights=") else o for o in args.overrides]
+    overrides += [f"eval.weights={args.weights}"] if args.weights else []
+    cfg = load_config(one_config(args, "eval"), overrides)
+    dist = discover()
+    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    accuracy = evaluate_weights(cfg, dist)
+    if dist.is_main:
+        print(f"{cfg.eval.weights}: top-1 {accuracy.top1:.2f}%  top-5 {accuracy.top5:.2f}%  "
+              f"({accuracy.count} images)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitc.engine.export import export_weights
+
+    print(export_weights(args.run_dir, args.out, args.dtype, args.ema))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vitc.demo import format_demo, run_demo
+
+    print(format_demo(run_demo(args.out, args.epochs)))
+    return 0
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    from vitc.bench.engine import bench_engine, format_engine_bench
+
+    print(format_engine_bench(bench_engine(args.model, args.batch, args.iters, args.rounds, args.stages)))
+    return 0
+
+
+def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train a model with DeepSpeed ZeRO (docs/engine.md)",
+        description="Train as CONFIG says (key=value overrides after it). Runs as one process, "
+                    "under torchrun or under Slurm srun; resumes from the newest complete "
+                    "checkpoint in train.run_dir.")
+    train.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    train.set_defaults(func=cmd_train, split=True)
+    evaluate = sub.add_parser("eval", help="top-1/top-5 of exported weights on the config's eval data")
+    evaluate.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    evaluate.add_argument("--weights", help="a .safetensors file from `vitc export` (or weights=FILE)")
+    evaluate.set_defaults(func=cmd_eval, split=True)
+    export = sub.add_parser(
+        "export", help="newest complete checkpoint of a run -> one .safetensors state dict",
+        description="Consolidate the ZeRO partitions of RUN_DIR's newest complete checkpoint "
+                    "(DeepSpeed's zero_to_fp32) into weights that vitc.models loads without DeepSpeed.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, help="output .safetensors file")
+    export.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights instead")
+    export.set_defaults(func=cmd_export)
+    demo = sub.add_parser(
+        "demo", help="train a conv-stem ViT and its patchify twin on real digits, on CPU",
+        description="Shard scikit-learn's handwritten digits, train ViT_C and ViT_P (equal flops) "
+                    "through `vitc train`, evaluate both and print flops, params, top-1 and time.")
+    demo.add_argument("--out", default="runs/demo", help="directory for shards and runs")
+    demo.add_argument("--epochs", type=int, help="override the demo configs' schedule.epochs")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
+    engine = bench_sub.add_parser(
+        "engine", help="step time through DeepSpeed (ZeRO 0-3) vs a plain PyTorch loop")
+    engine.add_argument("--model", default="vit_p_1gf")
+    engine.add_argument("--batch", type=int, default=32)
+    engine.add_argument("--iters", type=int, default=5, help="steps per timed round")
+    engine.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    engine.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to time, comma-separated")
+    engine.set_defaults(func=cmd_bench_engine)
+
+
+def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+    _add_engine_parsers(sub)
+    _add_bench_engine_parser(bench_sub)

@@ -1,0 +1,121 @@
+"""`vitc pipeline` (21k pretrain -> 1k finetune) and `vitc sweep make|run|collect|plot`."""
+
+import argparse
+import logging
+
+from vitc.errors import VitcError
+from vitc.log import setup_logging
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from vitc.launch.env import discover
+    from vitc.pipeline import run_pipeline
+
+    if len(args.models) != 2:
+        raise VitcError(f"vitc pipeline: expected PRETRAIN_CONFIG and FINETUNE_CONFIG, got {args.models}")
+    dist = discover()
+    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    result = run_pipeline(*args.models, args.run_dir, args.overrides, dist)
+    if dist.is_main:
+        print(result.describe())
+    return 0 if result.stopped is None else 3
+
+
+def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    pipeline = sub.add_parser(
+        "pipeline", help="pretrain -> export -> finetune -> export -> eval in one run directory",
+        description="Pretrain with PRETRAIN_CONFIG, export, finetune with FINETUNE_CONFIG from the "
+                    "exported weights (position embeddings interpolated, head per finetune.head), "
+                    "export and evaluate, all in --run-dir. Re-running skips every complete stage "
+                    "and resumes the interrupted one. key=value overrides apply to both stages; "
+                    "prefix pretrain: or finetune: for one (docs/pipelines.md). Exit 3: stopped "
+                    "early (preempted or train.max_steps), re-run to continue.")
+    pipeline.add_argument("models", nargs="+", metavar="PRETRAIN_CONFIG FINETUNE_CONFIG [key=value]")
+    pipeline.add_argument("--run-dir", required=True, help="directory holding every stage")
+    pipeline.set_defaults(func=cmd_pipeline, split=True)
+
+
+def cmd_sweep_make(args: argparse.Namespace) -> int:
+    from vitc.sweep.make import make_sweep
+
+    if len(args.models) != 2:
+        raise VitcError(f"vitc sweep make: expected SPEC and SWEEP_DIR, got {args.models}")
+    runs = make_sweep(*args.models, args.overrides)
+    print(f"{args.models[1]}: {len(runs)} run configs ({len({r.model for r in runs})} models × "
+          f"{len({(r.optimizer, r.lr, r.weight_decay) for r in runs})} sampled settings); "
+          f"train them with: vitc sweep run {args.models[1]}")
+    return 0
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from vitc.sweep.run import run_local, slurm_array
+
+    if args.slurm or args.dry_run:
+        script, job_id = slurm_array(args.sweep_dir, args.parallel, args.dry_run)
+        print(script if args.dry_run else f"submitted job array {job_id}", end="\n" if job_id else "")
+        return 0
+    outcomes = run_local(args.sweep_dir)
+    counts = {s: sum(o.status == s for o in outcomes.values()) for s in {o.status for o in outcomes.values()}}
+    print(f"{args.sweep_dir}: trained {len(outcomes)} runs: "
+          + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing left to train"))
+    return 0
+
+
+def cmd_sweep_collect(args: argparse.Namespace) -> int:
+    from vitc.sweep.collect import collect, summarize
+
+    path, results = collect(args.sweep_dir)
+    print(summarize(results))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep_plot(args: argparse.Namespace) -> int:
+    from vitc.sweep.plot import plot_edf
+
+    png, csv_path = plot_edf(args.sweep_dir, args.out, args.step, args.name)
+    print(f"wrote {png} and {csv_path}")
+    return 0
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="the paper's optimizability sweep: sample, train, collect, "
+                                         "plot EDFs (docs/pipelines.md)")
+    sweep_sub = sweep.add_subparsers(dest="sweep", required=True, metavar="ACTION")
+    make = sweep_sub.add_parser(
+        "make", help="sample run configs from a sweep spec into SWEEP_DIR",
+        description="Sample `samples` settings per optimizer (lr and weight decay log-uniform in "
+                    "the spec's ranges, schedule length, seed) from the spec's seed, give each to "
+                    "every model of the spec, and write SWEEP_DIR/configs/<id>.yaml and "
+                    "SWEEP_DIR/runs.csv. key=value overrides apply to every run.")
+    make.add_argument("models", nargs="+", metavar="SPEC SWEEP_DIR [key=value]")
+    make.set_defaults(func=cmd_sweep_make, split=True)
+    run = sweep_sub.add_parser(
+        "run", help="train the runs locally in sequence, or submit a Slurm job array",
+        description="Locally: train each run not yet finished or diverged, one `vitc train` "
+                    "process after another. --slurm: submit them as one job array instead.")
+    run.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    run.add_argument("--slurm", action="store_true", help="submit a Slurm job array")
+    run.add_argument("--parallel", type=int, default=8, help="array tasks running at once (default 8)")
+    run.add_argument("--dry-run", action="store_true", help="print the job array script; submit nothing")
+    run.set_defaults(func=cmd_sweep_run)
+    collect = sweep_sub.add_parser(
+        "collect", help="final top-1 errors of every run -> SWEEP_DIR/results.csv",
+        description="Diverged and failed runs count as 100%% error (as in the paper); runs with "
+                    "no outcome yet are listed as incomplete and left out of the EDF.")
+    collect.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    collect.set_defaults(func=cmd_sweep_collect)
+    plot = sweep_sub.add_parser(
+        "plot", help="EDF curves per model and optimizer -> PNG + CSV",
+        description="EDF(e) = fraction of runs with top-1 error below e, one curve per model and "
+                    "optimizer, from SWEEP_DIR/results.csv.")
+    plot.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    plot.add_argument("--out", help="directory for edf.png and edf.csv (default: SWEEP_DIR)")
+    plot.add_argument("--name", default="edf", help="file name stem of the PNG and CSV (default: edf)")
+    plot.add_argument("--step", type=float, default=0.5, help="error resolution of the CSV, in %% (default 0.5)")
+    plot.set_defaults(func=cmd_sweep_plot)
+
+
+def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+    _add_pipeline_parser(sub)
+    _add_sweep_parser(sub)

@@ -1,0 +1,55 @@
+"""`vitc slurm submit|status`."""
+
+import argparse
+import sys
+
+from vitc.cli.args import one_config
+
+
+def cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from vitc.launch.slurm import resolve_submission, submit
+
+    cfg = resolve_submission(one_config(args, "slurm submit"), args.overrides, nodes=args.nodes,
+                             gpus_per_node=args.gpus_per_node, partition=args.partition,
+                             time=args.time, account=args.account)
+    result = submit(cfg, dry_run=args.dry_run)
+    if args.dry_run:
+        print(result.script, end="")
+        print(f"dry run: nothing written; would save {result.config_path} and submit "
+              f"{result.script_path}", file=sys.stderr)
+    else:
+        print(f"submitted job {result.job_id}: {result.script_path}\n"
+              f"follow it with: vitc slurm status {result.run_dir}")
+    return 0
+
+
+def cmd_slurm_status(args: argparse.Namespace) -> int:
+    from vitc.launch.slurm import job_status
+
+    print(job_status(args.run_dir).describe())
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+    slurm = sub.add_parser("slurm", help="submit a run to Slurm and follow it (docs/slurm.md)")
+    slurm_sub = slurm.add_subparsers(dest="slurm", required=True, metavar="WHAT")
+    slurm_submit = slurm_sub.add_parser(
+        "submit", help="render slurm/<slurm.template>.sbatch for a config and sbatch it",
+        description="Save the resolved config in train.run_dir, render the job script (one task "
+                    "per GPU, USR1 before the time limit -> checkpoint -> requeue -> resume) and "
+                    "submit it with sbatch. Allocation flags default to the config's slurm: section.")
+    slurm_submit.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    slurm_submit.add_argument("--nodes", type=int, metavar="N", help="nodes (default: slurm.nodes)")
+    slurm_submit.add_argument("--gpus-per-node", type=int, metavar="G",
+                              help="GPUs = tasks per node; 0 = one CPU task per node (default: "
+                                   "slurm.gpus_per_node)")
+    slurm_submit.add_argument("--partition", metavar="P", help="default: slurm.partition")
+    slurm_submit.add_argument("--time", metavar="T", help="time limit, e.g. 2-00:00:00 (default: slurm.time)")
+    slurm_submit.add_argument("--account", metavar="A", help="default: slurm.account")
+    slurm_submit.add_argument("--dry-run", action="store_true",
+                              help="print the job script; write and submit nothing")
+    slurm_submit.set_defaults(func=cmd_slurm_submit, split=True)
+    slurm_status = slurm_sub.add_parser(
+        "status", help="a run's newest job: state, requeues, last logged step, log file")
+    slurm_status.add_argument("run_dir", metavar="RUN_DIR")
+    slurm_status.set_defaults(func=cmd_slurm_status)
