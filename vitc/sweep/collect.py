@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.sweep.make import RunPlan, read_runs
+from vitc.sweep.make import RunPlan, RunSetting, read_runs
 from vitc.sweep.run import ARRAY_INDEX, classify, read_status, run_dir
 
 RESULTS_CSV = "results.csv"
@@ -25,15 +25,7 @@ FAILED_ERROR = 100.0  # the paper counts a run that diverged or failed as 100 % 
 
 
 @dataclass(frozen=True)
-class RunResult:
-    id: str
-    model: str
-    stem: str
-    optimizer: str
-    lr: float
-    weight_decay: float
-    epochs: int
-    seed: int
+class RunResult(RunSetting):
     status: str  # finished | diverged | failed | incomplete
     top1: float | None
     error: float | None  # percent; None when incomplete
@@ -80,7 +72,7 @@ def run_result(sweep_dir: Path, plan: RunPlan, slurm_log: Path | None) -> RunRes
     else:
         status = "incomplete"
     error = 100.0 - top1 if top1 is not None else (FAILED_ERROR if status != "incomplete" else None)
-    base = {f.name: getattr(plan, f.name) for f in fields(RunResult) if hasattr(plan, f.name)}
+    base = {f.name: getattr(plan, f.name) for f in fields(RunSetting)}
     return RunResult(**base, status=status, top1=top1, error=error)
 
 

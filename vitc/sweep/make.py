@@ -40,8 +40,8 @@ class SweepSpec:
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """One run of the sweep: a model trained with one sampled setting."""
+class RunSetting:
+    """A model and the setting sampled for it: what identifies a run in every sweep table."""
 
     id: str
     model: str
@@ -51,6 +51,12 @@ class RunPlan:
     weight_decay: float
     epochs: int
     seed: int
+
+
+@dataclass(frozen=True)
+class RunPlan(RunSetting):
+    """One run of the sweep: a model trained with one sampled setting."""
+
     config: str  # path relative to the sweep directory
 
 
