@@ -5,6 +5,10 @@
 set -uo pipefail  # no -e: `wait` returns >128 when the USR1 trap interrupts it
 cd {{workdir}}
 
+# sbatch exports the submitting shell's environment: a rank it had (a shell under torchrun, a
+# process that trained in-process) would win over Slurm's in vitc.launch.env. Slurm's say here.
+unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK
+
 # Node names need not resolve on the training network: use the first node's NodeAddr.
 first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')

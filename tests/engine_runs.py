@@ -64,17 +64,10 @@ def loss_fell(run_dir: Path, window: int = 10, by: float = 0.03) -> bool:
     return sum(loss[-window:]) / window < sum(loss[:window]) / window - by
 
 
-def launcher_free_env() -> dict[str, str]:
-    """This environment minus the rendezvous variables an in-process run exported for DeepSpeed,
-    so a child process starts as its own job."""
-    exported = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    return {k: v for k, v in os.environ.items() if k not in exported}
-
-
 def vitc(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """`vitc ARGS` in a fresh process."""
     result = subprocess.run([sys.executable, "-m", "vitc.cli", *args], capture_output=True, text=True,
-                            cwd=ROOT, env=launcher_free_env(), **kwargs)
+                            cwd=ROOT, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"vitc {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -84,7 +77,7 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m vitc.cli ARGS` (gloo on CPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(_free_port()), "-m", "vitc.cli", *args]
-    env = {**launcher_free_env(), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")

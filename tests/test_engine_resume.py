@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from engine_runs import ROOT, TINY_PATCHIFY, launcher_free_env, digit_shards, exported, metrics, write_config
+from engine_runs import ROOT, TINY_PATCHIFY, digit_shards, exported, metrics, write_config
 from vitc.cli import main
 from vitc.engine import checkpoint
 
@@ -23,7 +23,7 @@ def _kill_after_checkpoint(config, run_dir, step: int) -> None:
     """Start `vitc train` in a process and SIGKILL it once checkpoint `step` is complete."""
     marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
     proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
-                            cwd=ROOT, env=launcher_free_env(), stdout=subprocess.DEVNULL,
+                            cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         while not marker.exists():
@@ -72,7 +72,7 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(shard
 def test_preemption_signal_saves_at_the_current_step_and_exits_zero(shards, tmp_path):
     config = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
     proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
-                            env=launcher_free_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics_file = tmp_path / "run" / "metrics.jsonl"
     while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3):
         assert proc.poll() is None, proc.stderr.read()[-2000:]

@@ -1,5 +1,6 @@
 """`vitc train` on one process: learning, optimizers, export, the NaN guard, checkpoints and resume."""
 
+import os
 import re
 
 import pytest
@@ -46,6 +47,13 @@ def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
     ds = yaml.safe_load((run_dir / "deepspeed_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 1 and ds["train_batch_size"] == 8
     assert "deepspeed" in yaml.safe_load((run_dir / "environment.json").read_text())
+
+
+def test_in_process_training_leaves_no_rank_behind(adamw_run):
+    """A process started after an in-process run (a sweep's next run, an sbatch from this shell)
+    must not inherit the finished run's rank and a port its process group still holds."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        assert key not in os.environ, key
 
 
 def test_keeps_the_last_k_complete_checkpoints(adamw_run):

@@ -16,7 +16,6 @@ from vitc.finetune import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
 from vitc.pipeline import Layout, stage_configs, write_marker
 from vitc.specs import model_spec
-from vitc.train_process import child_environment
 
 FINETUNE_CLASSES = ("2", "5", "7")  # digits; the finetune class i is pretrain class FINETUNE_CLASSES[i]
 
@@ -114,12 +113,3 @@ def test_run_dir_overrides_are_refused_since_the_pipeline_places_the_runs(config
 def test_pipeline_needs_exactly_two_configs(configs, tmp_path, capsys):
     assert main(["pipeline", configs[0], "--run-dir", str(tmp_path)]) == 2
     assert "expected PRETRAIN_CONFIG and FINETUNE_CONFIG" in capsys.readouterr().err
-
-
-def test_a_lone_child_run_does_not_inherit_a_rendezvous_its_parent_holds():
-    # what vitc.engine.runtime leaves in os.environ after an in-process train() or eval
-    lone = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "41234", "PATH": "/bin"}
-    job = {**lone, "RANK": "1", "WORLD_SIZE": "2"}  # torchrun's: every rank's child must join it
-
-    assert child_environment(lone) == {"PATH": "/bin"}
-    assert child_environment(job) == job

@@ -192,15 +192,15 @@ def tiny_run_config(tmp_path: Path, shards: Path, epochs: int, workers: int = 0)
         slurm={"cpus_per_task": 1, "signal_seconds": 60, "exit_wait_s": EXIT_WAIT_S})
 
 
-def vitc(cluster, *args: str) -> subprocess.CompletedProcess:
+def vitc(cluster, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The `vitc` command, run as a user would, with the cluster's SLURM_CONF."""
-    return subprocess.run([str(REPO / ".venv" / "bin" / "vitc"), *args], env=cluster.env,
+    return subprocess.run([str(REPO / ".venv" / "bin" / "vitc"), *args], env={**cluster.env, **(env or {})},
                           capture_output=True, text=True, check=True)
 
 
-def submit_two_node_cpu_job(cluster, config: Path) -> tuple[int, Path]:
+def submit_two_node_cpu_job(cluster, config: Path, env: dict[str, str] | None = None) -> tuple[int, Path]:
     out = vitc(cluster, "slurm", "submit", str(config), "--nodes", "2", "--gpus-per-node", "0",
-               "--time", "15:00").stdout
+               "--time", "15:00", env=env).stdout
     job_id = int(re.search(r"submitted job (\d+)", out).group(1))
     run_dir = config.parent / "run"
     return job_id, run_dir / "slurm" / f"vitc-{run_dir.name}-{job_id}.out"
@@ -223,8 +223,11 @@ def optimizer_steps(partition: Path) -> int:
 @pytest.mark.slow
 def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, digit_shards, tmp_path):
     config = tiny_run_config(tmp_path, digit_shards, epochs=3)
+    # submitted from a shell that is itself a rank of some launcher: sbatch exports its
+    # environment, and the job's tasks must still take their ranks from Slurm
+    launcher_env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "29500"}
 
-    job_id, log_file = submit_two_node_cpu_job(cluster, config)
+    job_id, log_file = submit_two_node_cpu_job(cluster, config, env=launcher_env)
     job = cluster.wait_for_job_end(job_id, JOB_TIMEOUT_S)
 
     log = log_file.read_text()

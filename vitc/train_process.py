@@ -10,21 +10,16 @@ job. SIGUSR1/SIGTERM (preemption) are forwarded to the child, which checkpoints 
 `vitc train` does.
 """
 
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
 from vitc.engine.checkpoint import newest_checkpoint
-from vitc.launch.env import discover
 from vitc.schema import Config
 
 FORWARDED = (signal.SIGUSR1, signal.SIGTERM)
-# What torch's env:// rendezvous reads (vitc.launch.env.DistEnv.export, torchrun's GROUP_RANK).
-RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def train_in_subprocess(config_path: Path, log_path: Path | None = None) -> int:
@@ -35,23 +30,13 @@ def train_in_subprocess(config_path: Path, log_path: Path | None = None) -> int:
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") if log_path is not None else nullcontext() as log_file:
-        child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT if log_file else None,
-                                 env=child_environment(os.environ))
+        child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
         previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
         try:
             return child.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def child_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: this one, except that a one-process job drops torch's rendezvous
-    variables. A process that has trained or evaluated in-process exported its own (vitc.engine.
-    runtime), with a port its process group still holds; a lone child must pick a free port."""
-    if discover(env).world_size > 1:
-        return dict(env)
-    return {k: v for k, v in env.items() if k not in RENDEZVOUS}
 
 
 def training_finished(cfg: Config) -> bool:

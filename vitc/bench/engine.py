@@ -20,7 +20,7 @@ from vitc.bench.timing import interleaved_rates
 from vitc.config import load_config
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer
-from vitc.engine.runtime import init_process_group, resolve_runtime
+from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import wrap
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
@@ -70,23 +70,23 @@ def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, round
     cfg = load_config(None, [f"model.name={name}", f"train.micro_batch={batch}", "train.precision=fp32",
                              "train.device=cpu", "model.num_classes=1000"])
     rt = resolve_runtime(cfg.train, DistEnv())
-    init_process_group(DistEnv(), rt, cfg.train.dist_timeout_s)
-    deepspeed.init_distributed(dist_backend=rt.backend)
-    torch.manual_seed(0)
-    base = VisionTransformer(model_spec(cfg.model))
-    images = torch.randn(batch, 3, cfg.model.image_size, cfg.model.image_size)
-    labels = torch.randint(0, cfg.model.num_classes, (batch,))
-    plain = copy.deepcopy(base)
-    steps = {"plain": _plain_step(plain, build_optimizer(plain, cfg.optim, 1e-4, False), images, labels)}
-    for stage in (int(s) for s in stages.split(",")):
-        cfg.train.zero_stage = stage
-        model = copy.deepcopy(base)
-        engine = wrap(model, build_optimizer(model, cfg.optim, 1e-4, False), None,
-                      deepspeed_config(cfg, rt, world_size=1))
-        steps[f"zero{stage}"] = _engine_step(engine, images, labels)
-    log.info("timing %s: %s at batch %d, %d thread(s)", ", ".join(steps), name, batch, torch.get_num_threads())
-    rates = interleaved_rates(steps, batch, warmup, iters, rounds)
-    return {k: {**s.medians_ms(), "images_per_s": rates[k]} for k, s in steps.items()}
+    with process_group(DistEnv(), rt, cfg.train.dist_timeout_s):
+        deepspeed.init_distributed(dist_backend=rt.backend)
+        torch.manual_seed(0)
+        base = VisionTransformer(model_spec(cfg.model))
+        images = torch.randn(batch, 3, cfg.model.image_size, cfg.model.image_size)
+        labels = torch.randint(0, cfg.model.num_classes, (batch,))
+        plain = copy.deepcopy(base)
+        steps = {"plain": _plain_step(plain, build_optimizer(plain, cfg.optim, 1e-4, False), images, labels)}
+        for stage in (int(s) for s in stages.split(",")):
+            cfg.train.zero_stage = stage
+            model = copy.deepcopy(base)
+            engine = wrap(model, build_optimizer(model, cfg.optim, 1e-4, False), None,
+                          deepspeed_config(cfg, rt, world_size=1))
+            steps[f"zero{stage}"] = _engine_step(engine, images, labels)
+        log.info("timing %s: %s at batch %d, %d thread(s)", ", ".join(steps), name, batch, torch.get_num_threads())
+        rates = interleaved_rates(steps, batch, warmup, iters, rounds)
+        return {k: {**s.medians_ms(), "images_per_s": rates[k]} for k, s in steps.items()}
 
 
 def format_engine_bench(results: dict[str, dict[str, float]]) -> str:

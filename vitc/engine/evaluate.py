@@ -12,7 +12,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from vitc.engine.export import load_weights
-from vitc.engine.runtime import init_process_group, resolve_runtime
+from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer, adapt_state_dict
@@ -71,7 +71,6 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")
     rt = resolve_runtime(cfg.train, dist)
-    init_process_group(dist, rt, cfg.train.dist_timeout_s)
     num_classes = read_manifest_num_classes(cfg) if cfg.model.num_classes == "auto" else None
     spec = model_spec(cfg.model, num_classes)
     model = VisionTransformer(spec)
@@ -80,6 +79,7 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     except RuntimeError as e:  # missing/unexpected keys or shapes: another model's weights
         raise VitcError(f"{cfg.eval.weights} does not fit model '{spec.name}': "
                         f"{' '.join(str(e).split())[:400]}") from None
-    loader = build_eval_loader(cfg, dist)
-    model.to(rt.device)
-    return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))
+    with process_group(dist, rt, cfg.train.dist_timeout_s):
+        loader = build_eval_loader(cfg, dist)
+        model.to(rt.device)
+        return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))

@@ -1,8 +1,8 @@
 """Where and how this process trains: device, precision, process group, seeds, environment.
 
 Reads the launcher's facts only from the `DistEnv` that `vitc.launch.env.discover()` returned at
-the top of the program; `init_distributed` exports them once because DeepSpeed itself reads
-LOCAL_RANK from the environment.
+the top of the program; `process_group` exports them while a run lasts because DeepSpeed itself
+reads LOCAL_RANK from the environment.
 """
 
 import atexit
@@ -10,6 +10,8 @@ import os
 import platform
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -58,21 +60,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> None:
-    """Join (or, for a lone process, create) the process group, once per process: DeepSpeed keeps
-    references to it, so it lives until the process exits. Every rank calls this."""
-    if tdist.is_initialized():
-        return
-    if dist.world_size == 1 and dist.source == "single":
-        # no launcher: a 1-process group on a free port, so two lone runs never collide
-        dist = DistEnv(master_port=free_port())
-    os.environ.update(dist.export())  # DeepSpeed reads LOCAL_RANK and friends from here
-    if rt.on_gpu:
-        torch.cuda.set_device(rt.device)
-    tdist.init_process_group(rt.backend, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
-                             rank=dist.rank, world_size=dist.world_size,
-                             timeout=timedelta(seconds=timeout_s))
-    atexit.register(tdist.destroy_process_group)
+_GROUP: DistEnv | None = None  # the process group's rendezvous, once created
+
+
+@contextmanager
+def process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[DistEnv]:
+    """Join (or, for a lone process, create) the process group, and export the launcher
+    variables for the duration of the block. Every rank calls this.
+
+    The group is created once and lives until the process exits (DeepSpeed keeps references to
+    it). The variables are exported only inside the block, because DeepSpeed reads LOCAL_RANK
+    from the environment, and restored after it: a process started later (the next sweep run, an
+    `sbatch` from this shell) must not inherit this rank and a port this group holds.
+    """
+    global _GROUP
+    if _GROUP is None:
+        if dist.world_size == 1 and dist.source == "single":
+            # no launcher: a 1-process group on a free port, so two lone runs never collide
+            dist = DistEnv(master_port=free_port())
+        if rt.on_gpu:
+            torch.cuda.set_device(rt.device)
+        tdist.init_process_group(rt.backend, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
+                                 rank=dist.rank, world_size=dist.world_size,
+                                 timeout=timedelta(seconds=timeout_s))
+        atexit.register(tdist.destroy_process_group)
+        _GROUP = dist
+    exported = _GROUP.export()
+    saved = {key: os.environ.get(key) for key in exported}
+    os.environ.update(exported)
+    try:
+        yield _GROUP
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def seed_everything(seed: int) -> None:

@@ -30,7 +30,7 @@ from vitc.engine.ema import EMA_FILE, ModelEMA
 from vitc.engine.evaluate import Accuracy, evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import build_optimizer
-from vitc.engine.runtime import (Runtime, environment_summary, init_process_group, resolve_runtime,
+from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
                                  rng_state, seed_everything, set_rng_state)
 from vitc.engine.schedule import scaled_lr, warmup_cosine
 from vitc.errors import VitcError
@@ -67,14 +67,14 @@ def train(cfg: Config, dist: DistEnv | None = None) -> TrainResult:
     """Train as `cfg` says; every rank of the job calls this."""
     dist = discover() if dist is None else dist
     rt = resolve_runtime(cfg.train, dist)
-    init_process_group(dist, rt, cfg.train.dist_timeout_s)
-    deepspeed.init_distributed(dist_backend=rt.backend)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    try:
-        return Trainer(cfg, dist, rt, PreemptionSignal()).fit()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with process_group(dist, rt, cfg.train.dist_timeout_s):
+        deepspeed.init_distributed(dist_backend=rt.backend)
+        try:
+            return Trainer(cfg, dist, rt, PreemptionSignal()).fit()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
