@@ -11,7 +11,7 @@ from engine_runs import digit_shards, exported, loss_fell, losses, metrics, writ
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.engine import checkpoint
-from vitc.engine.runtime import resolve_runtime
+from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.launch.env import DistEnv
 from vitc.launch.preempt import PreemptionSignal
@@ -69,12 +69,14 @@ def test_export_gives_a_plain_model_with_the_engines_logits(adamw_run, tmp_path)
     plain = VisionTransformer(model_spec(cfg.model, 10))
     plain.load_state_dict(weights)
     # the engine, rebuilt by resuming the same checkpoint
-    trainer = Trainer(cfg, DistEnv(), resolve_runtime(cfg.train, DistEnv()), PreemptionSignal())
+    rt = resolve_runtime(cfg.train, DistEnv())
     images = torch.randn(4, 3, 32, 32)
-    trainer.engine.eval()
     plain.eval()
-    with torch.no_grad():
-        assert torch.allclose(plain(images), trainer.engine(images), atol=1e-6)
+    with process_group(DistEnv(), rt, cfg.train.dist_timeout_s):
+        trainer = Trainer(cfg, DistEnv(), rt, PreemptionSignal())
+        trainer.engine.eval()
+        with torch.no_grad():
+            assert torch.allclose(plain(images), trainer.engine(images), atol=1e-6)
 
 
 def test_eval_of_exported_weights_matches_the_runs_last_eval(adamw_run, tmp_path, capsys):

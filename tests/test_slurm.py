@@ -261,7 +261,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster
     log = log_file.read_text()
     assert held["Restarts"] == "1" and held["Reason"] == "BeginTime"
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", f"{job}\n{log}"
-    ranks_saving = dict(re.findall(r"^(\d): .*preemption signal received: saving at step (\d+)", log, re.M))
+    ranks_saving = dict(re.findall(r"^(\d): .*USR1 signal: saving at step (\d+)", log, re.M))
     assert set(ranks_saving) == {"0", "1"} and len(set(ranks_saving.values())) == 1
     signalled = int(ranks_saving["0"])
     assert 0 < signalled < 180

@@ -143,7 +143,16 @@ def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, work
     """Run all candidates `rounds` times, round-robin; see the module docstring."""
     # One intra-op thread here: idle OpenMP threads spin while the main process waits for batches,
     # and CPU-time accounting would bill that spinning to whichever candidate was running.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _bench(shards_dir, images, batch, workers, rounds, auto_augment, random_erasing, shard_build)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process keeps its own setting
+
+
+def _bench(shards_dir: str, images: int | None, batch: int, workers: int, rounds: int,
+           auto_augment: str, random_erasing: float, shard_build: bool) -> DataBench:
     with tempfile.TemporaryDirectory(prefix="vitc-bench-data-") as tmp:
         folder, shards = Path(tmp) / "imagefolder", Path(tmp) / "shards"
         datas = _export_imagefolder(shards_dir, images, folder)
