@@ -41,6 +41,14 @@ def test_loss_falls_and_eval_counts_every_image(adamw_run):
     assert evals[-1]["top1"] > 20.0  # 10 classes: chance is 10 %
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_loss_falls_on_one_process_at_zero_stage(stage, shards, tmp_path):
+    config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run", train={"zero_stage": stage})
+    assert main(["train", str(config)]) == 0
+    assert loss_fell(tmp_path / "run")
+    assert load_config(tmp_path / "run" / "config.yaml").train.zero_stage == stage
+
+
 def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
     config, run_dir = adamw_run
     assert load_config(run_dir / "config.yaml") == load_config(config)
