@@ -1,20 +1,16 @@
 """`vitc train`, `vitc eval`, `vitc export`, `vitc demo` and `vitc bench engine`."""
 
 import argparse
-import logging
 
-from vitc.cli.args import one_config
-from vitc.log import setup_logging
+from vitc.cli.args import job_rank, one_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vitc.config import load_config
     from vitc.engine.trainer import train
-    from vitc.launch.env import discover
 
     cfg = load_config(one_config(args, "train"), args.overrides)
-    dist = discover()
-    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    dist = job_rank(args)
     result = train(cfg, dist)
     if dist.is_main:
         print(result.describe())
@@ -24,14 +20,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitc.config import load_config
     from vitc.engine.evaluate import evaluate_weights
-    from vitc.launch.env import discover
 
     # `weights=FILE` is short for `eval.weights=FILE`, like --weights
     overrides = [f"eval.{o}" if o.startswith("weights=") else o for o in args.overrides]
     overrides += [f"eval.weights={args.weights}"] if args.weights else []
     cfg = load_config(one_config(args, "eval"), overrides)
-    dist = discover()
-    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    dist = job_rank(args)
     accuracy = evaluate_weights(cfg, dist)
     if dist.is_main:
         print(f"{cfg.eval.weights}: top-1 {accuracy.top1:.2f}%  top-5 {accuracy.top5:.2f}%  "

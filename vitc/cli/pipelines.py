@@ -1,20 +1,17 @@
 """`vitc pipeline` (21k pretrain -> 1k finetune) and `vitc sweep make|run|collect|plot`."""
 
 import argparse
-import logging
 
+from vitc.cli.args import job_rank
 from vitc.errors import VitcError
-from vitc.log import setup_logging
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from vitc.launch.env import discover
     from vitc.pipeline import run_pipeline
 
     if len(args.models) != 2:
         raise VitcError(f"vitc pipeline: expected PRETRAIN_CONFIG and FINETUNE_CONFIG, got {args.models}")
-    dist = discover()
-    setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
+    dist = job_rank(args)
     result = run_pipeline(*args.models, args.run_dir, args.overrides, dist)
     if dist.is_main:
         print(result.describe())
