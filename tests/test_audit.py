@@ -120,3 +120,11 @@ def test_shipped_configs_cost_exactly_what_is_pinned():
     on purpose: regenerate with `python tools/pin_costs.py`."""
     pinned = json.loads(PINNED.read_text())
     assert shipped_model_costs() == pinned
+
+
+def test_an_op_fvcore_skipped_that_carries_compute_fails_the_audit():
+    from vitc.audit.flops import _skipped_compute
+
+    skipped = {"aten::add": 5, "aten::gelu": 2, "prim::PythonOp.LinearFunctionForZeroStage3": 9,
+               "aten::baddbmm": 1}
+    assert _skipped_compute(skipped) == ["prim::PythonOp.LinearFunctionForZeroStage3", "aten::baddbmm"]

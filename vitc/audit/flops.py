@@ -52,7 +52,9 @@ class TracedCost:
 
 
 def _skipped_compute(skipped: dict[str, int]) -> list[str]:
-    return [op for op in skipped if any(word in op for word in COMPUTE_OPS)]
+    # case-insensitive: a patched Python op (e.g. DeepSpeed ZeRO-3's LinearFunctionForZeroStage3,
+    # left in place after an in-process ZeRO-3 run) traces as prim::PythonOp.<Name>
+    return [op for op in skipped if any(word in op.lower() for word in COMPUTE_OPS)]
 
 
 def build_for_trace(spec: ViTSpec) -> VisionTransformer:
