@@ -12,6 +12,7 @@ import yaml
 from vitc.cli import main
 from vitc.data.shards import BuildOptions, build_shards
 from vitc.engine.export import load_weights
+from vitc.engine.runtime import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,18 +77,12 @@ def vitc(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProces
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m vitc.cli ARGS` (gloo on CPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(_free_port()), "-m", "vitc.cli", *args]
+           "--master_port", str(free_port()), "-m", "vitc.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
-
-
-def _free_port() -> int:
-    from vitc.engine.runtime import free_port
-
-    return free_port()
 
 
 def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
