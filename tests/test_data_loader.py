@@ -9,6 +9,7 @@ import json
 import logging
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -233,6 +234,36 @@ def test_resume_on_another_worker_count_continues_at_the_same_fraction(tmp_path,
     rest = labels_of(resumed)
     skipped = int(len(resumed) * 3 / len(first))  # the same fraction of the new epoch length
     assert len(rest) == (len(resumed) - skipped) * BATCH and resumed.batches_consumed == len(resumed)
+
+
+def test_persistent_workers_serve_each_epoch_in_its_own_order(tmp_path):
+    shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
+    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    seen, workers = [], []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        seen.append(labels_of(loader))
+        workers.append({p.pid for p in psutil.Process().children()})
+    assert workers[0] and workers[0] == workers[1] == workers[2]  # forked once, kept
+    for epoch, labels in enumerate(seen):  # the same order a loader forking workers for that epoch gives
+        fresh = build_train_loader(plain_config(shards, "data.persistent_workers=false"), DistEnv(), 32)
+        fresh.set_epoch(epoch)
+        assert labels_of(fresh) == labels
+    assert seen[0] != seen[1] != seen[2]
+
+
+def test_an_epoch_left_part_way_continues_when_iterated_again(tmp_path):
+    shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
+    whole = labels_of(build_train_loader(plain_config(shards), DistEnv(), num_classes=32))
+    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    head = []
+    for images, labels in loader:
+        head += labels.tolist()
+        if len(head) == 3 * BATCH:
+            break
+    rest = labels_of(loader)  # the same workers, told to skip what was consumed
+    assert sorted(head + rest) == sorted(whole) and len(head + rest) == len(whole)
+    assert head == whole[: len(head)]
 
 
 def test_a_loader_state_of_another_version_is_refused(tmp_path):

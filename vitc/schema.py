@@ -151,6 +151,8 @@ class DataConfig:
     train_manifest: str | None = None
     val_manifest: str | None = None
     workers: int = 4  # DataLoader worker processes per rank
+    # Keep the workers between epochs (and between evaluations) instead of forking them anew for each
+    persistent_workers: bool = True
     # samples held per worker for the streaming shuffle: JPEG bytes, ~110 kB each at ImageNet size
     shuffle_buffer: int = 2000
     seed: int = 0  # with the epoch number: same seed + epoch -> same sample order

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 import torchvision.transforms.v2 as v2
 from PIL import Image
@@ -113,9 +114,17 @@ def _decode_in_processes(datas: list[bytes], processes: int) -> int:
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (DataLoader workers are joined)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    """CPU time of this process and all its children: the finished ones (reaped) and the live ones
+    (persistent DataLoader workers), whose time the kernel adds to RUSAGE_CHILDREN only once reaped."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:  # ended between listing and reading
+            continue
+        total += times.user + times.system
+    return total
 
 
 @dataclass

@@ -23,6 +23,7 @@ VitcError naming the shard. A shard that cannot be opened or stalls for data.rea
 a VitcError naming it.
 """
 
+import gc
 import logging
 import math
 import multiprocessing
@@ -32,13 +33,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitc.data.manifest import Manifest
-from vitc.data.plan import (WorkerPlan, assign_to_ranks, assign_to_workers, even_quotas, skips_after,
-                            train_batches_per_rank, worker_quotas)
+from vitc.data.plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks, assign_to_workers,
+                            train_batches_per_rank)
 from vitc.data.streams import Shard, resolve_shards
 from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
                                   normalize)
 from vitc.data.workers import BatchStream, Failure, GpuDecode
 from vitc.errors import VitcError
+from vitc.heap import retain_freed_memory
 from vitc.launch.env import DistEnv
 
 log = logging.getLogger(__name__)
@@ -64,25 +66,26 @@ class _Loader:
         self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
         self._bad = [0] * self.workers
         self.bad_samples_before = 0
+        self.stream: BatchStream  # set by the subclass
+        self._dataloader: DataLoader | None = None  # built on the first pass; kept with persistent workers
 
     @property
     def bad_samples(self) -> int:
         """Samples skipped so far on this rank (undecodable, or label missing/out of range)."""
         return self.bad_samples_before + sum(self._bad)
 
-    def _batches(self, stream: BatchStream):
-        workers = self.cfg.data.workers
-        # fork, whatever start method this process inherited (a torch.multiprocessing.spawn child has
-        # 'spawn', which re-imports torch in every worker, every epoch: ~10 s each here). Workers never
-        # touch CUDA: GPU decode runs in this process.
-        context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
-                            multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal)
-        self.bad_samples_before += sum(self._bad)  # counts restart with the workers
+    def _batches(self):
+        """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set."""
+        stream = self.stream
+        if self._dataloader is None or not self.cfg.data.persistent_workers:
+            self._dataloader = self._new_dataloader()
+        self.bad_samples_before += sum(self._bad)  # counts restart with the pass
         self._bad = [0] * self.workers
         # read now, not at build time: the engine selects this rank's GPU before iterating
         device = torch.device("cuda", torch.cuda.current_device()) if self.batch_on_cuda else None
-        for item in loader:
+        if device is None and self.gpu is None:
+            retain_freed_memory()  # float batches are made here, on the CPU: no page faults for each
+        for item in _start(self._dataloader):
             if isinstance(item, Failure):
                 raise VitcError(item.message)
             payload, worker, bad = item
@@ -92,6 +95,34 @@ class _Loader:
             elif device is not None:
                 payload = tuple(t.to(device, non_blocking=True) for t in payload)
             yield worker, self.batch_transform(*payload)
+
+    def _new_dataloader(self) -> DataLoader:
+        workers = self.cfg.data.workers
+        # fork, whatever start method this process inherited (a torch.multiprocessing.spawn child has
+        # 'spawn', which re-imports torch in every worker: ~10 s each here). Workers never touch CUDA:
+        # GPU decode runs in this process.
+        context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
+                          multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal,
+                          persistent_workers=bool(workers) and self.cfg.data.persistent_workers)
+
+    def close(self) -> None:
+        """Let the worker processes go (DataLoader stops them when it is freed; so does process exit)."""
+        self._dataloader = None
+
+
+def _start(dataloader: DataLoader):
+    """`iter(dataloader)`, with the workers forked (when they are) from a frozen garbage collector.
+
+    gc.freeze() before fork, as Python's gc docs advise for forked children: the workers' collector
+    then never walks the objects they inherit (torch, the model), which was a tenth of a worker's
+    CPU time in profiles, and so never dirties those pages (copy-on-write faults).
+    """
+    gc.freeze()
+    try:
+        return iter(dataloader)
+    finally:
+        gc.unfreeze()
 
 
 def _ignore_preemption_signal(_worker_id: int) -> None:
@@ -121,6 +152,12 @@ class TrainLoader(_Loader):
                             f"workers: use more or smaller shards, fewer workers, or data.resampled: true")
         used = self._len * batch * dist.world_size
         self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
+        d = cfg.data
+        self.planner = EpochPlanner(tuple(self._rank_shards), self.workers, batch, self._len, d.seed, dist.rank,
+                                    d.resampled)
+        self.stream = BatchStream(self.planner, self.workers, batch, recipe.num_classes,
+                                  TrainSampleTransform(recipe), self.gpu is None, d.shuffle_buffer, d.resampled,
+                                  d.max_bad_fraction, d.read_timeout_s)
         if dist.rank == 0:
             log.info("train loader: %d batches of %d per rank per epoch on %d ranks; %d of %d samples "
                      "left out per epoch (shard imbalance and per-worker partial batches)",
@@ -163,35 +200,19 @@ class TrainLoader(_Loader):
     def __iter__(self):
         if self.batches_consumed >= self._len:  # iterated again without set_epoch: the next epoch
             self.set_epoch(self.epoch + 1)
-        plans = self._plans()
+        if self._resume_fraction is None:
+            plans = self.stream.start_pass(self.epoch, self._worker_batches)
+        else:
+            plans = self.stream.start_pass(self.epoch, None, self._resume_fraction)
         self._worker_batches = [p.skip for p in plans]
         self.batches_consumed = sum(self._worker_batches)
         self._resume_fraction = None  # from here on the per-worker counts are exact
-        for worker, batch in self._batches(self._stream(plans)):
+        for worker, batch in self._batches():
             self._worker_batches[worker] += 1
             self.batches_consumed += 1
             yield batch
         if self.batches_consumed != self._len:
             raise RuntimeError(f"train loader yielded {self.batches_consumed} of {self._len} batches")
-
-    def _plans(self) -> list[WorkerPlan]:
-        d, rank, epoch = self.cfg.data, self.dist.rank, self.epoch
-        seed = f"{d.seed}/{epoch}/{rank}"
-        if d.resampled:
-            deal = [tuple(self._rank_shards)] * self.workers
-            quotas = even_quotas(self._len, self.workers)
-        else:
-            deal = [tuple(s) for s in assign_to_workers(self._rank_shards, self.workers, seed)]
-            quotas = worker_quotas([sum(s.samples for s in w) for w in deal], self.batch, self._len)
-        fraction = self._resume_fraction or 0.0
-        consumed = None if self._resume_fraction is not None else self._worker_batches
-        skips = skips_after(consumed, quotas, fraction)
-        return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}") for w in range(self.workers)]
-
-    def _stream(self, plans: list[WorkerPlan]) -> BatchStream:
-        d = self.cfg.data
-        return BatchStream(plans, self.batch, self.recipe.num_classes, TrainSampleTransform(self.recipe),
-                           self.gpu is None, d.shuffle_buffer, d.resampled, d.max_bad_fraction, d.read_timeout_s)
 
 
 class EvalLoader(_Loader):
@@ -201,21 +222,21 @@ class EvalLoader(_Loader):
         super().__init__(cfg, dist, batch, shards, manifest, _normalize_batch)
         self.recipe = recipe
         by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
-        self._worker_plans = [WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}")
-                              for i, w in enumerate(by_rank[dist.rank])]
+        plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
         self._len = max(sum(math.ceil(manifest_samples(w) / batch) for w in workers) for workers in by_rank)
-        self.num_samples = sum(p.samples for p in self._worker_plans)  # this rank's share
+        self.num_samples = sum(p.samples for p in plans)  # this rank's share
+        d = cfg.data
+        self.stream = BatchStream(FixedPlans(plans), self.workers, batch, recipe.num_classes,
+                                  EvalSampleTransform(recipe), self.gpu is None, 0, False, d.max_bad_fraction,
+                                  d.read_timeout_s)
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self):
-        d = self.cfg.data
-        stream = BatchStream(self._worker_plans, self.batch, self.recipe.num_classes,
-                             EvalSampleTransform(self.recipe), self.gpu is None, 0, False,
-                             d.max_bad_fraction, d.read_timeout_s)
+        self.stream.start_pass(0, [0] * self.workers)
         yielded = 0
-        for _, batch in self._batches(stream):
+        for _, batch in self._batches():
             yielded += 1
             yield batch
         size = self.recipe.image_size

@@ -26,6 +26,45 @@ class WorkerPlan:
         return sum(s.samples for s in self.shards)
 
 
+@dataclass(frozen=True)
+class EpochPlanner:
+    """One rank's train plans for any epoch and resume position: the same answer in every process.
+
+    The loader's persistent workers each call it at the start of a pass with the position the main
+    process published, so no plan has to travel to them.
+    """
+
+    shards: tuple[Shard, ...]  # this rank's shards; all shards when resampled
+    workers: int
+    batch: int
+    batches: int  # per rank per epoch (len of the loader)
+    data_seed: int
+    rank: int
+    resampled: bool = False
+
+    def plans(self, epoch: int, consumed: list[int] | None, fraction: float) -> list[WorkerPlan]:
+        """Worker plans for `epoch`, skipping `consumed` batches per worker (None: `fraction` of each quota)."""
+        seed = f"{self.data_seed}/{epoch}/{self.rank}"
+        if self.resampled:
+            deal = [self.shards] * self.workers
+            quotas = even_quotas(self.batches, self.workers)
+        else:
+            deal = [tuple(s) for s in assign_to_workers(list(self.shards), self.workers, seed)]
+            quotas = worker_quotas([sum(s.samples for s in w) for w in deal], self.batch, self.batches)
+        skips = skips_after(consumed, quotas, fraction)
+        return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}") for w in range(self.workers)]
+
+
+@dataclass(frozen=True)
+class FixedPlans:
+    """Plans that do not change between passes (eval)."""
+
+    fixed: tuple[WorkerPlan, ...]
+
+    def plans(self, epoch: int, consumed: list[int] | None, fraction: float) -> list[WorkerPlan]:
+        return list(self.fixed)
+
+
 def _greedy(shards: list[Shard], bins: int) -> list[list[Shard]]:
     """Each shard, in the given order, to the bin with the fewest samples (ties: lowest index)."""
     out: list[list[Shard]] = [[] for _ in range(bins)]

@@ -11,6 +11,7 @@ items so the message arrives intact, naming the shard.
 import itertools
 import json
 import logging
+import math
 import random
 import zlib
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ def sample_label(sample: dict) -> int:
 class BatchStream(IterableDataset):
     """Batches for one rank, one `WorkerPlan` per DataLoader worker (or one in-process stream).
 
+    The plans come from `planner` (see vitc.data.plan) for the pass `start_pass` published.
     Each item is (payload, worker index, bad samples so far in this worker). The payload is
     (uint8 images [B,3,S,S], int64 labels), or — when `decode_in_worker` is false (nvJPEG decode on
     the GPU in the main process) — (JPEG bytes, crop boxes, labels). The main process finishes the
@@ -64,19 +66,40 @@ class BatchStream(IterableDataset):
     0.8 ms/image of system time for float32 at 224 px).
     """
 
-    def __init__(self, plans: list[WorkerPlan], batch: int, num_classes: int, sample_transform,
+    def __init__(self, planner, workers: int, batch: int, num_classes: int, sample_transform,
                  decode_in_worker: bool, shuffle_buffer: int, resampled: bool,
                  max_bad_fraction: float, read_timeout_s: float):
-        self.plans, self.batch, self.num_classes = plans, batch, num_classes
+        self.planner, self.batch, self.num_classes = planner, batch, num_classes
         self.sample_transform = sample_transform
         self.decode_in_worker, self.shuffle_buffer, self.resampled = decode_in_worker, shuffle_buffer, resampled
         self.max_bad_fraction, self.timeout = max_bad_fraction, read_timeout_s
         self.bad = 0
+        # The pass to run: [epoch, resume fraction (NaN: use the counts), batches consumed per worker].
+        # Written by the main process before each pass, read by each worker as the pass starts: workers
+        # forked once (persistent) learn the new epoch through this shared memory, not through a copy.
+        self._position = torch.zeros(2 + max(1, workers), dtype=torch.float64).share_memory_()
+
+    def start_pass(self, epoch: int, consumed: list[int] | None, fraction: float = 0.0) -> list[WorkerPlan]:
+        """Publish the next pass to the workers: skip `consumed` batches per worker, or when that is None
+        (a different layout) `fraction` of every quota. Returns the plans the workers will compute."""
+        self._position[0] = epoch
+        if consumed is None:
+            self._position[1] = fraction
+        else:
+            self._position[1] = math.nan
+            self._position[2:] = torch.tensor(consumed, dtype=torch.float64)
+        return self.plans()
+
+    def plans(self) -> list[WorkerPlan]:
+        epoch, fraction, *consumed = self._position.tolist()
+        if math.isnan(fraction):
+            return self.planner.plans(int(epoch), [int(c) for c in consumed], 0.0)
+        return self.planner.plans(int(epoch), None, fraction)
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        plan = self.plans[worker]
+        plan = self.plans()[worker]
         if info is not None:  # in a worker process: augmentation follows (seed, epoch, rank, worker)
             torch.manual_seed(zlib.crc32(plan.seed.encode()))
         self.bad = 0
