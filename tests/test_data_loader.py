@@ -20,6 +20,7 @@ from PIL import Image
 from vitc.config import load_config
 from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
 from vitc.data.manifest import Manifest, ShardRecord
+from vitc.data.slots import PER_WORKER, BatchSlots
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 
@@ -264,6 +265,29 @@ def test_an_epoch_left_part_way_continues_when_iterated_again(tmp_path):
     rest = labels_of(loader)  # the same workers, told to skip what was consumed
     assert sorted(head + rest) == sorted(whole) and len(head + rest) == len(whole)
     assert head == whole[: len(head)]
+
+
+def test_batch_buffers_are_reused_and_a_new_pass_takes_over_those_left_unread():
+    slots = BatchSlots(workers=1, batch=3, size=2)
+    images = [torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (7, 8)]
+    refs = [slots.fill(0, 1, images) for _ in range(PER_WORKER)]  # pass 1 fills every buffer
+    assert sorted(r.slot for r in refs) == list(range(PER_WORKER)) and refs[0].count == 2
+    assert torch.equal(slots.take(0, refs[0]), torch.stack(images))
+    slots.release(0, refs[0])
+    assert slots.fill(0, 1, images[:1]).slot == refs[0].slot  # the one released
+    # pass 2: the batches pass 1 left (abandoned, never to be released) do not block it
+    again = [slots.fill(0, 2, images[1:]) for _ in range(PER_WORKER)]
+    assert sorted(r.slot for r in again) == list(range(PER_WORKER))
+    assert all(torch.equal(slots.take(0, r), torch.stack(images[1:])) for r in again)
+
+
+def test_too_little_shared_memory_for_the_batch_buffers_is_one_clear_error(monkeypatch):
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    with pytest.raises(VitcError, match=r"74 MB of batch buffers .*/dev/shm.*data.workers"):
+        BatchSlots(workers=4, batch=32, size=224)
 
 
 def test_a_loader_state_of_another_version_is_refused(tmp_path):

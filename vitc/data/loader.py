@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from vitc.data.manifest import Manifest
 from vitc.data.plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks, assign_to_workers,
                             train_batches_per_rank)
+from vitc.data.slots import SlotRef
 from vitc.data.streams import Shard, resolve_shards
 from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
                                   normalize)
@@ -78,6 +79,8 @@ class _Loader:
         """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set."""
         stream = self.stream
         if self._dataloader is None or not self.cfg.data.persistent_workers:
+            if not self._pin:  # pinned batches take DataLoader's own path (its pinning thread copies them)
+                stream.use_slots(self.cfg.data.workers, self.cfg.model.image_size)
             self._dataloader = self._new_dataloader()
         self.bad_samples_before += sum(self._bad)  # counts restart with the pass
         self._bad = [0] * self.workers
@@ -90,11 +93,17 @@ class _Loader:
                 raise VitcError(item.message)
             payload, worker, bad = item
             self._bad[worker] = bad
+            slot = payload[0] if isinstance(payload[0], SlotRef) else None
+            if slot is not None:
+                payload = stream.slots.take(worker, slot), payload[1]
             if self.gpu is not None:
                 payload = self.gpu.decode(*payload, stream)
-            elif device is not None:
+            elif device is not None:  # from pageable memory: the source is read before .to returns
                 payload = tuple(t.to(device, non_blocking=True) for t in payload)
-            yield worker, self.batch_transform(*payload)
+            batch = self.batch_transform(*payload)  # a new float batch: the buffer is free again
+            if slot is not None:
+                stream.slots.release(worker, slot)
+            yield worker, batch
 
     def _new_dataloader(self) -> DataLoader:
         workers = self.cfg.data.workers

@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from vitc.data.decode import UndecodableImage, decode_crops_cuda
 from vitc.data.plan import WorkerPlan
+from vitc.data.slots import BatchSlots
 from vitc.data.streams import shard_samples
 from vitc.errors import VitcError
 
@@ -74,24 +75,32 @@ class BatchStream(IterableDataset):
         self.decode_in_worker, self.shuffle_buffer, self.resampled = decode_in_worker, shuffle_buffer, resampled
         self.max_bad_fraction, self.timeout = max_bad_fraction, read_timeout_s
         self.bad = 0
-        # The pass to run: [epoch, resume fraction (NaN: use the counts), batches consumed per worker].
-        # Written by the main process before each pass, read by each worker as the pass starts: workers
-        # forked once (persistent) learn the new epoch through this shared memory, not through a copy.
-        self._position = torch.zeros(2 + max(1, workers), dtype=torch.float64).share_memory_()
+        # The pass to run: [generation (counts passes), epoch, resume fraction (NaN: use the counts),
+        # batches consumed per worker]. Written by the main process before each pass, read by each
+        # worker as the pass starts: workers forked once (persistent) learn the new epoch through this
+        # shared memory, not through a copy.
+        self._position = torch.zeros(3 + max(1, workers), dtype=torch.float64).share_memory_()
+        self.slots: BatchSlots | None = None  # see use_slots
+
+    def use_slots(self, workers: int, image_size: int) -> None:
+        """Send uint8 batches through reused shared buffers (vitc.data.slots). Before workers fork."""
+        if self.slots is None and self.decode_in_worker and workers > 0:
+            self.slots = BatchSlots(workers, self.batch, image_size)
 
     def start_pass(self, epoch: int, consumed: list[int] | None, fraction: float = 0.0) -> list[WorkerPlan]:
         """Publish the next pass to the workers: skip `consumed` batches per worker, or when that is None
         (a different layout) `fraction` of every quota. Returns the plans the workers will compute."""
-        self._position[0] = epoch
+        self._position[0] += 1
+        self._position[1] = epoch
         if consumed is None:
-            self._position[1] = fraction
+            self._position[2] = fraction
         else:
-            self._position[1] = math.nan
-            self._position[2:] = torch.tensor(consumed, dtype=torch.float64)
+            self._position[2] = math.nan
+            self._position[3:] = torch.tensor(consumed, dtype=torch.float64)
         return self.plans()
 
     def plans(self) -> list[WorkerPlan]:
-        epoch, fraction, *consumed = self._position.tolist()
+        _, epoch, fraction, *consumed = self._position.tolist()
         if math.isnan(fraction):
             return self.planner.plans(int(epoch), [int(c) for c in consumed], 0.0)
         return self.planner.plans(int(epoch), None, fraction)
@@ -103,27 +112,29 @@ class BatchStream(IterableDataset):
         if info is not None:  # in a worker process: augmentation follows (seed, epoch, rank, worker)
             torch.manual_seed(zlib.crc32(plan.seed.encode()))
         self.bad = 0
+        slots = self.slots if info is not None else None  # in this process, batches need no transport
         try:
-            yield from self._batches(worker, plan)
+            yield from self._batches(worker, plan, slots, int(self._position[0]))
         except VitcError as e:
             yield Failure(str(e))
 
-    def _batches(self, worker: int, plan: WorkerPlan):
+    def _batches(self, worker: int, plan: WorkerPlan, slots: BatchSlots | None, generation: int):
         items = self._good_samples(worker, plan)
         produced = plan.skip
         while plan.quota is None or produced < plan.quota:
             chunk = list(itertools.islice(items, self.batch))
             if not chunk:
                 break
-            yield self._collate(chunk), worker, self.bad
+            labels = torch.tensor([c[-1] for c in chunk], dtype=torch.int64)
+            if not self.decode_in_worker:
+                payload = [c[0] for c in chunk], [c[1] for c in chunk], labels
+            elif slots is not None:
+                payload = slots.fill(worker, generation, [c[0] for c in chunk]), labels
+            else:  # stacked into a new shared-memory segment when in a worker
+                payload = default_collate([c[0] for c in chunk]), labels
+            yield payload, worker, self.bad
             produced += 1
         items.close()  # stops reading the current shard (and kills its `pipe:` command)
-
-    def _collate(self, chunk: list[tuple]):
-        labels = torch.tensor([c[-1] for c in chunk], dtype=torch.int64)
-        if not self.decode_in_worker:
-            return [c[0] for c in chunk], [c[1] for c in chunk], labels
-        return default_collate([c[0] for c in chunk]), labels  # stacked into shared memory in a worker
 
     def _good_samples(self, worker: int, plan: WorkerPlan) -> Iterator[tuple]:
         rng = random.Random(plan.seed)

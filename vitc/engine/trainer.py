@@ -153,14 +153,19 @@ class Trainer:
         stopped, accuracy, ema_accuracy = "finished", None, None
         if self._stop_reason(preempted=False):  # resumed at train.max_steps already
             stopped = "max_steps"
-        while self.epoch < self.cfg.schedule.epochs and stopped == "finished":
-            stopped = self._train_epoch()
-            if stopped != "finished":
-                break
-            self.epoch, self.micro_in_epoch = self.epoch + 1, 0
-            self._save()
-            if self._eval_due():
-                accuracy, ema_accuracy = self._evaluate()
+        try:
+            while self.epoch < self.cfg.schedule.epochs and stopped == "finished":
+                stopped = self._train_epoch()
+                if stopped != "finished":
+                    break
+                self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+                self._save()
+                if self._eval_due():
+                    accuracy, ema_accuracy = self._evaluate()
+        finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
+            for loader in (self.loader, self.eval_loader):
+                if loader is not None:
+                    loader.close()
         if self.metrics is not None:
             self.metrics.close()
         return TrainResult(self.run_dir, self.step, self.epoch, stopped, accuracy, ema_accuracy,
