@@ -84,6 +84,18 @@ def test_labels_stay_integers_without_mixing_or_smoothing():
     assert targets.dtype == torch.int64 and targets.tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_random_erasing_paints_a_box_of_the_mean_colour_in_each_image_it_picks(p):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)  # no pixel is the (non-integer) mean
+    plain = recipe(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, random_erasing=p)
+    x, _ = TrainBatchTransform(plain)(images, torch.arange(6))
+    erased = (x == 0).flatten(1).float().mean(1)  # 0 after normalizing = the mean colour
+    if p == 0:
+        assert erased.max() == 0
+    else:  # torchvision's area range (0.02, 0.33) of every image
+        assert erased.min() >= 0.015 and erased.max() <= 0.34
+
+
 def test_eval_transform_output_size_and_center_crop_box():
     photo = jpeg(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8), quality=90)
     out = EvalSampleTransform(recipe())(photo)

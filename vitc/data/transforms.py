@@ -165,7 +165,8 @@ class TrainBatchTransform:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         # value=0 erases to the mean colour (inputs are normalized), as torchvision's reference does
-        self.erase = v2.RandomErasing(p=recipe.random_erasing) if recipe.random_erasing > 0 else None
+        # in place: the float batch is ours, so no per-image clone and copy back
+        self.erase = v2.RandomErasing(p=recipe.random_erasing, inplace=True) if recipe.random_erasing > 0 else None
         mixes = []
         if recipe.mixup_alpha > 0:
             mixes.append(v2.MixUp(alpha=recipe.mixup_alpha, num_classes=recipe.num_classes))
@@ -177,8 +178,8 @@ class TrainBatchTransform:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(images)
         if self.erase is not None:  # per image: v2 on a batch would erase one box in all of them
-            for i in range(x.shape[0]):
-                x[i] = self.erase(x[i])
+            for image in x:
+                self.erase(image)
         if not self.recipe.soft_targets:
             return x, labels
         if self.mix is not None:
