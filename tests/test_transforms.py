@@ -5,12 +5,13 @@ import io
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2 as v2
 from PIL import Image
 
 from vitc.config import load_config
 from vitc.data.decode import Box, decode_crop, image_size, plan_decode
-from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
-                                  center_crop_box)
+from vitc.data.transforms import (EvalSampleTransform, InPlaceCutMix, InPlaceMixUp, Recipe, TrainBatchTransform,
+                                  TrainSampleTransform, center_crop_box)
 from vitc.errors import VitcError
 
 
@@ -60,6 +61,14 @@ def test_snapped_box_stays_within_one_reduced_pixel_of_the_sampled_box():
         assert abs(a - b) <= 4
 
 
+def test_fast_jpeg_decode_differs_from_the_accurate_one_by_a_grey_level_or_two(large_photo):
+    box, size = Box(100, 200, 700, 900), (224, 224)
+    fast = decode_crop(large_photo, box, size, reduce=False, fast=True).int()
+    accurate = decode_crop(large_photo, box, size, reduce=False, fast=False).int()
+    assert not torch.equal(fast, accurate)
+    assert (fast - accurate).abs().float().mean() < 2.0
+
+
 def test_small_crops_are_decoded_at_full_size():
     assert plan_decode(375, 500, Box(10, 20, 300, 300), (224, 224)).reduction == 1
 
@@ -94,6 +103,17 @@ def test_random_erasing_paints_a_box_of_the_mean_colour_in_each_image_it_picks(p
         assert erased.max() == 0
     else:  # torchvision's area range (0.02, 0.33) of every image
         assert erased.min() >= 0.015 and erased.max() <= 0.34
+
+
+@pytest.mark.parametrize("ours, theirs, alpha", [(InPlaceMixUp, v2.MixUp, 0.8), (InPlaceCutMix, v2.CutMix, 1.0)])
+def test_in_place_mixing_equals_torchvision(ours, theirs, alpha):
+    batch, labels = torch.randn(6, 3, 20, 24), torch.tensor([0, 3, 1, 4, 2, 0])
+    for seed in range(5):  # several lam draws and CutMix boxes
+        torch.manual_seed(seed)
+        want_x, want_y = theirs(alpha=alpha, num_classes=5)(batch.clone(), labels)
+        torch.manual_seed(seed)
+        got_x, got_y = ours(alpha=alpha, num_classes=5)(batch.clone(), labels)
+        assert torch.allclose(got_x, want_x, atol=1e-6) and torch.equal(got_y, want_y)
 
 
 def test_eval_transform_output_size_and_center_crop_box():

@@ -146,7 +146,7 @@ def _epoch(loader) -> int:
     return sum(images.shape[0] for images, _ in loader)
 
 
-def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, workers: int = 2, rounds: int = 3,
+def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, workers: int = 2, rounds: int = 5,
                auto_augment: str = "autoaugment", random_erasing: float = 0.25,
                shard_build: bool = True) -> DataBench:
     """Run all candidates `rounds` times, round-robin; see the module docstring."""

@@ -99,7 +99,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     bench_data.add_argument("--images", type=int, metavar="N", help="use the first N images (default: all)")
     bench_data.add_argument("--batch", type=int, default=32)
     bench_data.add_argument("--workers", type=int, default=2, help="loader workers for (a) and (b)")
-    bench_data.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    bench_data.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
     bench_data.add_argument("--auto-augment", choices=("autoaugment", "randaugment", "none"),
                             default="autoaugment")
     bench_data.add_argument("--random-erasing", type=float, default=0.25,

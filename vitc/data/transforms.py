@@ -43,6 +43,7 @@ class Recipe:
     cutmix_alpha: float = 1.0
     label_smoothing: float = 0.1
     eval_crop_ratio: float = 0.875
+    fast_jpeg_decode: bool = True
 
     @classmethod
     def from_config(cls, cfg, num_classes: int) -> "Recipe":
@@ -62,7 +63,7 @@ class Recipe:
                             f"got {d.mixup_alpha} and {d.cutmix_alpha}")
         return cls(cfg.model.image_size, num_classes, tuple(d.crop_scale), d.hflip, d.auto_augment,
                    d.randaugment_magnitude, d.randaugment_num_ops, d.random_erasing, d.mixup_alpha,
-                   d.cutmix_alpha, d.label_smoothing, d.eval_crop_ratio)
+                   d.cutmix_alpha, d.label_smoothing, d.eval_crop_ratio, d.fast_jpeg_decode)
 
     @property
     def soft_targets(self) -> bool:
@@ -109,7 +110,7 @@ class TrainSampleTransform:
         return image
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self.finish(decode_crop(data, self.plan(data), self.size))
+        return self.finish(decode_crop(data, self.plan(data), self.size, fast=self.recipe.fast_jpeg_decode))
 
 
 class EvalSampleTransform:
@@ -117,7 +118,7 @@ class EvalSampleTransform:
 
     def __init__(self, recipe: Recipe):
         self.size = (recipe.image_size, recipe.image_size)
-        self.ratio = recipe.eval_crop_ratio
+        self.ratio, self.fast = recipe.eval_crop_ratio, recipe.fast_jpeg_decode
 
     def plan(self, data: bytes) -> Box:
         height, width = image_size(data)
@@ -127,7 +128,7 @@ class EvalSampleTransform:
         return image
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return decode_crop(data, self.plan(data), self.size)
+        return decode_crop(data, self.plan(data), self.size, fast=self.fast)
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -159,6 +160,39 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().sub_(mean).div_(std)
 
 
+# torchvision's MixUp and CutMix build their output from two batch-sized copies (the rolled batch,
+# and a scaled or cloned one): 0.10 and 0.07 ms/image at 32 x 224 px on the CPU, against 0.035 and
+# 0.014 in place (measured). The batch is our own fresh float copy, so these keep torchvision's
+# sampling (Beta lam, CutMix box), pairing (image i with image i-1) and label mixing, and only
+# apply the image blend in place, last image first so each still reads its original neighbour.
+# On the GPU torchvision's few large kernels beat a per-image loop of launches: they run there.
+
+
+class InPlaceMixUp(v2.MixUp):
+    def transform(self, inpt, params: dict):
+        if inpt is params["labels"] or not isinstance(inpt, torch.Tensor) or inpt.is_cuda:
+            return super().transform(inpt, params)
+        lam = params["lam"]
+        last = inpt[-1].clone()
+        for i in range(len(inpt) - 1, 0, -1):
+            inpt[i].mul_(lam).add_(inpt[i - 1], alpha=1 - lam)
+        inpt[0].mul_(lam).add_(last, alpha=1 - lam)
+        return inpt
+
+
+class InPlaceCutMix(v2.CutMix):
+    def transform(self, inpt, params: dict):
+        if inpt is params["labels"] or not isinstance(inpt, torch.Tensor) or inpt.is_cuda:
+            return super().transform(inpt, params)
+        x1, y1, x2, y2 = params["box"]
+        boxes = inpt[..., y1:y2, x1:x2]
+        last = boxes[-1].clone()
+        for i in range(len(inpt) - 1, 0, -1):
+            boxes[i].copy_(boxes[i - 1])
+        boxes[0].copy_(last)
+        return inpt
+
+
 class TrainBatchTransform:
     """uint8 batch + int64 labels -> normalized float batch + targets (RandomErasing, MixUp/CutMix, smoothing)."""
 
@@ -169,9 +203,9 @@ class TrainBatchTransform:
         self.erase = v2.RandomErasing(p=recipe.random_erasing, inplace=True) if recipe.random_erasing > 0 else None
         mixes = []
         if recipe.mixup_alpha > 0:
-            mixes.append(v2.MixUp(alpha=recipe.mixup_alpha, num_classes=recipe.num_classes))
+            mixes.append(InPlaceMixUp(alpha=recipe.mixup_alpha, num_classes=recipe.num_classes))
         if recipe.cutmix_alpha > 0:
-            mixes.append(v2.CutMix(alpha=recipe.cutmix_alpha, num_classes=recipe.num_classes))
+            mixes.append(InPlaceCutMix(alpha=recipe.cutmix_alpha, num_classes=recipe.num_classes))
         # one of MixUp/CutMix per batch, chosen uniformly (pycls/timm switch probability 0.5)
         self.mix = v2.RandomChoice(mixes) if mixes else None
 

@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[DistEn
         tdist.init_process_group(rt.backend, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
                                  rank=dist.rank, world_size=dist.world_size,
                                  timeout=timedelta(seconds=timeout_s))
-        atexit.register(tdist.destroy_process_group)
+        atexit.register(_leave_group)
         _GROUP = dist
     exported = _GROUP.export()
     saved = {key: os.environ.get(key) for key in exported}
@@ -96,6 +97,21 @@ def process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[DistEn
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _leave_group() -> None:
+    """At exit, while the interpreter still runs: let Gloo's worker threads finish, then drop the group.
+
+    A Gloo worker thread frees each finished collective's tensors itself, which takes the GIL. If
+    the program ends right after a collective (the last evaluation), that thread may still be
+    waiting for the GIL when the interpreter finalizes; it is then made to exit mid-destructor and
+    the process aborts with "terminate called without an active exception" after a successful run
+    (seen in about one in five two-rank ZeRO-3 runs here; pytorch/pytorch#179291, #190489).
+    destroy_process_group() does not join those threads while DeepSpeed still holds the group, so
+    give them the GIL for a moment first.
+    """
+    time.sleep(0.2)  # releases the GIL: a finished collective's destructor needs microseconds
+    tdist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
