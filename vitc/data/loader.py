@@ -149,11 +149,11 @@ class TrainLoader(_Loader):
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
         if cfg.data.resampled:
-            self._rank_shards = shards
+            rank_shards = shards
             self._len = manifest_samples(shards) // (dist.world_size * batch)
         else:
             by_rank = assign_to_ranks(shards, dist.world_size)
-            self._rank_shards = by_rank[dist.rank]
+            rank_shards = by_rank[dist.rank]
             self._len = train_batches_per_rank(by_rank, batch, self.workers)
         if self._len == 0:
             raise VitcError(f"data.train_shards: {manifest_samples(shards)} samples in {len(shards)} shards "
@@ -162,9 +162,8 @@ class TrainLoader(_Loader):
         used = self._len * batch * dist.world_size
         self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
         d = cfg.data
-        self.planner = EpochPlanner(tuple(self._rank_shards), self.workers, batch, self._len, d.seed, dist.rank,
-                                    d.resampled)
-        self.stream = BatchStream(self.planner, self.workers, batch, recipe.num_classes,
+        planner = EpochPlanner(tuple(rank_shards), self.workers, batch, self._len, d.seed, dist.rank, d.resampled)
+        self.stream = BatchStream(planner, self.workers, batch, recipe.num_classes,
                                   TrainSampleTransform(recipe), self.gpu is None, d.shuffle_buffer, d.resampled,
                                   d.max_bad_fraction, d.read_timeout_s)
         if dist.rank == 0:
