@@ -253,8 +253,10 @@ def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster
     wait_for_step(cluster, tmp_path / "run", 2)
 
     cluster.run("scancel", "--signal=USR1", "--batch", str(job_id))  # as --signal=B:USR1@N does
+    # pending with a reason: slurmctld marks a requeued job PENDING a moment before it sets why
     held = cluster.wait_for("the requeued job to be held",
-                            lambda: (j := cluster.job(job_id))["JobState"] == "PENDING" and j, JOB_TIMEOUT_S)
+                            lambda: (j := cluster.job(job_id))["JobState"] == "PENDING" and j["Reason"] != "None"
+                            and j, JOB_TIMEOUT_S)
     cluster.release(job_id)
     job = cluster.wait_for_job_end(job_id, JOB_TIMEOUT_S)
 
