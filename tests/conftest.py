@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vitc.data.embedded import digits_imagefolder, photo_imagefolder
+from vitc.data.shards.embedded import digits_imagefolder, photo_imagefolder
 
 
 @pytest.fixture(scope="session")

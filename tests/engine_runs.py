@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from vitc.cli import main
-from vitc.data.shards import BuildOptions, build_shards
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.export import load_weights
 from vitc.engine.runtime import free_port
 

@@ -4,9 +4,12 @@ Shards are written here with webdataset's TarWriter and a `vitc-shards/1` manife
 class k, so labels identify samples (augmentation and mixing are off where identity matters).
 """
 
+import functools
+import http.server
 import io
 import json
 import logging
+import threading
 
 import numpy as np
 import psutil
@@ -18,9 +21,9 @@ import webdataset as wds
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
-from vitc.data.manifest import Manifest, ShardRecord
-from vitc.data.slots import PER_WORKER, BatchSlots
+from vitc.data.loading.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+from vitc.data.shards.manifest import Manifest, ShardRecord
+from vitc.data.loading.slots import PER_WORKER, BatchSlots
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 
@@ -194,6 +197,31 @@ def test_brace_pattern_needs_and_uses_a_manifest(tmp_path):
     cfg.data.train_shards = f"pipe:cat {shards}/train-000000.tar"
     with pytest.raises(VitcError, match="data.train_manifest"):
         build_train_loader(cfg, DistEnv(), num_classes=16)
+
+
+def serve(directory) -> http.server.ThreadingHTTPServer:
+    """An HTTP server on localhost for the files of `directory`."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_manifest_at_an_http_url_is_read_through_iopath(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))  # where iopath downloads to
+    shards = write_shards(tmp_path / "s", sizes=(8, 8))
+    server = serve(shards)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0",
+                           f"data.train_manifest={url}/manifest.json")
+        assert read_manifest_num_classes(cfg) == 16
+        assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
+        cfg.data.train_manifest = f"{url}/elsewhere/manifest.json"
+        with pytest.raises(VitcError, match=r"shard manifest .*/elsewhere/manifest\.json cannot be read"):
+            read_manifest_num_classes(cfg)
+    finally:
+        server.shutdown()
 
 
 def test_paper_recipe_gives_soft_targets(tmp_path):

@@ -11,8 +11,8 @@ import webdataset as wds
 from PIL import Image
 
 from vitc.cli import main
-from vitc.data.manifest import Manifest, file_sha256
-from vitc.data.synsets import map_classes, read_class_map
+from vitc.data.shards.manifest import Manifest, file_sha256
+from vitc.data.shards.synsets import map_classes, read_class_map
 from vitc.errors import VitcError
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from vitc.cli import main
 from vitc.config import config_to_dict, load_config
-from vitc.data.shards import BuildOptions, build_shards
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.checkpoint import newest_checkpoint
 from vitc.finetune import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed

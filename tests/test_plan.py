@@ -15,7 +15,7 @@ from torch import nn
 from vitc.audit.analytic import model_cost
 from vitc.audit.flops import traced_cost
 from vitc.cli import main
-from vitc.data.shards import BuildOptions, build_shards
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.memory_estimate import deepspeed_model_states_bytes
 from vitc.engine.runtime import free_port
 from vitc.errors import VitcError

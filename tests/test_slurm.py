@@ -169,7 +169,7 @@ EXIT_WAIT_S = 10  # slurm.exit_wait_s
 
 @pytest.fixture(scope="module")
 def digit_shards(digits_folder, tmp_path_factory) -> Path:
-    from vitc.data.shards import BuildOptions, build_shards
+    from vitc.data.shards.build import BuildOptions, build_shards
 
     out = tmp_path_factory.mktemp("digit_shards")
     build_shards(digits_folder, out, options=BuildOptions(samples_per_shard=50), progress=False)

@@ -9,7 +9,7 @@ import pytest
 
 from vitc.cli import main
 from vitc.config import load_config
-from vitc.data.shards import BuildOptions, build_shards
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.errors import VitcError
 from vitc.sweep.collect import read_results
 from vitc.sweep.edf import edf, error_thresholds

@@ -9,8 +9,8 @@ import torchvision.transforms.v2 as v2
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.decode import Box, decode_crop, image_size, plan_decode
-from vitc.data.transforms import (EvalSampleTransform, InPlaceCutMix, InPlaceMixUp, Recipe, TrainBatchTransform,
+from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
+from vitc.data.loading.transforms import (EvalSampleTransform, InPlaceCutMix, InPlaceMixUp, Recipe, TrainBatchTransform,
                                   TrainSampleTransform, center_crop_box)
 from vitc.errors import VitcError
 

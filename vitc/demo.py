@@ -13,9 +13,9 @@ from pathlib import Path
 
 from vitc.audit.analytic import model_cost
 from vitc.config import load_config
-from vitc.data.embedded import digits_imagefolder
-from vitc.data.manifest import Manifest
-from vitc.data.shards import BuildOptions, build_shards
+from vitc.data.shards.embedded import digits_imagefolder
+from vitc.data.shards.manifest import Manifest
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.trainer import train
 from vitc.errors import VitcError
 from vitc.specs import model_spec

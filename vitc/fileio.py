@@ -1,8 +1,38 @@
-"""Writing files so that a reader never sees half of one: temp name in the same directory, then rename."""
+"""Reading paths through iopath's handlers, and writing files so that a reader never sees half of one.
 
+Reads go through `pathmgr`, an iopath PathManager, as the authors' code reads configs and
+checkpoints (pycls `pycls/core/io.py`, branch vitconfigs, commit 206d0db): a local path, or a URL
+of a registered handler. Local writes go to a temp name in the same directory, then a rename.
+"""
+
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import IO
+
+from iopath.common.file_io import HTTPURLHandler, PathManager
+
+# Our own manager rather than iopath's global one: fvcore registers handlers on its own manager
+# and other libraries may on the global, and a prefix registered twice is refused.
+# HTTPURLHandler downloads http/https/ftp files once into iopath's cache ($FVCORE_CACHE, else
+# ~/.torch/iopath_cache) and serves that copy afterwards, also to later processes.
+pathmgr = PathManager()
+pathmgr.register_handler(HTTPURLHandler())
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """`path` opened for reading as UTF-8 text, through whichever iopath handler serves it."""
+    return io.TextIOWrapper(pathmgr.open(os.fspath(path), "rb"), encoding="utf-8")
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether `path` exists. A handler that cannot tell without reading (HTTP) answers True:
+    opening the path then reports what is wrong."""
+    try:
+        return pathmgr.exists(os.fspath(path))
+    except NotImplementedError:
+        return True
 
 
 def _umask() -> int:

@@ -66,7 +66,7 @@ def map_head_rows(state: dict[str, torch.Tensor], source_classes: dict[str, int]
                   target_classes: dict[str, int]) -> dict[str, torch.Tensor]:
     """The pretrained head cut to the target classes: row i is the source row of the class that has
     index i in `target_classes` (matched by name, e.g. ImageNet-1k synsets inside ImageNet-21k)."""
-    from vitc.data.synsets import map_classes
+    from vitc.data.shards.synsets import map_classes
 
     rows = map_classes(target_classes, source_classes)
     out = dict(state)
@@ -148,7 +148,7 @@ def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
 def source_class_map(ft: FinetuneConfig) -> dict[str, int]:
     """The pretraining data's class map: `finetune.source_classes`, else the training shards of the
     run directory that `finetune.init_from` names (read from its saved config.yaml)."""
-    from vitc.data.synsets import read_class_map
+    from vitc.data.shards.synsets import read_class_map
 
     if ft.source_classes:
         return read_class_map(ft.source_classes)
@@ -164,7 +164,7 @@ def source_class_map(ft: FinetuneConfig) -> dict[str, int]:
 
 
 def _train_classes(shards: str | list[str] | None, manifest: str | None, key: str) -> dict[str, int]:
-    from vitc.data.streams import resolve_shards
+    from vitc.data.shards.manifest import resolve_shards
 
     try:
         return resolve_shards(shards, manifest, "train_shards")[1].classes

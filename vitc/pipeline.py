@@ -201,7 +201,7 @@ def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> Non
 
     export_weights(layout.run(stage), layout.weights(stage))
     if stage == "pretrain":
-        from vitc.data.streams import resolve_shards
+        from vitc.data.shards.manifest import resolve_shards
 
         classes = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")[1].classes
         atomic_write_text(layout.classes, json.dumps(classes, indent=1) + "\n")

@@ -56,7 +56,7 @@ def _auto_num_classes(cfg, target: str) -> int | None:
     """The training manifest's class count for `model.num_classes: auto`, else None."""
     if cfg.model.num_classes != "auto":
         return None
-    from vitc.data.loader import read_manifest_num_classes
+    from vitc.data.loading.loader import read_manifest_num_classes
 
     try:
         return read_manifest_num_classes(cfg)

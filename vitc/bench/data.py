@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from vitc.config import load_config
-from vitc.data.loader import build_train_loader
-from vitc.data.manifest import Manifest
-from vitc.data.shards import BuildOptions, build_shards
-from vitc.data.streams import resolve_shards, shard_samples
-from vitc.data.transforms import MEAN, RATIO, STD, Recipe
+from vitc.data.loading.loader import build_train_loader
+from vitc.data.loading.streams import shard_samples
+from vitc.data.loading.transforms import MEAN, RATIO, STD, Recipe
+from vitc.data.shards.build import BuildOptions, build_shards
+from vitc.data.shards.manifest import Manifest, resolve_shards
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 

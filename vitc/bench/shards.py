@@ -7,8 +7,8 @@ import statistics
 import tempfile
 import time
 
-from vitc.data.shards import BuildOptions, build_shards
-from vitc.data.sources import list_source
+from vitc.data.shards.build import BuildOptions, build_shards
+from vitc.data.shards.sources import list_source
 
 
 def bench_shard_build(src: str | os.PathLike, tmpdir: str | os.PathLike, workers: tuple[int, ...] = (1, 2),

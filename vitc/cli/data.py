@@ -5,7 +5,7 @@ import sys
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
-    from vitc.data.shards import BuildOptions, build_shards
+    from vitc.data.shards.build import BuildOptions, build_shards
 
     options = BuildOptions(args.samples_per_shard, args.max_shard_bytes, args.max_side, args.quality,
                            args.shuffle_seed)
@@ -19,7 +19,7 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_verify(args: argparse.Namespace) -> int:
-    from vitc.data.verify import verify_shards
+    from vitc.data.shards.verify import verify_shards
 
     report = verify_shards(args.dir, args.workers)
     print(report.describe(), file=sys.stdout if report.ok else sys.stderr)
@@ -27,7 +27,7 @@ def cmd_shards_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_index(args: argparse.Namespace) -> int:
-    from vitc.data.verify import index_shards
+    from vitc.data.shards.verify import index_shards
 
     m = index_shards(args.dir, args.prefix, args.workers)
     print(f"{args.dir}: indexed {len(m.shards)} shards, {m.num_samples} samples, {m.num_classes} "

@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, batches: Iterable, prepare: Callable) -> Accuracy
 def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     """`vitc eval`: the weights in `cfg.eval.weights` (a `vitc export` file) on the eval data of
     `cfg`, distributed over the ranks of the job when launched by torchrun or srun. Every rank."""
-    from vitc.data.loader import build_eval_loader, read_manifest_num_classes
+    from vitc.data.loading.loader import build_eval_loader, read_manifest_num_classes
 
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")

@@ -88,7 +88,7 @@ class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal):
-        from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+        from vitc.data.loading.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
 
         self.cfg, self.dist, self.rt, self.preempt = cfg, dist, rt, preempt
         self.run_dir = Path(cfg.train.run_dir)

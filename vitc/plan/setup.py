@@ -35,7 +35,7 @@ def dataset_size(cfg: Config) -> int | None:
     """Images in the training shards the config names (their manifest), or None when it names none."""
     if cfg.data.train_shards is None:
         return None
-    from vitc.data.streams import resolve_shards
+    from vitc.data.shards.manifest import resolve_shards
 
     shards, _ = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
     return sum(s.samples for s in shards)
@@ -44,7 +44,7 @@ def dataset_size(cfg: Config) -> int | None:
 def _num_classes(cfg: Config) -> int | None:
     if cfg.model.num_classes != "auto" or cfg.data.train_shards is None:
         return None
-    from vitc.data.streams import resolve_shards
+    from vitc.data.shards.manifest import resolve_shards
 
     return resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")[1].num_classes
 

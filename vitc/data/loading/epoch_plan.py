@@ -1,15 +1,15 @@
 """Who reads which shard, and how many batches each rank yields: pure functions of the manifest.
 
 Every rank computes the same plan from the manifest's per-shard counts, so all ranks agree on the
-number of batches per epoch without talking to each other (unequal counts hang the collectives,
-SPEC §3). webdataset's `split_by_node`/`split_by_worker` deal shards round-robin, which cannot make
+number of batches per epoch without talking to each other (unequal counts hang the collectives).
+webdataset's `split_by_node`/`split_by_worker` deal shards round-robin, which cannot make
 sample counts equal when shard sizes differ; this module balances them and states the remainder.
 """
 
 import random
 from dataclasses import dataclass
 
-from vitc.data.streams import Shard
+from vitc.data.shards.manifest import Shard
 
 
 @dataclass(frozen=True)

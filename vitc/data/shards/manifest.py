@@ -1,22 +1,29 @@
-"""The shard manifest (`manifest.json` beside `<prefix>-%06d.tar` shards): what the loader trusts.
+"""The shard manifest (`manifest.json` beside `<prefix>-%06d.tar` shards), and which shards a config names.
 
-Format `vitc-shards/1` (notes/HELPERS.md, SPEC §3): shard names with their sample counts, bytes and
-sha256, the class-name -> index map, where the samples came from and how they were written, and
-the inputs that were skipped with the reason. Writers (`vitc shards build|index`) save it last, so
-a directory with a manifest is a complete one.
+Format `vitc-shards/1` (docs/shards.md): shard names with their sample counts, bytes and sha256,
+the class-name -> index map, where the samples came from and how they were written, and the inputs
+that were skipped with the reason. Writers (`vitc shards build|index`) save it last, so a directory
+with a manifest is a complete one.
+
+This module imports neither torch nor webdataset: the planner and the run resolver resolve shard
+lists on a login node. Manifests are read through iopath (vitc.fileio), so a manifest may sit at a
+URL; brace patterns are expanded with braceexpand, the expansion webdataset itself uses.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import braceexpand
+
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_text
+from vitc.fileio import atomic_write_text, exists, open_text
 
 FORMAT = "vitc-shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -96,18 +103,22 @@ class Manifest:
 
     @classmethod
     def load(cls, dir_or_path: str | os.PathLike) -> "Manifest":
-        """Read a shard directory's manifest (or a manifest file), checking its structure."""
-        path = Path(dir_or_path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        if not path.is_file():
+        """Read a shard directory's manifest, or a manifest file at a local path or URL, checking
+        its structure."""
+        path = os.fspath(dir_or_path)
+        if os.path.isdir(path):
+            path = os.path.join(path, MANIFEST_NAME)
+        if not exists(path):
             raise VitcError(f"shard manifest not found: {path} (build shards with `vitc shards build`, "
                             f"or write a manifest for existing shards with `vitc shards index`)")
         try:
-            data = json.loads(path.read_text())
+            with open_text(path) as f:
+                data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise VitcError(f"shard manifest {path} is not valid JSON: {e}") from None
-        return cls.from_dict(data, str(path))
+        except OSError as e:
+            raise VitcError(f"shard manifest {path} cannot be read: {e}") from None
+        return cls.from_dict(data, path)
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "manifest") -> "Manifest":
@@ -150,3 +161,49 @@ def _check_consistent(manifest: Manifest, data: dict, origin: str) -> None:
                         f"expected one of {', '.join(SOURCE_KINDS)}")
     if any(v < 0 for v in manifest.classes.values()):
         raise VitcError(f"{origin}: class indices must be >= 0")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard as the loader sees it: manifest name, where to read it from, sample count."""
+
+    name: str
+    url: str
+    samples: int
+
+
+def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
+                   key: str) -> tuple[list[Shard], Manifest]:
+    """The shards named by `data.<key>` (a directory, brace pattern, list or URLs) and their manifest."""
+    if spec is None or spec == [] or spec == "":
+        raise VitcError(f"data.{key} is not set: expected a shard directory (with {MANIFEST_NAME}), "
+                        f"a brace pattern like 'dir/train-{{000000..000099}}.tar', or a list of paths/URLs")
+    if isinstance(spec, str) and not manifest_path and os.path.isdir(spec):
+        manifest = Manifest.load(spec)
+        paths = manifest.shard_paths(spec)
+        return [Shard(r.name, str(p), r.samples) for r, p in zip(manifest.shards, paths)], manifest
+    urls = [u for item in ([spec] if isinstance(spec, str) else spec) for u in expand_urls(item)]
+    manifest = Manifest.load(manifest_path or _manifest_beside(urls[0], key))
+    records = {r.name: r for r in manifest.shards}
+    shards = []
+    for url in urls:
+        names = [n for n in re.findall(r"[^/\s]+\.tar\b", url) if n in records]
+        if not names:
+            raise VitcError(f"data.{key}: shard '{url}' is not in the manifest "
+                            f"({len(records)} shards, e.g. {next(iter(records), '-')})")
+        shards.append(Shard(names[-1], url, records[names[-1]].samples))
+    return shards, manifest
+
+
+def expand_urls(item: str) -> list[str]:
+    """'a::b' lists and brace patterns ('train-{000000..000099}.tar'), as webdataset expands them."""
+    return [url for part in item.split("::") for url in braceexpand.braceexpand(part)]
+
+
+def _manifest_beside(url: str, key: str) -> Path:
+    directory = Path(url).parent
+    if "://" in url or url.startswith("pipe:") or not (directory / MANIFEST_NAME).is_file():
+        manifest_key = key.replace("_shards", "_manifest")
+        raise VitcError(f"data.{key} names shards without a local {MANIFEST_NAME} beside them "
+                        f"('{url}'): set data.{manifest_key} to the manifest's path")
+    return directory / MANIFEST_NAME

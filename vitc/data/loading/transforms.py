@@ -1,8 +1,13 @@
-"""The paper's augmentation recipe (SPEC §2) with torchvision.transforms.v2, split where it is cheapest.
+"""The authors' augmentation recipe with torchvision.transforms.v2, split where it is cheapest.
+
+The recipe is pycls's (branch vitconfigs, commit 206d0db): `pycls/datasets/imagenet.py`
+`_prepare_im` for crop, flip and resize-then-centre-crop, and the released configs
+(`configs/vitconv_baselines/vit/`: TRAIN.AUGMENT AutoAugment, MIXUP_ALPHA 0.8, CUTMIX_ALPHA 1.0,
+LABEL_SMOOTHING 0.1) for the rest.
 
 Per sample, in the loader's workers, on uint8: RandomResizedCrop (box sampled in full-resolution
-coordinates from the JPEG header, then decoded at reduced size: vitc.data.decode), horizontal flip,
-AutoAugment or RandAugment. Per batch: normalize, RandomErasing, MixUp/CutMix, label smoothing —
+coordinates from the JPEG header, then decoded at reduced size: vitc.data.loading.decode),
+horizontal flip, AutoAugment or RandAugment. Per batch: normalize, RandomErasing, MixUp/CutMix, label smoothing —
 float work done once on a stacked batch instead of per image.
 
 AutoAugment and RandAugment run on PIL images: on uint8 224 px images they are 2x (AutoAugment) and
@@ -18,7 +23,7 @@ import torchvision.transforms as v1
 import torchvision.transforms.v2 as v2
 from PIL import Image
 
-from vitc.data.decode import Box, decode_crop, image_size, plan_decode
+from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
 from vitc.errors import VitcError
 
 # ImageNet channel statistics (torchvision/timm convention), in 0..255 units

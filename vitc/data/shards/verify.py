@@ -6,7 +6,6 @@ they pass, so a 1 GB shard costs one sequential read.
 """
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -18,16 +17,13 @@ from typing import BinaryIO
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from vitc.data.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
-from vitc.data.encode import BadInput, check_image
-from vitc.data.shards import check_workers, imap_workers
+from vitc.data.samples import JSON_LABEL_FIELDS, BadSample, sample_image, sample_label
+from vitc.data.shards.build import check_workers, imap_workers
+from vitc.data.shards.encode import BadInput, check_image
+from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-LABEL_KEYS = ("cls", "json")
-JSON_LABEL_FIELDS = ("label", "cls")
 
 
 @dataclass
@@ -89,26 +85,6 @@ class _HashingReader:
         return data
 
 
-def sample_label(sample: dict) -> tuple[int, str]:
-    """(class index, the key it came from): `.cls` text, or a `label`/`cls` field of `.json`."""
-    if "cls" in sample:
-        text, key = sample["cls"].decode("utf-8", "replace").strip(), "cls"
-    elif "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadInput(f"label .json is not valid JSON ({e})") from None
-        found = [meta[f] for f in JSON_LABEL_FIELDS if isinstance(meta, dict) and f in meta]
-        if not found:
-            raise BadInput(f"no label: the .json has no {' or '.join(JSON_LABEL_FIELDS)} field")
-        text, key = str(found[0]), "json"
-    else:
-        raise BadInput(f"no label (expected a .{' or .'.join(LABEL_KEYS)} file)")
-    if not re.fullmatch(r"\d+", text):
-        raise BadInput(f"label '{text[:20]}' in .{key} is not a class index (an integer >= 0)")
-    return int(text), key
-
-
 def scan_shard(path: str | os.PathLike, decode: bool, num_classes: int | None = None) -> ShardScan:
     """Read `path` once: sha256, and every sample checked for an image, a label and (if `decode`)
     an image that decodes, with a label below `num_classes` when given."""
@@ -133,15 +109,11 @@ def scan_shard(path: str | os.PathLike, decode: bool, num_classes: int | None = 
 def _check_sample(sample: dict, scan: ShardScan, decode: bool, num_classes: int | None) -> None:
     key = sample["__key__"]
     try:
-        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if image_key is None:
-            raise BadInput(f"no image (expected a .{' or .'.join(IMAGE_KEYS)} file)")
-        label, label_key = sample_label(sample)
-        if num_classes is not None and label >= num_classes:
-            raise BadInput(f"label {label} out of range: the manifest has {num_classes} classes")
+        image_key, image = sample_image(sample)
+        label, label_key = sample_label(sample, num_classes)
         if decode:
-            check_image(sample[image_key])
-    except BadInput as e:
+            check_image(image)
+    except (BadSample, BadInput) as e:
         scan.bad.append((key, str(e)))
         return
     scan.samples += 1

@@ -9,7 +9,6 @@ items so the message arrives intact, naming the shard.
 """
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -21,14 +20,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from vitc.data.decode import UndecodableImage, decode_crops_cuda
-from vitc.data.plan import WorkerPlan
-from vitc.data.slots import BatchSlots
-from vitc.data.streams import shard_samples
+from vitc.data.loading.decode import UndecodableImage, decode_crops_cuda
+from vitc.data.loading.epoch_plan import WorkerPlan
+from vitc.data.loading.slots import BatchSlots
+from vitc.data.loading.streams import shard_samples
+from vitc.data.samples import BadSample, sample_image, sample_label
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")  # what `vitc shards index` accepts
 
 
 @dataclass(frozen=True)
@@ -38,27 +37,10 @@ class Failure:
     message: str
 
 
-class BadSample(ValueError):
-    """A sample the loader skips: no image, no label, a label outside the classes."""
-
-
-def sample_label(sample: dict) -> int:
-    """The class index from `.cls` (ASCII integer) or a `.json` with 'cls' or 'label'."""
-    try:
-        if "cls" in sample:
-            return int(sample["cls"].decode().strip())
-        if "json" in sample:
-            meta = json.loads(sample["json"])
-            return int(meta["cls"] if "cls" in meta else meta["label"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BadSample(f"unreadable label ({e})") from None
-    raise BadSample("no label (.cls)")
-
-
 class BatchStream(IterableDataset):
     """Batches for one rank, one `WorkerPlan` per DataLoader worker (or one in-process stream).
 
-    The plans come from `planner` (see vitc.data.plan) for the pass `start_pass` published.
+    The plans come from `planner` (see vitc.data.loading.epoch_plan) for the pass `start_pass` published.
     Each item is (payload, worker index, bad samples so far in this worker). The payload is
     (uint8 images [B,3,S,S], int64 labels), or — when `decode_in_worker` is false (nvJPEG decode on
     the GPU in the main process) — (JPEG bytes, crop boxes, labels). The main process finishes the
@@ -83,7 +65,7 @@ class BatchStream(IterableDataset):
         self.slots: BatchSlots | None = None  # see use_slots
 
     def use_slots(self, workers: int, image_size: int) -> None:
-        """Send uint8 batches through reused shared buffers (vitc.data.slots). Before workers fork."""
+        """Send uint8 batches through reused shared buffers (vitc.data.loading.slots). Before workers fork."""
         if self.slots is None and self.decode_in_worker and workers > 0:
             self.slots = BatchSlots(workers, self.batch, image_size)
 
@@ -167,12 +149,8 @@ class BatchStream(IterableDataset):
 
     def _decode(self, sample: dict, budget: float, plan: WorkerPlan) -> tuple | None:
         try:
-            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-            if data is None:
-                raise BadSample(f"no image ({'/'.join(IMAGE_KEYS)})")
-            label = sample_label(sample)
-            if not 0 <= label < self.num_classes:
-                raise BadSample(f"label {label} outside 0..{self.num_classes - 1}")
+            _, data = sample_image(sample)
+            label, _ = sample_label(sample, self.num_classes)
             if not self.decode_in_worker:
                 return data, self.sample_transform.plan(data), label
             return self.sample_transform(data), label

@@ -1,4 +1,4 @@
-"""Which shards a config names, and reading one shard as samples without ever hanging.
+"""Reading one shard as samples without ever hanging (which shards a config names: vitc.data.shards.manifest).
 
 Opening (local path, `pipe:` command, http) and tar parsing are webdataset's (`gopen`,
 `tar_file_expander`, `group_by_keys`). What it does not do is bound a read in time: a `pipe:`
@@ -6,62 +6,17 @@ command or a network stream that stops sending blocks its reader forever. `Timed
 a thread and gives up after `timeout` seconds with an error naming the shard.
 """
 
-import os
 import queue
-import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from vitc.data.manifest import MANIFEST_NAME, Manifest
+from vitc.data.shards.manifest import Shard
 from vitc.errors import VitcError
 
 CHUNK = 1 << 18
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One shard as the loader sees it: manifest name, where to read it from, sample count."""
-
-    name: str
-    url: str
-    samples: int
-
-
-def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
-                   key: str) -> tuple[list[Shard], Manifest]:
-    """The shards named by `data.<key>` (a directory, brace pattern, list or URLs) and their manifest."""
-    if spec is None or spec == [] or spec == "":
-        raise VitcError(f"data.{key} is not set: expected a shard directory (with {MANIFEST_NAME}), "
-                        f"a brace pattern like 'dir/train-{{000000..000099}}.tar', or a list of paths/URLs")
-    if isinstance(spec, str) and not manifest_path and os.path.isdir(spec):
-        manifest = Manifest.load(spec)
-        paths = manifest.shard_paths(spec)
-        return [Shard(r.name, str(p), r.samples) for r, p in zip(manifest.shards, paths)], manifest
-    urls = [u for item in ([spec] if isinstance(spec, str) else spec) for u in wds.shardlists.expand_urls(item)]
-    manifest = Manifest.load(manifest_path or _manifest_beside(urls[0], key))
-    records = {r.name: r for r in manifest.shards}
-    shards = []
-    for url in urls:
-        names = [n for n in re.findall(r"[^/\s]+\.tar\b", url) if n in records]
-        if not names:
-            raise VitcError(f"data.{key}: shard '{url}' is not in the manifest "
-                            f"({len(records)} shards, e.g. {next(iter(records), '-')})")
-        shards.append(Shard(names[-1], url, records[names[-1]].samples))
-    return shards, manifest
-
-
-def _manifest_beside(url: str, key: str) -> Path:
-    directory = Path(url).parent
-    if "://" in url or url.startswith("pipe:") or not (directory / MANIFEST_NAME).is_file():
-        manifest_key = key.replace("_shards", "_manifest")
-        raise VitcError(f"data.{key} names shards without a local {MANIFEST_NAME} beside them "
-                        f"('{url}'): set data.{manifest_key} to the manifest's path")
-    return directory / MANIFEST_NAME
 
 
 class TimedStream:

@@ -1,6 +1,6 @@
 """JPEG bytes -> the uint8 pixels of one crop, decoding at reduced size when the crop allows.
 
-Decode dominates the loader's CPU cost (SPEC §3, issue #4), so a crop that will be shrunk to the
+Decode dominates the loader's CPU cost (docs/loader.md, issue #4), so a crop that will be shrunk to the
 output size anyway is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale (libjpeg-turbo, through
 simplejpeg) — the largest reduction that still leaves the crop at least the output size. Only the
 power-of-two scales are used: libjpeg-turbo's other M/8 scales are slower than a full decode

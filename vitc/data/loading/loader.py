@@ -1,4 +1,4 @@
-"""Streaming train/eval loaders over WebDataset shards (SPEC §3), as the engine calls them.
+"""Streaming train/eval loaders over WebDataset shards (docs/loader.md), as the engine calls them.
 
     loader = build_train_loader(cfg, dist, num_classes)   # images per rank: cfg.train.micro_batch
     for epoch in range(start, epochs):
@@ -32,14 +32,13 @@ import signal
 import torch
 from torch.utils.data import DataLoader
 
-from vitc.data.manifest import Manifest
-from vitc.data.plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks, assign_to_workers,
-                            train_batches_per_rank)
-from vitc.data.slots import SlotRef
-from vitc.data.streams import Shard, resolve_shards
-from vitc.data.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform, TrainSampleTransform,
-                                  normalize)
-from vitc.data.workers import BatchStream, Failure, GpuDecode
+from vitc.data.loading.epoch_plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks,
+                                          assign_to_workers, train_batches_per_rank)
+from vitc.data.loading.slots import SlotRef
+from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform,
+                                          TrainSampleTransform, normalize)
+from vitc.data.loading.workers import BatchStream, Failure, GpuDecode
+from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
 from vitc.launch.env import DistEnv
@@ -51,14 +50,14 @@ STATE_VERSION = 1
 class _Loader:
     """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, batch_transform):
+    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform):
         d = cfg.data
         if batch < 1:
             raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
         if d.workers < 0 or d.shuffle_buffer < 0 or d.read_timeout_s <= 0:
             raise VitcError(f"data.workers and data.shuffle_buffer must be >= 0 and data.read_timeout_s > 0, "
                             f"got {d.workers}, {d.shuffle_buffer}, {d.read_timeout_s}")
-        self.cfg, self.dist, self.batch, self.shards, self.manifest = cfg, dist, batch, shards, manifest
+        self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
         self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size)
@@ -143,9 +142,9 @@ def _ignore_preemption_signal(_worker_id: int) -> None:
 class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, recipe: Recipe):
-        super().__init__(cfg, dist, batch, shards, manifest, TrainBatchTransform(recipe))
-        self.recipe, self.epoch, self.batches_consumed = recipe, 0, 0
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
+        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe))
+        self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
         if cfg.data.resampled:
@@ -226,13 +225,12 @@ class TrainLoader(_Loader):
 class EvalLoader(_Loader):
     """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], manifest: Manifest, recipe: Recipe):
-        super().__init__(cfg, dist, batch, shards, manifest, _normalize_batch)
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
+        super().__init__(cfg, dist, batch, _normalize_batch)
         self.recipe = recipe
         by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
         plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
         self._len = max(sum(math.ceil(manifest_samples(w) / batch) for w in workers) for workers in by_rank)
-        self.num_samples = sum(p.samples for p in plans)  # this rank's share
         d = cfg.data
         self.stream = BatchStream(FixedPlans(plans), self.workers, batch, recipe.num_classes,
                                   EvalSampleTransform(recipe), self.gpu is None, 0, False, d.max_bad_fraction,
@@ -279,8 +277,7 @@ def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | N
     """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch."""
     shards, manifest = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
     _check_classes(manifest, num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, manifest,
-                       Recipe.from_config(cfg, num_classes))
+    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes))
 
 
 def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
@@ -288,7 +285,7 @@ def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> Eval
     shards, manifest = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
     num_classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else manifest.num_classes
     recipe = Recipe.from_config(cfg, num_classes)
-    return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, manifest, recipe)
+    return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, recipe)
 
 
 def read_manifest_num_classes(cfg) -> int:

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from vitc.data.manifest import MANIFEST_NAME, Manifest
+from vitc.data.shards.manifest import MANIFEST_NAME, Manifest
 from vitc.errors import VitcError
 
 

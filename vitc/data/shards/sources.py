@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from vitc.data.manifest import SkippedInput
+from vitc.data.shards.manifest import SkippedInput
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)

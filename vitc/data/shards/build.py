@@ -26,9 +26,9 @@ from typing import TypeVar
 import webdataset as wds
 from tqdm import tqdm
 
-from vitc.data.encode import BadInput, prepare_jpeg
-from vitc.data.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
-from vitc.data.sources import SourceItem, SourceListing, list_source
+from vitc.data.shards.encode import BadInput, prepare_jpeg
+from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
+from vitc.data.shards.sources import SourceItem, SourceListing, list_source
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 
@@ -46,7 +46,7 @@ class BuildOptions:
     """How shards are cut and images stored (`vitc shards build --help` documents each)."""
 
     samples_per_shard: int = 10_000
-    max_shard_bytes: int = 1_000_000_000  # ~10k ImageNet JPEGs of ~110 kB (SPEC §3)
+    max_shard_bytes: int = 1_000_000_000  # ~10k ImageNet JPEGs of ~110 kB
     max_side: int | None = None
     quality: int = 90
     shuffle_seed: int = 0

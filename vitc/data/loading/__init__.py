@@ -1,0 +1,1 @@
+"""Reading shards into training: epoch plans, worker streams, decode and augmentation (docs/loader.md)."""
