@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -203,6 +206,25 @@ def test_verify_passes_a_fresh_build_and_names_a_corrupted_shard(digits_folder, 
     err = capsys.readouterr().err
     assert "train-000001.tar" in err and "sha256" in err
     assert "train-000000.tar" not in err and "train-000002.tar" not in err
+
+
+RESOLVE_AND_LIST_IMPORTS = """
+import sys
+from vitc.data.shards.manifest import resolve_shards
+shards, manifest = resolve_shards(sys.argv[1], None, "train_shards")
+print(len(shards), manifest.num_samples, "torch" in sys.modules, "webdataset" in sys.modules)
+"""
+
+
+def test_shard_lists_resolve_without_torch_or_webdataset(digits_folder, tmp_path):
+    # the planner and the run resolver resolve shards on a login node, where torch is not wanted
+    out = tmp_path / "out"
+    assert build(digits_folder, out, "--samples-per-shard", "50") == 0
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", RESOLVE_AND_LIST_IMPORTS, f"{out}/train-{{000000..000002}}.tar"],
+                            capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "200", "False", "False"]
 
 
 def write_webdataset_shards(digits_folder: Path, out: Path, image_format: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Reading one shard as samples without ever hanging (which shards a config names: vitc.data.shards.manifest).
+"""Reading one shard as samples without ever hanging (which shards: vitc.data.shards.manifest).
 
 Opening (local path, `pipe:` command, http) and tar parsing are webdataset's (`gopen`,
 `tar_file_expander`, `group_by_keys`). What it does not do is bound a read in time: a `pipe:`
