@@ -217,7 +217,7 @@ def test_runs_csv_gives_the_lr_at_the_reference_batch_and_the_lr_at_the_runs_glo
 
 def test_sweep_planning_imports_no_torch():
     """`vitc sweep make` runs on a login node; its modules (and the report's) stay light."""
-    code = ("import sys, vitc.sweep.make; "
+    code = ("import sys, vitc.sweep.make, vitc.sweep.analysis, vitc.sweep.report; "
             "print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
