@@ -136,7 +136,8 @@ def test_the_report_references_no_external_resource(tmp_path):
 
 
 def chromium() -> str:
-    """Debian's chromium, installed with apt-get when absent and we are root; else skip."""
+    """Debian's chromium, installed with apt-get when absent and we are root (as
+    tests/slurm_cluster.py installs Slurm); else skip, saying why."""
     found = shutil.which("chromium")
     if found:
         return found
@@ -144,8 +145,11 @@ def chromium() -> str:
         pytest.skip("rendering the report needs Debian's chromium package (not installed; installing "
                     "it needs root and apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(step, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"rendering the report needs chromium, and `{' '.join(step)}` failed: "
+                        f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
 
 
