@@ -221,3 +221,18 @@ def test_sweep_planning_imports_no_torch():
             "print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_runs_table_from_before_scaled_lr_asks_for_a_re_make(shards, tmp_path):
+    make_sweep(write_spec(tmp_path / "spec", shards, samples=1), tmp_path / "sweep")
+    index = tmp_path / "sweep" / "runs.csv"
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f))
+    old = [{k: v for k, v in row.items() if k not in ("global_batch", "scaled_lr")} for row in rows]
+    with open(index, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+
+    with pytest.raises(VitcError, match="lacks the column.*global_batch, scaled_lr.*re-make"):
+        read_runs(tmp_path / "sweep")

@@ -215,7 +215,12 @@ def read_runs(sweep_dir: str | Path) -> list[RunPlan]:
     if not index.is_file():
         raise VitcError(f"{index} not found: make the sweep first with `vitc sweep make SPEC {sweep_dir}`")
     with open(index, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    missing = [k for k in RunPlan.__dataclass_fields__ if k not in (reader.fieldnames or [])]
+    if missing:
+        raise VitcError(f"{index} lacks the column(s) {', '.join(missing)} (made by an older vitc?): "
+                        "re-make the sweep in a new directory")
     types = {"lr": float, "weight_decay": float, "epochs": int, "seed": int, "global_batch": int,
              "scaled_lr": float}
     return [RunPlan(**{k: types.get(k, str)(v) for k, v in row.items()}) for row in rows]
