@@ -18,7 +18,6 @@ process died for another reason, after `vitc sweep run`'s retries) says nothing 
 it is counted apart and left out of the curves, as are runs without a final outcome yet.
 """
 
-import csv
 import math
 import statistics
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 
 from vitc.errors import VitcError
 from vitc.sweep.collect import RESULTS_CSV
+from vitc.sweep.make import read_table
 
 COLUMNS = ("id", "model", "stem", "optimizer", "lr", "weight_decay", "status", "best_ema_top1")
 DIVERGED_ERROR = 100.0  # the paper counts a diverged run as 100 % error
@@ -60,16 +60,8 @@ def run_error(status: str, best_ema_top1: float | None, run_id: str) -> float | 
 
 def load_runs(sweep_dir: str | Path) -> list[SweepRun]:
     """The runs of SWEEP/results.csv, with their errors."""
-    path = Path(sweep_dir) / RESULTS_CSV
-    if not path.is_file():
-        raise VitcError(f"{path} not found: run `vitc sweep collect {sweep_dir}` first")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise VitcError(f"{path} lacks the column(s) {', '.join(missing)}: re-collect it with "
-                            f"`vitc sweep collect {sweep_dir}`")
-        rows = list(reader)
+    rows = read_table(Path(sweep_dir) / RESULTS_CSV, COLUMNS, f"run `vitc sweep collect {sweep_dir}` first",
+                      f"re-collect it with `vitc sweep collect {sweep_dir}`")
     return [SweepRun(r["id"], r["model"], r["stem"], r["optimizer"], float(r["lr"]), float(r["weight_decay"]),
                      r["status"], run_error(r["status"], float(r["best_ema_top1"]) if r["best_ema_top1"] else None,
                                             r["id"]))

@@ -209,18 +209,24 @@ def runs_table(runs: list[RunPlan]) -> str:
     return out.getvalue()
 
 
-def read_runs(sweep_dir: str | Path) -> list[RunPlan]:
-    """The runs of a sweep directory made by `vitc sweep make`."""
-    index = Path(sweep_dir) / RUNS_CSV
-    if not index.is_file():
-        raise VitcError(f"{index} not found: make the sweep first with `vitc sweep make SPEC {sweep_dir}`")
-    with open(index, newline="") as f:
+def read_table(path: Path, columns, not_found: str, remedy: str) -> list[dict[str, str]]:
+    """The rows of a sweep's CSV table; a missing file or column is a VitcError saying what to do."""
+    if not path.is_file():
+        raise VitcError(f"{path} not found: {not_found}")
+    with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    missing = [k for k in RunPlan.__dataclass_fields__ if k not in (reader.fieldnames or [])]
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
-        raise VitcError(f"{index} lacks the column(s) {', '.join(missing)} (made by an older vitc?): "
-                        "re-make the sweep in a new directory")
+        raise VitcError(f"{path} lacks the column(s) {', '.join(missing)}: {remedy}")
+    return rows
+
+
+def read_runs(sweep_dir: str | Path) -> list[RunPlan]:
+    """The runs of a sweep directory made by `vitc sweep make`."""
+    rows = read_table(Path(sweep_dir) / RUNS_CSV, RunPlan.__dataclass_fields__,
+                      f"make the sweep first with `vitc sweep make SPEC {sweep_dir}`",
+                      "made by an older vitc? re-make the sweep in a new directory")
     types = {"lr": float, "weight_decay": float, "epochs": int, "seed": int, "global_batch": int,
              "scaled_lr": float}
     return [RunPlan(**{k: types.get(k, str)(v) for k, v in row.items()}) for row in rows]
