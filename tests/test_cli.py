@@ -29,6 +29,7 @@ SURFACE = {
     "sweep run": ["--dry-run", "--parallel", "--slurm"],
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
+    "sweep report": [],
     "slurm submit": ["--account", "--dry-run", "--gpus-per-node", "--nodes", "--partition", "--time"],
     "slurm status": [],
 }

@@ -3,6 +3,9 @@ plot (EDF PNG + CSV) (vitc/sweep/)."""
 
 import csv
 import json
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.errors import VitcError
 from vitc.sweep.collect import read_results
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.sweep.make import load_spec, make_sweep, read_runs
+from vitc.engine.schedule import scaled_lr
+from vitc.sweep.make import global_batch, load_spec, make_sweep, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,10 +174,65 @@ epochs: [1]
 
 
 def test_shipped_sweep_specs_make_their_runs(tmp_path):
-    for name, count in (("paper_edf", 64 * 2 * 4), ("mini_edf", 4 * 2 * 2)):
+    for name, count in (("paper_edf", 64 * 2 * 6), ("mini_edf", 4 * 2 * 2)):
         spec = load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml")
         assert spec.samples * len(spec.optimizers) * len(spec.models) == count
         assert all(path.is_file() for path in spec.models.values())
     runs = make_sweep(REPO / "configs" / "sweeps" / "mini_edf.yaml", tmp_path / "mini",
                       ["data.train_shards=shards/train", "data.val_shards=shards/val"])
     assert len(runs) == 16 and {r.epochs for r in runs} == {3}
+
+
+def test_the_paper_sweep_is_768_runs_of_50_epochs_in_the_papers_intervals(tmp_path):
+    runs = make_sweep(REPO / "configs" / "sweeps" / "paper_edf.yaml", tmp_path / "paper")
+
+    assert len(runs) == 768 and {r.epochs for r in runs} == {50}
+    assert {r.model for r in runs} == {f"vit_{s}_{gf}" for s in "pc" for gf in ("1gf", "4gf", "18gf")}
+    intervals = {"adamw": ((2.5e-4, 8.0e-3), (0.02, 0.8)), "sgd": ((0.1, 3.2), (4.0e-6, 1.2e-4))}  # Appendix E
+    for (model, optimizer), n in Counter((r.model, r.optimizer) for r in runs).items():
+        assert n == 64
+        (lr_lo, lr_hi), (wd_lo, wd_hi) = intervals[optimizer]
+        assert all(lr_lo <= r.lr <= lr_hi and wd_lo <= r.weight_decay <= wd_hi
+                   for r in runs if (r.model, r.optimizer) == (model, optimizer))
+    cfg = load_config(tmp_path / "paper" / runs[-1].config)
+    assert (cfg.optim.reference_batch, cfg.optim.ema_alpha, cfg.optim.momentum) == (2048, 1e-5, 0.9)
+
+
+def test_runs_csv_gives_the_lr_at_the_reference_batch_and_the_lr_at_the_runs_global_batch(shards, tmp_path):
+    # micro-batch 16 × accumulation 2 × 2 nodes of one CPU task = 64 images per step, 4 × the
+    # reference batch of 16: the run trains at 4 × the sampled lr
+    runs = make_sweep(write_spec(tmp_path / "spec", shards), tmp_path / "sweep",
+                      ["train.grad_accum=2", "slurm.nodes=2", "slurm.gpus_per_node=0"])
+
+    with open(tmp_path / "sweep" / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["lr"]), int(r["global_batch"]), float(r["scaled_lr"])) for r in rows] == \
+           [(p.lr, 64, p.scaled_lr) for p in runs]
+    for plan in runs:
+        cfg = load_config(tmp_path / "sweep" / plan.config)
+        assert cfg.optim.base_lr == plan.lr and cfg.optim.reference_batch == 16
+        assert global_batch(cfg) == 64 and plan.scaled_lr == pytest.approx(4 * plan.lr)
+        assert scaled_lr(cfg.optim, global_batch(cfg)) == plan.scaled_lr  # what the trainer computes
+
+
+def test_sweep_planning_imports_no_torch():
+    """`vitc sweep make` runs on a login node; its modules (and the report's) stay light."""
+    code = ("import sys, vitc.sweep.make, vitc.sweep.analysis, vitc.sweep.report; "
+            "print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_runs_table_from_before_scaled_lr_asks_for_a_re_make(shards, tmp_path):
+    make_sweep(write_spec(tmp_path / "spec", shards, samples=1), tmp_path / "sweep")
+    index = tmp_path / "sweep" / "runs.csv"
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f))
+    old = [{k: v for k, v in row.items() if k not in ("global_batch", "scaled_lr")} for row in rows]
+    with open(index, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+
+    with pytest.raises(VitcError, match="lacks the column.*global_batch, scaled_lr.*re-make"):
+        read_runs(tmp_path / "sweep")

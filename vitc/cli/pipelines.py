@@ -1,4 +1,4 @@
-"""`vitc pipeline` (21k pretrain -> 1k finetune) and `vitc sweep make|run|collect|plot`."""
+"""`vitc pipeline` (21k pretrain -> 1k finetune) and `vitc sweep make|run|collect|plot|report`."""
 
 import argparse
 
@@ -75,6 +75,13 @@ def cmd_sweep_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from vitc.sweep.report import write_report
+
+    print(f"wrote {write_report(args.sweep_dir)}")
+    return 0
+
+
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="the paper's optimizability sweep: sample, train, collect, "
                                          "plot EDFs (docs/pipelines.md)")
@@ -111,6 +118,13 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("--name", default="edf", help="file name stem of the PNG and CSV (default: edf)")
     plot.add_argument("--step", type=float, default=0.5, help="error resolution of the CSV, in %% (default 0.5)")
     plot.set_defaults(func=cmd_sweep_plot)
+    report = sweep_sub.add_parser(
+        "report", help="one self-contained HTML page of the sweep -> SWEEP_DIR/report.html",
+        description="From SWEEP_DIR/results.csv: a summary per model and optimizer, EDFs of the EMA "
+                    "model's error and of Δerror against the model's best run, lr-wd scatter and "
+                    "the good range (docs/pipelines.md).")
+    report.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    report.set_defaults(func=cmd_sweep_report)
 
 
 def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:

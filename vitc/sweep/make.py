@@ -6,8 +6,12 @@ draw from, how many settings to sample per optimizer, and the seed. The same sam
 given to every model (paired sampling): the curves then differ only by the model, which makes a
 small sweep's comparison less noisy. Sampling uses only the spec's seed, so `make` is reproducible.
 
-The sweep directory holds runs.csv (one row per run: id, model, stem, optimizer, lr, weight
-decay, epochs, seed, config path), configs/<id>.yaml and, once trained, runs/<id>/.
+The sweep directory holds runs.csv (one row per run), configs/<id>.yaml and, once trained,
+runs/<id>/. A row gives the run's id, model, stem, optimizer, `lr` and `weight_decay` as sampled,
+epochs, seed, the run's `global_batch` and `scaled_lr`, and its config path. `lr` is normalised to
+the config's `optim.reference_batch` (the paper: "All lr values are normalized w.r.t. a minibatch
+size of 2048", Appendix E) and becomes `optim.base_lr`; `scaled_lr` is what the run trains with at
+its own global batch (vitc/engine/schedule.py `scaled_lr`), so a run at batch 512 shows a quarter.
 """
 
 import csv
@@ -20,6 +24,7 @@ import numpy as np
 import yaml
 
 from vitc.config import load_config, save_config
+from vitc.engine.schedule import scaled_lr
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.schema import Config
@@ -57,6 +62,8 @@ class RunSetting:
 class RunPlan(RunSetting):
     """One run of the sweep: a model trained with one sampled setting."""
 
+    global_batch: int  # images per optimizer step (`global_batch` below)
+    scaled_lr: float  # lr × the batch scaling: the peak lr the run trains with
     config: str  # path relative to the sweep directory
 
 
@@ -124,7 +131,7 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
     return float(f"{math.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))):.4g}")
 
 
-def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunPlan]:
+def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunSetting]:
     """Every run of the sweep, drawn from `spec.seed` alone (reproducible). `stems` gives each
     model label's stem (conv / patchify) for the plot."""
     rng = np.random.default_rng(spec.seed)
@@ -135,26 +142,40 @@ def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunPlan]:
             epochs = int(rng.choice(spec.epochs))
             seed = int(rng.integers(0, 2**31 - 1))
             for model in spec.models:
-                run_id = f"{model}-{optimizer}-{i:03d}"
-                runs.append(RunPlan(run_id, model, stems[model], optimizer, lr, wd, epochs, seed,
-                                    f"configs/{run_id}.yaml"))
+                runs.append(RunSetting(f"{model}-{optimizer}-{i:03d}", model, stems[model], optimizer,
+                                       lr, wd, epochs, seed))
     return runs
 
 
-def run_config(spec: SweepSpec, plan: RunPlan, sweep_dir: Path, overrides: list[str] = ()) -> Config:
+def global_batch(cfg: Config) -> int:
+    """Images per optimizer step of a sweep run: micro_batch × grad_accum × the ranks that
+    `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task per
+    node when gpus_per_node is 0; vitc/launch/slurm.py). A local `vitc sweep run` trains each run
+    in one process: give such sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
+    return cfg.train.micro_batch * cfg.train.grad_accum * cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
+
+
+def plan_run(setting: RunSetting, cfg: Config) -> RunPlan:
+    """The runs.csv row of `setting`, whose config is `cfg`."""
+    batch = global_batch(cfg)
+    return RunPlan(**asdict(setting), global_batch=batch, scaled_lr=scaled_lr(cfg.optim, batch),
+                   config=f"configs/{setting.id}.yaml")
+
+
+def run_config(spec: SweepSpec, setting: RunSetting, sweep_dir: Path, overrides: list[str] = ()) -> Config:
     """The config of one run: the model's config, the spec's and the caller's overrides, then the
     sampled setting (which wins) and the run directory inside the sweep."""
-    sampled = [f"optim.name={plan.optimizer}", f"optim.base_lr={plan.lr}",
-               f"optim.weight_decay={plan.weight_decay}", f"schedule.epochs={plan.epochs}",
-               f"train.seed={plan.seed}", f"data.seed={plan.seed}",
-               f"train.run_dir={sweep_dir / 'runs' / plan.id}"]
-    cfg = load_config(spec.models[plan.model], [*spec.overrides, *overrides, *sampled])
-    if cfg.schedule.warmup_epochs > plan.epochs:
+    sampled = [f"optim.name={setting.optimizer}", f"optim.base_lr={setting.lr}",
+               f"optim.weight_decay={setting.weight_decay}", f"schedule.epochs={setting.epochs}",
+               f"train.seed={setting.seed}", f"data.seed={setting.seed}",
+               f"train.run_dir={sweep_dir / 'runs' / setting.id}"]
+    cfg = load_config(spec.models[setting.model], [*spec.overrides, *overrides, *sampled])
+    if cfg.schedule.warmup_epochs > setting.epochs:
         raise VitcError(f"sweep: schedule.warmup_epochs={cfg.schedule.warmup_epochs} exceeds the "
-                        f"sampled schedule of {plan.epochs} epochs; lower it in the spec's overrides")
+                        f"sampled schedule of {setting.epochs} epochs; lower it in the spec's overrides")
     if not cfg.data.val_shards:
-        raise VitcError(f"sweep: {spec.models[plan.model]} has no data.val_shards: a sweep run's "
-                        "result is its final top-1 error on them")
+        raise VitcError(f"sweep: {spec.models[setting.model]} has no data.val_shards: a sweep run's "
+                        "result is its top-1 error on them")
     return cfg
 
 
@@ -166,8 +187,9 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
     spec, sweep_dir = load_spec(spec_path), Path(sweep_dir).resolve()
     stems = {label: model_spec(load_config(path, list(spec.overrides)).model, 1).stem
              for label, path in spec.models.items()}
-    runs = sample_runs(spec, stems)
-    configs = {plan.id: run_config(spec, plan, sweep_dir, list(overrides)) for plan in runs}
+    settings = sample_runs(spec, stems)
+    configs = {s.id: run_config(spec, s, sweep_dir, list(overrides)) for s in settings}
+    runs = [plan_run(s, configs[s.id]) for s in settings]
     table = runs_table(runs)
     index = sweep_dir / RUNS_CSV
     if index.is_file() and index.read_text() != table:
@@ -187,12 +209,24 @@ def runs_table(runs: list[RunPlan]) -> str:
     return out.getvalue()
 
 
+def read_table(path: Path, columns, not_found: str, remedy: str) -> list[dict[str, str]]:
+    """The rows of a sweep's CSV table; a missing file or column is a VitcError saying what to do."""
+    if not path.is_file():
+        raise VitcError(f"{path} not found: {not_found}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise VitcError(f"{path} lacks the column(s) {', '.join(missing)}: {remedy}")
+    return rows
+
+
 def read_runs(sweep_dir: str | Path) -> list[RunPlan]:
     """The runs of a sweep directory made by `vitc sweep make`."""
-    index = Path(sweep_dir) / RUNS_CSV
-    if not index.is_file():
-        raise VitcError(f"{index} not found: make the sweep first with `vitc sweep make SPEC {sweep_dir}`")
-    with open(index, newline="") as f:
-        rows = list(csv.DictReader(f))
-    types = {"lr": float, "weight_decay": float, "epochs": int, "seed": int}
+    rows = read_table(Path(sweep_dir) / RUNS_CSV, RunPlan.__dataclass_fields__,
+                      f"make the sweep first with `vitc sweep make SPEC {sweep_dir}`",
+                      "made by an older vitc? re-make the sweep in a new directory")
+    types = {"lr": float, "weight_decay": float, "epochs": int, "seed": int, "global_batch": int,
+             "scaled_lr": float}
     return [RunPlan(**{k: types.get(k, str)(v) for k, v in row.items()}) for row in rows]

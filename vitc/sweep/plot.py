@@ -1,8 +1,10 @@
-"""`vitc sweep plot`: EDF curves of a collected sweep, one per (model, optimizer): PNG and CSV.
+"""Sweep figures: `vitc sweep plot` (EDF curves per (model, optimizer): PNG and CSV) and the
+figures of `vitc sweep report` (EDFs of error and Δerror, lr-wd scatter with the good range).
 
 Conv-stem models are drawn in one colour family and patchify ones in another; AdamW solid, SGD
-dashed, as the paper's Fig. 4-6 compare them. Runs without an outcome (incomplete) are left out;
-diverged and failed ones are in the count at 100 % error, so they keep a curve below 1.
+dashed. `vitc sweep plot` leaves runs without an outcome (incomplete) out; diverged and failed
+ones are in the count at 100 % error, so they keep a curve below 1. The report's figures follow
+the rules of vitc/sweep/analysis.py.
 """
 
 import csv
@@ -10,8 +12,11 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
+
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
+from vitc.sweep.analysis import DIVERGED_ERROR, Curve
 from vitc.sweep.collect import RunResult, read_results
 from vitc.sweep.edf import edf, error_thresholds
 
@@ -55,23 +60,34 @@ def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: flo
     return png_path, csv_path
 
 
-def _draw(found: dict, thresholds: list[float], path: Path, title: str) -> None:
+def model_colours(stems: dict[str, str]) -> dict[str, str]:
+    """Model label -> colour: conv-stem models from one colour family, patchify ones from another."""
+    used, out = {}, {}
+    for model, stem in stems.items():
+        family = COLOURS.get(stem, COLOURS["patchify"])
+        out[model] = family[used.get(stem, 0) % len(family)]
+        used[stem] = used.get(stem, 0) + 1
+    return out
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display)."""
     try:
         import matplotlib
     except ImportError:
-        raise VitcError("vitc sweep plot needs matplotlib: pip install 'vitc[sweep]'") from None
-    matplotlib.use("Agg")  # files only, no display
+        raise VitcError("vitc sweep plot and report need matplotlib: pip install 'vitc[demo]'") from None
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _draw(found: dict, thresholds: list[float], path: Path, title: str) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    used = {"conv": 0, "patchify": 0}
-    colour_of = {}
+    colours = model_colours({run.model: run.stem for run, _, _ in found.values()})
     for label, (run, values, n) in found.items():
-        if run.model not in colour_of:
-            family = COLOURS.get(run.stem, COLOURS["patchify"])
-            colour_of[run.model] = family[used.get(run.stem, 0) % len(family)]
-            used[run.stem] = used.get(run.stem, 0) + 1
-        ax.step(thresholds, values, where="post", color=colour_of[run.model],
+        ax.step(thresholds, values, where="post", color=colours[run.model],
                 linestyle=LINESTYLES.get(run.optimizer, ":"), label=f"{label} (n={n})")
     first = next((e for i, e in enumerate(thresholds) if any(v[i] > 0 for _, v, _ in found.values())), 0.0)
     ax.set_xlim(max(first - 5.0, 0.0), 100.0)  # start just left of the best run
@@ -87,3 +103,71 @@ def _draw(found: dict, thresholds: list[float], path: Path, title: str) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def edf_figure(curves: list[Curve], delta: bool):
+    """EDF of error (or of Δerror against the model's best run), one panel per optimizer: the
+    authors' `plot_edf` (pycls/sweep/plotting.py) with the paper's Δ axis (§5.3)."""
+    plt = pyplot()
+    optimizers = list(dict.fromkeys(c.optimizer for c in curves))
+    values = {c.label: (c.deltas if delta else c.errors) for c in curves}
+    finite = [v for c in curves for v, e in zip(values[c.label], c.errors) if e < DIVERGED_ERROR]
+    low = 0.0 if delta or not finite else max(min(finite) - 2.0, 0.0)
+    high = min(max(finite, default=50.0) + (1.0 if delta else 2.0), 100.0)
+    xs = list(np.linspace(low, high, 400))
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(5.0 * len(optimizers), 3.6), sharey=True,
+                             squeeze=False)
+    colours = model_colours({c.model: c.stem for c in curves})
+    for ax, optimizer in zip(axes[0], optimizers):
+        for c in (c for c in curves if c.optimizer == optimizer and values[c.label]):
+            ax.step(xs, edf(values[c.label], xs), where="post", color=colours[c.model],
+                    linestyle=LINESTYLES.get(optimizer, ":"),
+                    label=f"{c.model} (n={len(c.errors)}, best {c.errors[0]:.1f})")
+        ax.set_xlim(low, high)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(optimizer, fontsize=10)
+        ax.set_xlabel("Δtop-1 error against the model's best run (points)" if delta else "top-1 error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("cumulative prob.")
+    fig.tight_layout()
+    return fig
+
+
+def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: float = 10.0):
+    """(lr, wd) of every run coloured by its Δerror (clipped at `clip` points), one panel per model
+    (columns) and optimizer (rows), diverged runs as red crosses; the dashed box is the good range
+    and the black cross its best point (analysis.good_range). The authors' `plot_values_2d`
+    colours by rank instead; Δerror keeps a scale in points."""
+    plt = pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    optimizers = list(dict.fromkeys(c.optimizer for c in curves))
+    models = list(dict.fromkeys(c.model for c in curves))
+    fig, axes = plt.subplots(len(optimizers), len(models), figsize=(2.8 * len(models) + 1.2, 2.6 * len(optimizers)),
+                             squeeze=False, layout="constrained")
+    scatter = None
+    for c in curves:
+        ax = axes[optimizers.index(c.optimizer)][models.index(c.model)]
+        counted = [r for r in c.runs if r.error is not None and r.error < DIVERGED_ERROR]
+        diverged = [r for r in c.runs if r.status == "diverged"]
+        scatter = ax.scatter([r.lr for r in counted], [r.weight_decay for r in counted], s=18,
+                             c=[min(r.error - c.model_best, clip) for r in counted], cmap="viridis",
+                             vmin=0.0, vmax=clip)
+        ax.scatter([r.lr for r in diverged], [r.weight_decay for r in diverged], marker="x", s=18, color="tab:red")
+        if (good := ranges.get(c.label)) is not None:
+            (lr_lo, lr_mid, lr_hi), (wd_lo, wd_mid, wd_hi) = good["lr"], good["wd"]
+            ax.add_patch(plt.Rectangle((10**lr_lo, 10**wd_lo), 10**lr_hi - 10**lr_lo, 10**wd_hi - 10**wd_lo,
+                                       fill=False, linestyle="--", color="black"))
+            ax.plot([10**lr_mid], [10**wd_mid], marker="+", markersize=12, color="black")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # decades only: minor labels of a narrow range overlap
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_title(c.label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("lr (at the reference batch)" if c.optimizer == optimizers[-1] else "", fontsize=8)
+        ax.set_ylabel("weight decay" if c.model == models[0] else "", fontsize=8)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=axes, shrink=0.9, label=f"Δtop-1 error (clipped at {clip:g})")
+    return fig
