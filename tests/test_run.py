@@ -125,3 +125,9 @@ def test_config_show_yaml_says_why_an_auto_class_count_is_not_resolved(tmp_path,
     out = capsys.readouterr().out
     assert "derived:\n  world_size: 1\n  device: cpu\n" in out and "precision: fp32" in out
     assert "num_classes: 'auto (not resolved: data.train_shards" in out
+
+
+def test_precision_auto_on_a_gpu_without_bf16_is_fp16_for_the_planner_too():
+    cfg = load_config(None, ["model.name=vit_c_1gf", "train.micro_batch=8"])
+    assert resolve_run(cfg, 8, "gpu", bf16=False).precision == "fp16"
+    assert run_setup(cfg, Cluster(nodes=1, gpus_per_node=8, gpu="v100", dataset_size=10_000)).precision == "fp16"

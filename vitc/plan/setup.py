@@ -42,8 +42,9 @@ def run_setup(cfg: Config, cluster: Cluster) -> RunSetup:
         if cfg.slurm.gpus_per_node == 0:
             raise VitcError("slurm.gpus_per_node is 0 (one CPU task per node): pass --gpus-per-node")
         gpus_per_node = cfg.slurm.gpus_per_node
-    if nodes < 1 or gpus_per_node < 1:
-        raise VitcError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
+    for flag, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if value < 1:  # before the world size they make is resolved
+            raise VitcError(f"{flag} must be >= 1, got {value}")
     # the data's size comes from the training manifest unless given on the command line
     shards = ("train",) if cluster.dataset_size is None else ()
     run = resolve_run(cfg, nodes * gpus_per_node, gpu.kind, shards, bf16=bool(gpu.peak_tflops.get("bf16")))
