@@ -11,7 +11,7 @@ from vitc.audit.parity import choose_conv_depth
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.models.zoo import MODELS, get_spec
-from vitc.specs import model_spec
+from vitc.run import model_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("data") / "model_costs.json"

@@ -12,6 +12,7 @@ SURFACE = {
     "audit": ["--format", "--num-classes", "--parity", "--resolution"],
     "plan": ["--dataset-size", "--format", "--gpu", "--gpus-file", "--gpus-per-node", "--mfu",
              "--no-overlap", "--nodes", "--sweep-nodes"],
+    "config show": ["--device", "--format", "--world"],
     "bench model": ["--batch", "--iters", "--model", "--rounds"],
     "bench data": ["--auto-augment", "--batch", "--images", "--no-shard-build", "--random-erasing",
                    "--rounds", "--shards", "--workers"],

@@ -1,5 +1,7 @@
 """The config system: _base_ inheritance, overrides, strict schema, round trip."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,8 @@ def test_base_path_is_relative_to_the_including_file(tmp_path):
 
 def test_overrides_parse_yaml_scalars_lists_and_null():
     cfg = load_config(None, ["model.depth=3", "model.drop_path=1e-1", "model.act_checkpoint=true",
-                             "model.stem_channels=[8, 16]", "model.width=null", "audit.parity_tolerance=0.05"])
+                             "model.stem_channels=[8, 16]", "model.stem_strides=[2, 2]", "model.width=null",
+                             "audit.parity_tolerance=0.05"])
     assert cfg.model.depth == 3 and cfg.model.drop_path == 0.1 and cfg.model.act_checkpoint is True
     assert cfg.model.stem_channels == [8, 16] and cfg.model.width is None
     assert cfg.audit.parity_tolerance == 0.05
@@ -45,7 +48,8 @@ def test_overrides_apply_after_the_file(tmp_path):
 
 
 def test_resolved_config_dumps_and_reloads_to_the_same_thing(tmp_path):
-    cfg = load_config(None, ["model.name=vit_p_18gf", "model.stem_strides=[2, 2]", "model.mlp_ratio=3.5"])
+    cfg = load_config(None, ["model.name=vit_c_18gf", "model.stem_channels=[32, 64]",
+                             "model.stem_strides=[2, 2]", "model.mlp_ratio=3.5"])
     assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
 
 
@@ -106,6 +110,53 @@ def test_cli_prints_config_errors_as_one_line_without_traceback(capsys):
     assert err.strip() == ("vitc: error: unknown key 'model.depht' in override 'model.depht=3' "
                            "(did you mean 'model.depth'?)")
     assert "Traceback" not in err
+
+
+# Each bad value: the key it names in the one line `vitc train` prints before anything starts.
+BAD_VALUES = [
+    ("train.grad_accum=0", "'train.grad_accum'"),
+    ("checkpoint.every_steps=0", "'checkpoint.every_steps'"),
+    ("log.every_steps=0", "'log.every_steps'"),
+    ("optim.base_lr=-1", "'optim.base_lr'"),
+    ("train.micro_batch=0", "'train.micro_batch'"),
+    ("model.name=vit_c_2gf", "model.name"),
+    ("model.image_size=70", "model.image_size"),
+    ("schedule.warmup_epochs=101", "schedule.warmup_epochs"),
+    ("data.crop_scale=[0.9, 0.5]", "data.crop_scale"),
+    ("data.hflip=1.5", "'data.hflip'"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_VALUES)
+def test_train_refuses_a_bad_value_in_one_line_and_creates_no_run_directory(override, key, tmp_path):
+    config = write(tmp_path / "run.yaml", f"train: {{run_dir: {tmp_path / 'run'}}}\n")
+    done = subprocess.run([sys.executable, "-m", "vitc.cli", "train", str(config), override],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vitc: error: ") and key in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_range_value_names_key_value_range_and_file(tmp_path):
+    path = write(tmp_path / "r.yaml", "optim: {betas: [0.9, 1.0]}\n")
+    with pytest.raises(VitcError, match=r"'optim.betas' in .*r.yaml: expected a value >= 0 and < 1, got \[0.9, 1.0\]"):
+        load_config(path)
+
+
+def test_two_sections_of_one_name_are_refused_with_file_and_lines(tmp_path):
+    path = write(tmp_path / "twice.yaml", "model: {name: vit_c_4gf}\ntrain: {micro_batch: 8}\nmodel: {depth: 3}\n")
+    with pytest.raises(VitcError, match=r"twice.yaml:3: key 'model' appears twice \(first at line 1\)"):
+        load_config(path)
+
+
+def test_stem_strides_without_patch_size_derive_it_and_say_so(caplog):
+    caplog.set_level("INFO", logger="vitc.config")
+    cfg = load_config(None, ["model.name=vit_c_1gf", "model.stem_strides=[2, 2, 2, 1]"])
+    assert cfg.model.patch_size is None
+    assert "model.patch_size is 8: the product of model.stem_strides [2, 2, 2, 1]" in caplog.text
+    with pytest.raises(VitcError, match=r"product of model.stem_strides \[2, 2, 2, 1\] is 8, but model.patch_size is 16"):
+        load_config(None, ["model.name=vit_c_1gf", "model.stem_strides=[2, 2, 2, 1]", "model.patch_size=16"])
 
 
 def test_every_shipped_run_config_loads():

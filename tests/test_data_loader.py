@@ -21,11 +21,12 @@ import webdataset as wds
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.loading.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+from vitc.data.loading.loader import build_eval_loader, build_train_loader
 from vitc.data.shards.manifest import Manifest, ShardRecord
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
+from vitc.run import class_count
 
 SIZES = (9, 3, 14, 6, 11, 2, 8)  # 7 shards of unequal sizes, 53 samples
 BATCH = 4
@@ -191,8 +192,8 @@ def test_a_failing_pipe_command_is_an_error_naming_the_shard(tmp_path):
 
 def test_brace_pattern_needs_and_uses_a_manifest(tmp_path):
     shards = write_shards(tmp_path / "s", sizes=(8, 8))
-    cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0")
-    assert read_manifest_num_classes(cfg) == 16
+    cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0", "model.num_classes=auto")
+    assert class_count(cfg) == 16
     assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
     cfg.data.train_shards = f"pipe:cat {shards}/train-000000.tar"
     with pytest.raises(VitcError, match="data.train_manifest"):
@@ -214,12 +215,12 @@ def test_a_manifest_at_an_http_url_is_read_through_iopath(tmp_path, monkeypatch)
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0",
-                           f"data.train_manifest={url}/manifest.json")
-        assert read_manifest_num_classes(cfg) == 16
+                           f"data.train_manifest={url}/manifest.json", "model.num_classes=auto")
+        assert class_count(cfg) == 16
         assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
         cfg.data.train_manifest = f"{url}/elsewhere/manifest.json"
         with pytest.raises(VitcError, match=r"shard manifest .*/elsewhere/manifest\.json cannot be read"):
-            read_manifest_num_classes(cfg)
+            class_count(cfg)
     finally:
         server.shutdown()
 

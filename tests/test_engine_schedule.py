@@ -1,4 +1,4 @@
-"""The maths of optimization: lr scaling, warmup + cosine (SPEC §2), parameter groups, DeepSpeed config."""
+"""The maths of optimization: warmup + cosine (pycls's rule), parameter groups, DeepSpeed config."""
 
 import math
 
@@ -8,30 +8,24 @@ from vitc.config import load_config
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer, param_groups
 from vitc.engine.runtime import resolve_runtime
-from vitc.engine.schedule import WarmupCosine, scaled_lr, warmup_cosine
+from vitc.engine.schedule import WarmupCosine, warmup_cosine
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
-from vitc.specs import model_spec
+from vitc.run import model_spec, resolve_run
 
 TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.stem_channels=[8,16]",
         "model.stem_strides=[2,2]", "model.image_size=32", "model.num_classes=10"]
-
-
-@pytest.mark.parametrize("rule, expected", [("linear", 2e-3), ("sqrt", 1e-3 * math.sqrt(2)), ("none", 1e-3)])
-def test_lr_scales_with_global_batch_over_reference(rule, expected):
-    optim = load_config(None, [f"optim.lr_scaling={rule}", "optim.base_lr=1e-3", "optim.reference_batch=2048"]).optim
-    assert scaled_lr(optim, 4096) == pytest.approx(expected)
 
 
 def test_paper_schedule_warms_up_from_a_tenth_then_decays_to_the_floor():
     schedule = load_config(None, ["schedule.epochs=100", "schedule.warmup_epochs=5"]).schedule
     f = warmup_cosine(schedule, steps_per_epoch=10)
     assert f.total_steps == 1000 and f.warmup_steps == 50
-    assert f(0) == pytest.approx(0.1, rel=1e-3)  # SPEC §2: warmup from 0.1 × lr
+    assert f(0) == pytest.approx(0.1, rel=1e-3)  # pycls WARMUP_FACTOR 0.1: warmup from 0.1 × lr
     cosine_at_25 = 0.005 + 0.995 * 0.5 * (1 + math.cos(math.pi * 25 / 1000))
     assert f(25) == pytest.approx((0.1 * 0.5 + 0.5) * cosine_at_25)  # halfway through the warmup
-    assert f(1000) == pytest.approx(0.005)  # SPEC §2: cosine to 0.005 × lr
+    assert f(1000) == pytest.approx(0.005)  # released configs' MIN_LR: cosine to 0.005 × lr
     after_warmup = [f(t) for t in range(50, 1001)]
     assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
     assert f(500) == pytest.approx(0.005 + 0.995 * 0.5)  # half-period cosine: midpoint is halfway
@@ -44,9 +38,9 @@ def test_warmup_rises_linearly_every_iteration():
 
 @pytest.mark.parametrize("override", ["schedule.warmup_epochs=200", "schedule.min_lr_factor=1.5",
                                       "schedule.epochs=0"])
-def test_impossible_schedule_is_a_clear_error(override):
+def test_impossible_schedule_is_refused_when_the_config_loads(override):
     with pytest.raises(VitcError, match="schedule."):
-        warmup_cosine(load_config(None, [override]).schedule, steps_per_epoch=10)
+        load_config(None, [override])
 
 
 def test_no_weight_decay_on_what_the_model_names():
@@ -69,7 +63,7 @@ def test_deepspeed_config_is_generated_and_the_passthrough_wins():
     cfg = load_config(None, ["train.micro_batch=8", "train.grad_accum=4", "train.zero_stage=2",
                              "train.clip_grad=1.0", "deepspeed.zero_optimization.overlap_comm=true",
                              "deepspeed.flops_profiler.enabled=false"])
-    ds = deepspeed_config(cfg, resolve_runtime(cfg.train, DistEnv()), world_size=4)
+    ds = deepspeed_config(resolve_run(cfg, world_size=4, device_kind="cpu"))
     assert ds["train_batch_size"] == 8 * 4 * 4
     assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"]["stage"] == 2
     assert ds["zero_optimization"]["overlap_comm"] is True  # passthrough over generated

@@ -16,7 +16,7 @@ from vitc.engine.trainer import Trainer
 from vitc.launch.env import DistEnv
 from vitc.launch.preempt import PreemptionSignal
 from vitc.models.vit import VisionTransformer
-from vitc.specs import model_spec
+from vitc.run import model_spec
 
 
 @pytest.fixture(scope="module")

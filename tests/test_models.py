@@ -11,7 +11,7 @@ from vitc.errors import VitcError
 from vitc.models.stems import ConvStem, PatchifyStem
 from vitc.models.vit import VisionTransformer, adapt_state_dict, interpolate_pos_embed
 from vitc.models.zoo import MODELS, PAPER_MODELS, get_spec
-from vitc.specs import model_spec
+from vitc.run import model_spec
 
 
 def tiny(**overrides):

@@ -15,7 +15,7 @@ from vitc.engine.checkpoint import newest_checkpoint
 from vitc.finetune import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
 from vitc.pipeline import Layout, stage_configs, write_marker
-from vitc.specs import model_spec
+from vitc.run import model_spec
 
 FINETUNE_CLASSES = ("2", "5", "7")  # digits; the finetune class i is pretrain class FINETUNE_CLASSES[i]
 

@@ -1,11 +1,15 @@
 """Load YAML configs: `_base_` inheritance, dotted `key=value` overrides, strict typed schema.
 
-The schema is `vitc.schema.Config`. Every file and every override is checked against it as it is
-read, so an error names the file (or the override) where the bad key or value came from.
+The schema is `vitc.schema.Config`. Every file and every override is checked against it (keys,
+types, the ranges declared beside the types) as it is read, so an error names the file (or the
+override) where the bad key or value came from; `load_config` then checks the relations between
+keys and that the model exists, so a bad config stops before anything heavy starts.
 """
 
 import dataclasses
+import logging
 import types
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -16,6 +20,7 @@ from vitc.fileio import atomic_write_text
 from vitc.schema import Config
 
 BASE_KEY = "_base_"
+log = logging.getLogger(__name__)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -25,7 +30,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         key, value = parse_override(item)
         _check_dict(_nest(key, value), Config, "", f"override '{item}'")
         merged = merge_dicts(merged, _nest(key, value))
-    return config_from_dict(merged, "the resolved config")
+    cfg = config_from_dict(merged, "the resolved config")
+    check_relations(cfg)
+    return cfg
+
+
+def check_relations(cfg: Config) -> None:
+    """What no single key's range says: keys that constrain each other, and the model itself."""
+    from vitc.models.zoo import MODELS
+    from vitc.run import model_spec
+
+    if cfg.schedule.warmup_epochs > cfg.schedule.epochs:
+        raise VitcError(f"schedule.warmup_epochs={cfg.schedule.warmup_epochs:g} exceeds "
+                        f"schedule.epochs={cfg.schedule.epochs}")
+    if len(cfg.optim.betas) != 2:
+        raise VitcError(f"optim.betas must be two numbers [beta1, beta2], got {cfg.optim.betas}")
+    crop = cfg.data.crop_scale
+    if len(crop) != 2 or crop[0] > crop[1]:
+        raise VitcError(f"data.crop_scale must be [min, max] with min <= max, got {crop}")
+    if cfg.optim.name == "sgd" and cfg.optim.nesterov and cfg.optim.momentum <= 0:
+        raise VitcError(f"optim.nesterov needs optim.momentum > 0, got {cfg.optim.momentum}")
+    model = cfg.model
+    try:  # unknown name, broken stem, image size vs patch size
+        spec = model_spec(model, 1)
+    except VitcError as e:
+        raise VitcError(f"model.name: {e}" if model.name not in MODELS else str(e)) from None
+    if model.stem_strides and model.patch_size is None and spec.patch_size != MODELS[model.name].patch_size:
+        log.info("model.patch_size is %d: the product of model.stem_strides %s", spec.patch_size,
+                 model.stem_strides)
 
 
 def config_from_dict(data: dict, origin: str = "config") -> Config:
@@ -78,7 +110,10 @@ def _load_yaml_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         where = f" (named in _base_ of {chain[-1]})" if chain else ""
         raise VitcError(f"config file not found: {path}{where}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as e:
+        raise VitcError(f"{path}:{e.line}: key '{e.key}' appears twice (first at line {e.first}); "
+                        "merge the two into one")
     except yaml.YAMLError as e:
         raise VitcError(f"{path}: not valid YAML: {e}")
     if not isinstance(data, dict):
@@ -92,6 +127,29 @@ def _load_yaml_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     for base in bases:
         merged = merge_dicts(merged, _load_yaml_tree(path.parent / base, (*chain, path)))
     return merge_dicts(merged, data)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping naming a key twice is an error: plain YAML
+    keeps the last, silently dropping a whole `model:` section written earlier in the file."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, Hashable):  # an unhashable key is the base loader's error
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def merge_dicts(base: dict, top: dict) -> dict:
@@ -135,6 +193,7 @@ def _check_dict(data: Any, cls: type, prefix: str, origin: str) -> None:
     if not isinstance(data, dict):
         raise VitcError(f"'{prefix.rstrip('.') or 'config'}' in {origin}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in hints:
             raise _unknown_key(cls, key, prefix, origin)
@@ -142,7 +201,17 @@ def _check_dict(data: Any, cls: type, prefix: str, origin: str) -> None:
         if dataclasses.is_dataclass(tp):
             _check_dict(value, tp, f"{prefix}{key}.", origin)
         else:
-            _coerce(value, tp, prefix + key, origin)
+            _check_range(_coerce(value, tp, prefix + key, origin), fields[key], prefix + key, origin)
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str, origin: str) -> None:
+    """The range declared beside the key's type (vitc.schema.bounded), for a number or each item."""
+    bounds = f.metadata.get("range")
+    if bounds is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not bounds.holds(item):
+            raise VitcError(f"'{key}' in {origin}: expected a value {bounds.describe()}, got {value!r}")
 
 
 def _build(cls: type, data: Any, prefix: str, origin: str):

@@ -18,7 +18,7 @@ from vitc.data.shards.manifest import Manifest
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.trainer import train
 from vitc.errors import VitcError
-from vitc.specs import model_spec
+from vitc.run import model_spec
 
 log = logging.getLogger(__name__)
 

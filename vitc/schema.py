@@ -1,11 +1,38 @@
 """Every config key vitc knows, with its type and default: the one place defaults live.
 
 A YAML file holds only what differs from here. Each section is a dataclass; the loader in
-`vitc.config` rejects unknown keys and wrong types by reading these annotations.
+`vitc.config` rejects unknown keys, wrong types and out-of-range values by reading these
+annotations and the range declared beside each number (`bounded`).
 """
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a number (of each item, for a list): ge <= x <= le, gt < x < lt."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, x: float) -> bool:
+        return not ((self.ge is not None and x < self.ge) or (self.gt is not None and x <= self.gt)
+                    or (self.le is not None and x > self.le) or (self.lt is not None and x >= self.lt))
+
+    def describe(self) -> str:
+        low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else ""
+        high = f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else ""
+        return " and ".join(p for p in (low, high) if p)
+
+
+def bounded(default: Any, **bounds: float):
+    """A field with its default and its valid range (`ge`, `gt`, `le`, `lt`); null is always allowed
+    where the type allows it, and a list's range applies to every item."""
+    value = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**value, metadata={"range": Range(**bounds)})
 
 
 @dataclass
@@ -14,18 +41,20 @@ class ModelConfig:
 
     name: str = "vit_c_1gf"
     stem: Literal["patchify", "conv"] | None = None
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    mlp_ratio: float | None = None
-    patch_size: int | None = None
-    stem_channels: list[int] | None = None
-    stem_strides: list[int] | None = None
+    width: int | None = bounded(None, ge=1)
+    depth: int | None = bounded(None, ge=1)
+    heads: int | None = bounded(None, ge=1)
+    mlp_ratio: float | None = bounded(None, gt=0)
+    # Unset with stem_strides set: the product of the strides (logged when it differs from the
+    # registry model's), since a conv stem's total stride is its patch size.
+    patch_size: int | None = bounded(None, ge=1)
+    stem_channels: list[int] | None = bounded(None, ge=1)
+    stem_strides: list[int] | None = bounded(None, ge=1, le=2)
     classifier: Literal["token", "pool"] | None = None
     # `auto` takes the class count from the training shards' manifest.
-    num_classes: int | Literal["auto"] = 1000
-    image_size: int = 224
-    drop_path: float = 0.0
+    num_classes: int | Literal["auto"] = bounded(1000, ge=1)
+    image_size: int = bounded(224, ge=1)  # a multiple of the patch size
+    drop_path: float = bounded(0.0, ge=0, lt=1)
     act_checkpoint: bool = False
 
 
@@ -34,39 +63,41 @@ class AuditConfig:
     """Flop/param audit settings."""
 
     # The paper holds conv-stem and patchify twins within a few percent of each other (§3.1).
-    parity_tolerance: float = 0.03
+    parity_tolerance: float = bounded(0.03, ge=0)
 
 
 @dataclass
 class OptimConfig:
-    """Optimizer and learning rate (SPEC §2: the paper's AdamW recipe via pycls)."""
+    """Optimizer and learning rate: the paper's AdamW recipe (arXiv 2106.14881; pycls
+    `vitconfigs` 206d0db, configs/vitconv_baselines/vit/)."""
 
     name: Literal["adamw", "sgd"] = "adamw"
-    # lr = base_lr × scale(global batch / reference_batch); SPEC §2: 1e-3 at batch 2048.
-    base_lr: float = 1e-3
-    reference_batch: int = 2048
+    # lr = base_lr × scale(global batch / reference_batch); the paper: 1e-3 at batch 2048.
+    base_lr: float = bounded(1e-3, gt=0)
+    reference_batch: int = bounded(2048, ge=1)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    weight_decay: float = 0.24
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.9  # SGD only
+    weight_decay: float = bounded(0.24, ge=0)
+    betas: list[float] = bounded([0.9, 0.999], ge=0, lt=1)  # two of them
+    eps: float = bounded(1e-8, ge=0)
+    momentum: float = bounded(0.9, ge=0)  # SGD only
     nesterov: bool = True  # SGD only
     # Fused AdamW kernel: `auto` = on when training on a GPU.
     fused: bool | Literal["auto"] = "auto"
     # EMA of weights (pycls OPTIM.EMA_ALPHA / EMA_UPDATE_PERIOD: 1e-5 every 32 iterations); 0 = off.
-    ema_alpha: float = 0.0
-    ema_update_period: int = 32
+    ema_alpha: float = bounded(0.0, ge=0)
+    ema_update_period: int = bounded(32, ge=1)
 
 
 @dataclass
 class ScheduleConfig:
-    """Per-iteration lr schedule: linear warmup from a factor, then half-period cosine (SPEC §2)."""
+    """Per-iteration lr schedule: linear warmup from a factor, then half-period cosine (the paper's recipe;
+    pycls `vitconfigs` 206d0db, pycls/core/optimizer.py)."""
 
-    epochs: int = 100
-    warmup_epochs: float = 5.0
-    warmup_factor: float = 0.1
-    # cosine ends at min_lr_factor × lr (SPEC §2: 0.005)
-    min_lr_factor: float = 0.005
+    epochs: int = bounded(100, ge=1)
+    warmup_epochs: float = bounded(5.0, ge=0)  # at most schedule.epochs
+    warmup_factor: float = bounded(0.1, ge=0, le=1)
+    # cosine ends at min_lr_factor × lr (the released configs' OPTIM.MIN_LR: 0.005)
+    min_lr_factor: float = bounded(0.005, ge=0, le=1)
 
 
 @dataclass
@@ -74,30 +105,33 @@ class TrainConfig:
     """The DeepSpeed engine and the loop. global batch = micro_batch × grad_accum × world size."""
 
     run_dir: str = "runs/default"
-    micro_batch: int = 64  # images per rank per forward/backward
-    grad_accum: int = 1
+    micro_batch: int = bounded(64, ge=1)  # images per rank per forward/backward
+    # Images per optimizer step over all ranks; set, it fixes grad_accum = global_batch /
+    # (world size × micro_batch), which must divide (the paper's runs: 2048; ImageNet-21k: 4096).
+    global_batch: int | None = bounded(None, ge=1)
+    grad_accum: int | None = bounded(None, ge=1)  # null: 1, or what global_batch gives
     zero_stage: Literal[0, 1, 2, 3] = 1
     # `auto`: bf16 on GPU, fp32 on CPU. fp16 uses DeepSpeed's dynamic loss scaling.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    clip_grad: float | None = None  # max global gradient norm; null = no clipping
+    clip_grad: float | None = bounded(None, gt=0)  # max global gradient norm; null = no clipping
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     # A collective that waits longer than this ends the job instead of hanging it.
-    dist_timeout_s: int = 1800
-    reduce_bucket_size: int = 500_000_000
-    allgather_bucket_size: int = 500_000_000
+    dist_timeout_s: int = bounded(1800, ge=1)
+    reduce_bucket_size: int = bounded(500_000_000, ge=1)
+    allgather_bucket_size: int = bounded(500_000_000, ge=1)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC stem input: `auto` = on GPU
     seed: int = 0
     # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
-    max_steps: int | None = None
+    max_steps: int | None = bounded(None, ge=0)
 
 
 @dataclass
 class CheckpointConfig:
     """DeepSpeed checkpoints in RUN_DIR/checkpoints; resume picks the newest complete one."""
 
-    every_steps: int = 1000
-    keep_last: int = 2
+    every_steps: int = bounded(1000, ge=1)
+    keep_last: int = bounded(2, ge=1)
     resume: bool = True
 
 
@@ -105,13 +139,13 @@ class CheckpointConfig:
 class EvalConfig:
     """Top-1/top-5 on the eval shards during training and by `vitc eval`."""
 
-    every_epochs: int = 1
+    every_epochs: int = bounded(1, ge=0)  # 0 = never
     weights: str | None = None  # `vitc eval`: a .safetensors file from `vitc export`
 
 
 @dataclass
 class LogConfig:
-    every_steps: int = 20
+    every_steps: int = bounded(20, ge=1)
     tensorboard: bool = True
 
 
@@ -120,18 +154,18 @@ class SlurmConfig:
     """`vitc slurm submit`: the allocation and how slurm/*.sbatch launches it (docs/slurm.md)."""
 
     template: Literal["pretrain", "finetune"] = "pretrain"
-    nodes: int = 1
+    nodes: int = bounded(1, ge=1)
     # One task per GPU; 0 = one CPU task per node (gloo), for CPU clusters and the test cluster.
-    gpus_per_node: int = 8
-    cpus_per_task: int = 8
+    gpus_per_node: int = bounded(8, ge=0)
+    cpus_per_task: int = bounded(8, ge=1)
     partition: str | None = None
     account: str | None = None
     # sbatch --time. Quote it in YAML ("72:00:00"): unquoted, YAML 1.1 reads H:M:S as one number.
     time: str = "72:00:00"
     # USR1 this long before the time limit: room to finish a step and write a checkpoint.
-    signal_seconds: int = 600
+    signal_seconds: int = bounded(600, ge=0)
     # srun --wait: once one rank has exited, the rest get this long before the job is ended.
-    exit_wait_s: int = 120
+    exit_wait_s: int = bounded(120, ge=0)
     # Exported before srun (site NCCL settings such as NCCL_SOCKET_IFNAME go here).
     env: dict[str, str] = field(default_factory=dict)
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. "--exclusive"
@@ -139,7 +173,7 @@ class SlurmConfig:
 
 @dataclass
 class DataConfig:
-    """Shards, the streaming loader and the augmentation recipe (SPEC §2-§3; docs in vitc/data/loader.py).
+    """Shards, the streaming loader and the augmentation recipe (the paper's recipe; docs/loader.md).
 
     Images per rank per step come from `train.micro_batch`; the image size from `model.image_size`.
     """
@@ -150,31 +184,32 @@ class DataConfig:
     val_shards: str | list[str] | None = None
     train_manifest: str | None = None
     val_manifest: str | None = None
-    workers: int = 4  # DataLoader worker processes per rank
+    workers: int = bounded(4, ge=0)  # DataLoader worker processes per rank
     # Keep the workers between epochs (and between evaluations) instead of forking them anew for each
     persistent_workers: bool = True
     # samples held per worker for the streaming shuffle: JPEG bytes, ~110 kB each at ImageNet size
-    shuffle_buffer: int = 2000
+    shuffle_buffer: int = bounded(2000, ge=0)
     seed: int = 0  # with the epoch number: same seed + epoch -> same sample order
     resampled: bool = False  # draw shards with replacement (no epoch boundary in the data)
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
-    hflip: float = 0.5
-    # SPEC §2: AutoAugment (the paper's pycls recipe), RandAugment as an option.
+    crop_scale: list[float] = bounded([0.08, 1.0], gt=0, le=1)  # RandomResizedCrop area [min, max]
+    hflip: float = bounded(0.5, ge=0, le=1)
+    # AutoAugment (the paper's recipe, from the authors' pycls configs), RandAugment as an option.
     auto_augment: Literal["autoaugment", "randaugment", "none"] = "autoaugment"
-    randaugment_magnitude: int = 9
-    randaugment_num_ops: int = 2
-    # Off: SPEC §2's recipe (the authors' pycls configs) has no random erasing; DeiT uses 0.25.
-    random_erasing: float = 0.0
-    mixup_alpha: float = 0.8  # SPEC §2; 0 = off
-    cutmix_alpha: float = 1.0  # SPEC §2; 0 = off
-    label_smoothing: float = 0.1  # SPEC §2
-    eval_crop_ratio: float = 0.875  # eval: resize to image_size / ratio, center crop image_size
+    randaugment_magnitude: int = bounded(9, ge=0, le=30)  # torchvision's 31 bins
+    randaugment_num_ops: int = bounded(2, ge=1)
+    # Off: the paper's recipe (the authors' pycls configs) has no random erasing; DeiT uses 0.25.
+    random_erasing: float = bounded(0.0, ge=0, le=1)
+    mixup_alpha: float = bounded(0.8, ge=0)  # the released configs; 0 = off
+    cutmix_alpha: float = bounded(1.0, ge=0)  # the released configs; 0 = off
+    label_smoothing: float = bounded(0.1, ge=0, le=1)  # the released configs
+    # eval: resize to image_size / ratio, center crop image_size
+    eval_crop_ratio: float = bounded(0.875, gt=0, le=1)
     # libjpeg-turbo's fast integer IDCT and chroma upsampling (train and eval alike): ~10 % faster
     # decode for differences of a grey level or two; false = its accurate defaults (PIL's)
     fast_jpeg_decode: bool = True
     # Skipped (undecodable or unlabeled) samples beyond this fraction of a worker's data stop the run.
-    max_bad_fraction: float = 0.001
-    read_timeout_s: float = 120.0  # a shard that sends nothing for this long is an error
+    max_bad_fraction: float = bounded(0.001, ge=0, le=1)
+    read_timeout_s: float = bounded(120.0, gt=0)  # a shard that sends nothing for this long is an error
     decode_device: Literal["cpu", "cuda"] = "cpu"  # cuda: nvJPEG batch decode (falls back to cpu)
     pin_memory: bool | Literal["auto"] = "auto"  # `auto`: when CUDA is available
     # Where uint8 batches become float (normalize, erasing, MixUp/CutMix): on the GPU a quarter of
@@ -184,7 +219,7 @@ class DataConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Start from pretrained weights (SPEC §2: 21k pretrain -> 1k finetune; docs/pipelines.md)."""
+    """Start from pretrained weights (the paper: 21k pretrain -> 1k finetune; docs/pipelines.md)."""
 
     # A .safetensors file from `vitc export`, or a run directory (its newest complete checkpoint).
     init_from: str | None = None
@@ -200,7 +235,7 @@ class FinetuneConfig:
     allow_unexpected: list[str] = field(default_factory=list)
     # Layer-wise lr decay (BEiT): block i (from 0) trains at lr × decay^(depth - i), stem, pos and
     # cls at lr × decay^(depth + 1), final norm and head at lr; null = off.
-    layer_decay: float | None = None
+    layer_decay: float | None = bounded(None, gt=0, le=1)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from vitc.config import load_config
 from vitc.errors import VitcError
 from vitc.models.vit import ViTSpec
 from vitc.models.zoo import MODELS, PAPER_MODELS, twin_name
-from vitc.specs import model_spec
+from vitc.run import class_count, model_spec
 
 # fvcore and the per-module formulas are independent counts of one convention; they must agree.
 ANALYTIC_AGREEMENT = 0.01
@@ -53,13 +53,9 @@ def resolve_targets(targets: list[str], overrides: list[str], resolution: int | 
 
 
 def _auto_num_classes(cfg, target: str) -> int | None:
-    """The training manifest's class count for `model.num_classes: auto`, else None."""
-    if cfg.model.num_classes != "auto":
-        return None
-    from vitc.data.loading.loader import read_manifest_num_classes
-
+    """`model.num_classes`, the training manifest's count for `auto` (vitc.run.class_count)."""
     try:
-        return read_manifest_num_classes(cfg)
+        return class_count(cfg)
     except VitcError as e:
         raise VitcError(f"{target}: model.num_classes is 'auto' and the training manifest cannot be "
                         f"read ({e}); pass --num-classes K to audit without the data")

@@ -8,13 +8,13 @@ import argparse
 import logging
 import sys
 
-from vitc.cli import audit, data, engine, pipelines, plan, slurm
+from vitc.cli import audit, config, data, engine, pipelines, plan, slurm
 from vitc.cli.args import split_overrides
 from vitc.errors import VitcError
 from vitc.log import setup_logging
 
 # each module adds its subcommands; the work lives in the modules they call
-COMMAND_GROUPS = (audit, plan, data, engine, pipelines, slurm)
+COMMAND_GROUPS = (audit, plan, config, data, engine, pipelines, slurm)
 
 
 def build_parser() -> argparse.ArgumentParser:

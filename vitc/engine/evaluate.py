@@ -16,8 +16,8 @@ from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer, adapt_state_dict
+from vitc.run import class_count, model_spec
 from vitc.schema import Config
-from vitc.specs import model_spec
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,12 @@ def evaluate(model: nn.Module, batches: Iterable, prepare: Callable) -> Accuracy
 def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     """`vitc eval`: the weights in `cfg.eval.weights` (a `vitc export` file) on the eval data of
     `cfg`, distributed over the ranks of the job when launched by torchrun or srun. Every rank."""
-    from vitc.data.loading.loader import build_eval_loader, read_manifest_num_classes
+    from vitc.data.loading.loader import build_eval_loader
 
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")
     rt = resolve_runtime(cfg.train, dist)
-    num_classes = read_manifest_num_classes(cfg) if cfg.model.num_classes == "auto" else None
-    spec = model_spec(cfg.model, num_classes)
+    spec = model_spec(cfg.model, class_count(cfg))
     model = VisionTransformer(spec)
     try:
         model.load_state_dict(adapt_state_dict(load_weights(cfg.eval.weights), spec))

@@ -9,7 +9,8 @@ from vitc.schema import OptimConfig
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """[decayed params, params in `model.no_weight_decay_params()`]: the model says which skip
-    weight decay (biases, norms, position embedding, class token; SPEC §2), no name matching here."""
+    weight decay (biases, norms, position embedding, class token: the paper's recipe), no name
+    matching here."""
     no_decay = model.no_weight_decay_params()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unknown = no_decay - {n for n, _ in model.named_parameters()}
@@ -27,13 +28,9 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: boo
     `groups` replaces the decay/no-decay groups (layer-wise lr decay: vitc/finetune.py)."""
     groups = groups or param_groups(model, optim.weight_decay)
     if optim.name == "adamw":
-        if len(optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in optim.betas):
-            raise VitcError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")
         fused = on_gpu if optim.fused == "auto" else optim.fused
         if fused and not on_gpu:
             raise VitcError("optim.fused=true needs a GPU (train.device); use optim.fused=auto")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps,
                                  fused=fused or None)
-    if optim.nesterov and optim.momentum <= 0:
-        raise VitcError(f"optim.nesterov needs optim.momentum > 0, got {optim.momentum}")
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)

@@ -22,7 +22,8 @@ import torch.distributed as tdist
 
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
-from vitc.schema import TrainConfig
+from vitc.run import Run, resolve_precision, resolve_run
+from vitc.schema import Config, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,23 @@ def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
     if want_gpu and not torch.cuda.is_available():
         raise VitcError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
     device = torch.device("cuda", dist.local_rank) if want_gpu else torch.device("cpu")
-    precision = train.precision if train.precision != "auto" else ("bf16" if want_gpu else "fp32")
-    if precision == "fp16" and not want_gpu:
-        raise VitcError("train.precision=fp16 needs a GPU; on CPU use fp32 or bf16")
+    # the run's rule (vitc.run), as the planner applies it to its GPU table
+    precision = resolve_precision(train, want_gpu, want_gpu and gpu_has_bf16())
     backend = train.dist_backend if train.dist_backend != "auto" else ("nccl" if want_gpu else "gloo")
     if backend == "nccl" and not want_gpu:
         raise VitcError("train.dist_backend=nccl needs GPUs; on CPU use gloo (or auto)")
     channels_last = want_gpu if train.channels_last == "auto" else train.channels_last
     return Runtime(device, precision, backend, channels_last)
+
+
+def run_on(cfg: Config, dist: DistEnv, rt: Runtime) -> Run:
+    """The run `cfg` describes on this job's ranks and this process's device (vitc.run.resolve_run)."""
+    return resolve_run(cfg, dist.world_size, "gpu" if rt.on_gpu else "cpu", bf16=rt.precision != "fp16")
+
+
+def gpu_has_bf16() -> bool:
+    """This GPU computes in bf16 natively (not emulated: a V100 has no bf16 units)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Learning rate: batch scaling and the per-iteration warmup + half-period cosine (SPEC §2, pycls).
+"""Learning rate: the per-iteration warmup + half-period cosine (pycls `vitconfigs` 206d0db,
+pycls/core/optimizer.py); the lr at the global batch is the run's (vitc.run.scaled_lr).
 
 pycls evaluates its schedule at fractional epochs (`cur_epoch + cur_iter / epoch_iters`); here the
 same curve is a function of the optimizer step, so it is exact for any number of steps per epoch.
@@ -7,15 +8,7 @@ same curve is a function of the optimizer step, so it is exact for any number of
 import math
 from dataclasses import dataclass
 
-from vitc.errors import VitcError
-from vitc.schema import OptimConfig, ScheduleConfig
-
-
-def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
-    """base_lr scaled by global_batch / reference_batch (`linear`, `sqrt` or `none`)."""
-    ratio = global_batch / optim.reference_batch
-    factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim.lr_scaling]
-    return optim.base_lr * factor
+from vitc.schema import ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -41,15 +34,8 @@ class WarmupCosine:
 
 
 def warmup_cosine(schedule: ScheduleConfig, steps_per_epoch: int) -> WarmupCosine:
-    """The schedule of a run with `steps_per_epoch` optimizer steps per epoch."""
-    if schedule.epochs < 1:
-        raise VitcError(f"schedule.epochs must be >= 1, got {schedule.epochs}")
-    if not 0 <= schedule.warmup_epochs <= schedule.epochs:
-        raise VitcError(f"schedule.warmup_epochs must be in [0, schedule.epochs={schedule.epochs}], "
-                        f"got {schedule.warmup_epochs}")
-    for key in ("warmup_factor", "min_lr_factor"):
-        if not 0.0 <= getattr(schedule, key) <= 1.0:
-            raise VitcError(f"schedule.{key} must be in [0, 1], got {getattr(schedule, key)}")
+    """The schedule of a run with `steps_per_epoch` optimizer steps per epoch (its ranges are the
+    schema's, checked by `load_config`)."""
     return WarmupCosine(total_steps=schedule.epochs * steps_per_epoch,
                         warmup_steps=round(schedule.warmup_epochs * steps_per_epoch),
                         warmup_factor=schedule.warmup_factor, floor=schedule.min_lr_factor)

@@ -31,16 +31,16 @@ from vitc.engine.evaluate import Accuracy, evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import build_optimizer
 from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
-                                 rng_state, seed_everything, set_rng_state)
-from vitc.engine.schedule import scaled_lr, warmup_cosine
+                                 rng_state, run_on, seed_everything, set_rng_state)
+from vitc.engine.schedule import warmup_cosine
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.finetune import init_model, optimizer_param_groups
 from vitc.launch.env import DistEnv, discover
 from vitc.launch.preempt import PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
+from vitc.run import Run
 from vitc.schema import Config
-from vitc.specs import model_spec
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,12 @@ def train(cfg: Config, dist: DistEnv | None = None) -> TrainResult:
     """Train as `cfg` says; every rank of the job calls this."""
     dist = discover() if dist is None else dist
     rt = resolve_runtime(cfg.train, dist)
+    run = run_on(cfg, dist, rt)  # before anything heavy starts
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     with process_group(dist, rt, cfg.train.dist_timeout_s):
         deepspeed.init_distributed(dist_backend=rt.backend)
         try:
-            return Trainer(cfg, dist, rt, PreemptionSignal()).fit()
+            return Trainer(cfg, dist, rt, PreemptionSignal(), run).fit()
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -87,15 +88,16 @@ def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
 class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
 
-    def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal):
-        from vitc.data.loading.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
+    def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal,
+                 run: Run | None = None):
+        from vitc.data.loading.loader import build_eval_loader, build_train_loader
 
         self.cfg, self.dist, self.rt, self.preempt = cfg, dist, rt, preempt
+        self.run = run or run_on(cfg, dist, rt)
         self.run_dir = Path(cfg.train.run_dir)
-        self.accum = cfg.train.grad_accum
+        self.accum = self.run.grad_accum
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        num_classes = read_manifest_num_classes(cfg) if cfg.model.num_classes == "auto" else None
-        self.loader = build_train_loader(cfg, dist, num_classes or cfg.model.num_classes)
+        self.loader = build_train_loader(cfg, dist, self.run.spec.num_classes)
         self.eval_loader = build_eval_loader(cfg, dist) if cfg.data.val_shards else None
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch < 1:
@@ -103,8 +105,8 @@ class Trainer:
                             f"epoch, fewer than train.grad_accum={self.accum}: lower train.micro_batch "
                             "or train.grad_accum, or add data")
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
-        self.global_batch = cfg.train.micro_batch * self.accum * dist.world_size
-        model = self._build_model(num_classes)
+        self.global_batch = self.run.global_batch
+        model = self._build_model()
         self.ema = None
         if cfg.optim.ema_alpha > 0:
             self.ema = ModelEMA(model, cfg.optim.ema_alpha, cfg.optim.ema_update_period,
@@ -113,10 +115,10 @@ class Trainer:
         self.last_saved: CheckpointInfo | None = None
         resume = checkpoint.newest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
         tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
-                                                  cfg.train.zero_stage, dist.rank)
+                                                  self.run.zero_stage, dist.rank)
                           if resume else (None, False))
-        self.ds_config = deepspeed_config(cfg, rt, dist.world_size, load_universal=universal)
-        lr = scaled_lr(cfg.optim, self.global_batch)
+        self.ds_config = deepspeed_config(self.run, load_universal=universal)
+        lr = self.run.lr
         optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, self.steps_per_epoch))
         self.engine = wrap(model, optimizer, scheduler, self.ds_config)
@@ -126,8 +128,8 @@ class Trainer:
         if dist.is_main:
             self._write_run_files(lr)
 
-    def _build_model(self, num_classes: int | None) -> torch.nn.Module:
-        model = VisionTransformer(model_spec(self.cfg.model, num_classes))
+    def _build_model(self) -> torch.nn.Module:
+        model = VisionTransformer(self.run.spec)
         init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/finetune.py)
         model = model.to(self.rt.device)
         if self.rt.channels_last:
@@ -141,9 +143,11 @@ class Trainer:
         env = {**environment_summary(self.dist, self.rt), "global_batch": self.global_batch, "lr": lr,
                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=1) + "\n")
-        log.info("run %s: %d rank(s), %s, %s, ZeRO-%d, global batch %d, lr %.3g, %d steps/epoch",
-                 self.run_dir, self.dist.world_size, self.rt.device, self.rt.precision,
-                 self.cfg.train.zero_stage, self.global_batch, lr, self.steps_per_epoch)
+        log.info("run %s: %d rank(s), %s, %s, ZeRO-%d, global batch %d (micro-batch %d × accumulation "
+                 "%d × %d rank(s)), lr %.3g at that batch, %d steps/epoch", self.run_dir,
+                 self.dist.world_size, self.rt.device, self.rt.precision, self.run.zero_stage,
+                 self.global_batch, self.run.micro_batch, self.accum, self.dist.world_size, lr,
+                 self.steps_per_epoch)
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -298,7 +302,7 @@ class Trainer:
             return
         self._sync_buffers()
         info = CheckpointInfo(checkpoint.tag_for(self.step), self.step, self.epoch,
-                              self.dist.world_size, self.cfg.train.zero_stage)
+                              self.dist.world_size, self.run.zero_stage)
         shared = {EMA_FILE: self.ema.save} if self.ema is not None else {}
         checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
                         self.cfg.checkpoint.keep_last, shared)

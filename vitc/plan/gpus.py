@@ -20,7 +20,7 @@ class GpuSpec:
 
     name: str
     description: str
-    kind: str  # gpu | cpu: `train.precision: auto` and DeepSpeed's overlap_comm follow it
+    kind: str  # gpu | cpu: `train.precision: auto` (vitc.run) and DeepSpeed's overlap_comm follow it
     peak_tflops: dict[str, float | None]
     memory_gib: float
     runtime_gib: float  # taken before the model: CUDA context, NCCL and DeepSpeed's own buffers
@@ -38,12 +38,6 @@ class GpuSpec:
             raise VitcError(f"GPU '{self.name}' has no {precision} peak in the GPU table "
                             f"(it cannot run {precision}); choose another precision or GPU")
         return tflops * 1e12
-
-    def auto_precision(self) -> str:
-        """What `train.precision: auto` picks here (vitc.engine.runtime): bf16 on GPU, fp32 on CPU."""
-        if self.kind == "cpu":
-            return "fp32"
-        return "bf16" if self.peak_tflops.get("bf16") else "fp16"
 
 
 def load_gpus(path: str | Path = DEFAULT_GPUS_FILE) -> dict[str, GpuSpec]:

@@ -37,6 +37,7 @@ class RunSetup:
     overlap: bool
     reduce_bucket_size: int
     allgather_bucket_size: int
+    lr: float  # optim.base_lr scaled to the global batch (vitc.run.scaled_lr)
 
     def __post_init__(self) -> None:
         for key in ("nodes", "gpus_per_node", "micro_batch", "grad_accum", "epochs"):

@@ -26,7 +26,7 @@ def assumptions(s: RunSetup) -> list[str]:
         "(vitc/plan/memory.py); activations = what autograd saves (vitc/plan/activations.py); "
         "allocator fragmentation and data-loader buffers not counted",
         f"global batch {s.global_batch} = micro-batch {s.micro_batch} × accumulation {s.grad_accum} × "
-        f"{s.world_size} GPUs; an epoch drops its last partial step",
+        f"{s.world_size} GPUs, lr {s.lr:.3g} at that batch; an epoch drops its last partial step",
     ]
 
 

@@ -182,7 +182,7 @@ def run_config(spec: SweepSpec, setting: RunSetting, sweep_dir: Path, overrides:
 def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str] = ()) -> list[RunPlan]:
     """Write configs/<id>.yaml and runs.csv into `sweep_dir`. Re-making the same sweep is a no-op;
     a different sweep in the same directory is an error."""
-    from vitc.specs import model_spec
+    from vitc.run import model_spec
 
     spec, sweep_dir = load_spec(spec_path), Path(sweep_dir).resolve()
     stems = {label: model_spec(load_config(path, list(spec.overrides)).model, 1).stem

@@ -288,11 +288,6 @@ def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> Eval
     return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, recipe)
 
 
-def read_manifest_num_classes(cfg) -> int:
-    """Class count of the training shards (for model.num_classes: auto)."""
-    return resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")[1].num_classes
-
-
 def _check_classes(manifest: Manifest, num_classes: int, key: str) -> None:
     if num_classes < manifest.num_classes:
         raise VitcError(f"data.{key}: the manifest has {manifest.num_classes} classes but the model has "
