@@ -22,6 +22,8 @@ class ModelConfig:
     stem_channels: list[int] | None = None
     stem_strides: list[int] | None = None
     classifier: Literal["token", "pool"] | None = None
+    # layer-norm epsilon; None = the registry's 1e-6 (the released configs' LN.EPS, pycls vitconfigs 206d0db)
+    norm_eps: float | None = None
     # `auto` takes the class count from the training shards' manifest.
     num_classes: int | Literal["auto"] = 1000
     image_size: int = 224

@@ -3,13 +3,12 @@
 import dataclasses
 
 from vitc.errors import VitcError
-from vitc.models.vit import ViTSpec
-from vitc.models.zoo import get_spec
+from vitc.models.spec import ViTSpec, get_spec
 from vitc.schema import ModelConfig
 
 # Config keys that map one-to-one onto ViTSpec fields when set (None = the registry's value).
 _ARCH_KEYS = ("stem", "width", "depth", "heads", "mlp_ratio", "patch_size", "stem_channels",
-              "stem_strides", "classifier")
+              "stem_strides", "classifier", "norm_eps")
 
 
 def model_spec(model: ModelConfig, num_classes: int | None = None) -> ViTSpec:
