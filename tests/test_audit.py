@@ -5,18 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from vitc.audit.analytic import model_cost
 from vitc.audit.flops import traced_cost
 from vitc.audit.parity import choose_conv_depth
 from vitc.cli import main
 from vitc.config import load_config
-from vitc.models.zoo import MODELS, get_spec
+from vitc.models.cost import model_cost
+from vitc.models.spec import MODELS, get_spec
 from vitc.run import model_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("data") / "model_costs.json"
 
-# SPEC §1 (the paper's Table 1 complexity): GFLOPs, params (M), acts (M) at 224 px, 1000 classes.
+# The paper's Table 1 complexity: GFLOPs, params (M), acts (M) at 224 px, 1000 classes.
 PAPER = {
     "vit_p_1gf": (1.1, 4.8, 5.5), "vit_c_1gf": (1.1, 4.6, 5.7),
     "vit_p_4gf": (3.9, 18.5, 11.1), "vit_c_4gf": (4.0, 17.8, 11.3),
@@ -54,7 +54,8 @@ def test_attention_is_counted_through_the_sdpa_handle():
     spec = get_spec("vit_p_1gf")
     n, d = spec.num_tokens, spec.width
     traced = traced_cost(spec)
-    # without the attention products a ViT-Ti counts ~0.905 GF (SPEC §1); with them 1.08
+    # without the attention products (fvcore 0.1.5 has no handle for SDPA) a ViT-Ti counts ~0.905 GF;
+    # with them 1.08
     attention = spec.depth * 2 * n * n * d
     assert traced.flops == model_cost(spec).flops
     assert traced.flops - attention == pytest.approx(0.9005e9, rel=0.01)

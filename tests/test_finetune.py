@@ -10,7 +10,7 @@ from vitc.engine.schedule import warmup_cosine
 from vitc.errors import VitcError
 from vitc.finetune import apply_pretrained, init_model, layer_decay_param_groups, load_pretrained
 from vitc.models.vit import VisionTransformer
-from vitc.models.zoo import get_spec
+from vitc.models.spec import get_spec
 
 TINY = dict(width=32, depth=2, heads=2, stem_channels=(8, 16), stem_strides=(2, 2))
 

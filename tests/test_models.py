@@ -8,9 +8,10 @@ from torch import nn
 
 from vitc.config import load_config
 from vitc.errors import VitcError
+from vitc.models.cost import bias_additions, model_cost
+from vitc.models.spec import MODELS, PAPER_MODELS, get_spec
 from vitc.models.stems import ConvStem, PatchifyStem
 from vitc.models.vit import VisionTransformer, adapt_state_dict, interpolate_pos_embed
-from vitc.models.zoo import MODELS, PAPER_MODELS, get_spec
 from vitc.run import model_spec
 
 
@@ -55,13 +56,60 @@ def test_initialisation_follows_the_authors_rules():
     model = VisionTransformer(get_spec("vit_c_4gf"))
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
     assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.05)
-    first = model.stem.convs[0]
-    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / (48 * 9)), rel=0.05)
-    assert model.stem.proj.weight.std().item() == pytest.approx(math.sqrt(1 / 384), rel=0.05)
     fc1 = model.blocks[0].mlp.fc1.weight
     assert fc1.abs().max().item() <= math.sqrt(6 / sum(fc1.shape)) + 1e-6  # xavier uniform bound
     patchify = VisionTransformer(get_spec("vit_p_4gf")).stem.proj
     assert patchify.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * 256)), rel=0.05)
+
+
+def test_conv_stem_init_is_the_papers_branch_rule():
+    """pycls vitconfigs 206d0db, pycls/models/vit.py `init_weights_vit`: the 3×3 convs keep PyTorch's
+    default (uniform within ±1/sqrt(fan_in), std 1/sqrt(3·fan_in)), BatchNorm weight 1 / bias 0,
+    the final 1×1 N(0, 2/out) with bias 0."""
+    torch.manual_seed(0)
+    stem = VisionTransformer(get_spec("vit_c_4gf")).stem
+    convs = [m for m in stem.convs if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        fan_in = conv.in_channels * 9
+        assert conv.weight.abs().max().item() <= 1 / math.sqrt(fan_in)
+        assert conv.weight.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1)
+    for bn in (m for m in stem.convs if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.count_nonzero(bn.bias) == 0
+    assert stem.proj.weight.std().item() == pytest.approx(math.sqrt(2 / 384), rel=0.05)
+    assert torch.count_nonzero(stem.proj.bias) == 0
+
+
+def test_layer_norm_epsilon_is_a_model_key_defaulting_to_the_released_1e_6():
+    default = VisionTransformer(tiny())
+    assert {m.eps for m in default.modules() if isinstance(m, nn.LayerNorm)} == {1e-6}
+    spec = model_spec(load_config(None, ["model.norm_eps=1e-5"]).model)
+    assert spec.norm_eps == 1e-5 and spec.name == "vit_c_1gf[norm_eps=1e-05]"
+    with pytest.raises(VitcError, match="model.norm_eps must be > 0"):
+        get_spec("vit_c_1gf", norm_eps=0.0)
+
+
+# pycls's complexity() (vitconfigs 206d0db) of the released 72GF configs at 20,557 classes (issue 15):
+# GFLOPs, params (M), acts (M)
+PYCLS_72GF = {"vit_c_72gf": (70.5, 364.509, 64.983), "vit_p_72gf": (71.2, 375.503, 65.542)}
+
+
+@pytest.mark.parametrize("name", PYCLS_72GF)
+def test_72gf_models_cost_what_pycls_complexity_counts(name):
+    gflops, mparams, macts = PYCLS_72GF[name]
+    spec = get_spec(name, num_classes=20557)
+    cost = model_cost(spec)
+    assert round(cost.params / 1e6, 3) == mparams
+    assert round(cost.acts / 1e6, 3) == macts
+    # pycls also counts each bias addition as a flop; vitc (and fvcore) do not
+    assert round((cost.flops + bias_additions(spec)) / 1e9, 1) == gflops
+
+
+def test_72gf_registry_entries_are_the_released_architectures():
+    c, p = get_spec("vit_c_72gf"), get_spec("vit_p_72gf")
+    assert (c.width, c.heads, c.mlp_hidden, c.patch_size, c.depth) == (1152, 18, 4608, 16, 21)
+    assert (p.width, p.heads, p.mlp_hidden, p.patch_size, p.depth, p.stem) == (1152, 18, 4608, 16, 22, "patchify")
+    assert c.stem_channels == (64, 128, 128, 256, 256, 256, 512, 512)
+    assert c.stem_strides == (2, 2, 1, 2, 1, 1, 2, 1)
 
 
 @pytest.mark.parametrize("classifier", ["token", "pool"])
@@ -141,10 +189,10 @@ def test_activation_checkpointing_gives_the_same_gradients():
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()
     plain = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))
+    checkpointed = VisionTransformer(tiny(act_checkpoint=True))
+    checkpointed.load_state_dict(model.state_dict())
+    checkpointed(x).sum().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, checkpointed.parameters()))
 
 
 def test_stochastic_depth_is_active_in_training_and_off_in_eval():

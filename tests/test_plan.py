@@ -12,20 +12,19 @@ import torch
 import yaml
 from torch import nn
 
-from vitc.audit.analytic import model_cost
 from vitc.audit.flops import traced_cost
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.memory_estimate import deepspeed_model_states_bytes
 from vitc.engine.runtime import free_port
 from vitc.errors import VitcError
+from vitc.models.cost import largest_layer_params, model_cost
+from vitc.models.spec import get_spec
 from vitc.models.vit import VisionTransformer
-from vitc.models.zoo import get_spec
 from vitc.plan.activations import activation_memory
 from vitc.plan.comm import zero_comm_volume
 from vitc.plan.gpus import get_gpu, load_gpus
-from vitc.plan.memory import ZeroSetup, model_states
-from vitc.plan.planner import largest_layer_params, plan_memory, sweep
+from vitc.plan.memory import ZeroSetup, deepspeed_model_states_bytes, model_states
+from vitc.plan.planner import plan_memory, sweep
 from vitc.plan.setup import Cluster, load_run_config, run_setup
 from vitc.plan.throughput import compute_time
 
@@ -97,10 +96,26 @@ def test_states_agree_with_deepspeeds_own_estimator(stage):
     p, largest = VIT_C_1GF_PARAMS, largest_layer_params(get_spec("vit_c_1gf"))
     ours = model_states(p, ZeroSetup(stage, "bf16", 16)).states
 
-    theirs = deepspeed_model_states_bytes(p, largest, stage, gpus_per_node=8, nodes=2)
+    theirs = deepspeed_model_states_bytes(p, largest, stage, world_size=16)
 
     # DeepSpeed's ZeRO-3 estimate adds 4 bytes × the largest layer for its gathered weights
     assert theirs - ours == (4 * largest if stage == 3 else 0)
+
+
+@pytest.mark.parametrize("params", [VIT_C_1GF_PARAMS, 364_508_941, 1_000_000_007])
+def test_the_torch_free_estimate_is_deepspeeds_own_formula(params):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    largest = 23_609_657
+    for nodes, gpus_per_node in ((1, 8), (2, 8), (16, 8), (1, 3)):
+        world = nodes * gpus_per_node
+        zero2 = estimate_zero2_model_states_mem_needs(params, gpus_per_node, nodes, cpu_offload=False)[1]
+        zero3 = estimate_zero3_model_states_mem_needs(params, largest, gpus_per_node, nodes, cpu_offload=False,
+                                                      cpu_offload_params=False)[1]
+        assert deepspeed_model_states_bytes(params, largest, 2, world) == zero2
+        assert deepspeed_model_states_bytes(params, largest, 3, world) == zero3
+    assert deepspeed_model_states_bytes(params, largest, 1, 8) is None
 
 
 # ---- activations ---------------------------------------------------------------------------------

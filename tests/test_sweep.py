@@ -16,7 +16,7 @@ from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.errors import VitcError
 from vitc.sweep.collect import read_results
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.engine.schedule import scaled_lr
+from vitc.run import scaled_lr
 from vitc.sweep.make import global_batch, load_spec, make_sweep, read_runs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def check_relations(cfg: Config) -> None:
     """What no single key's range says: keys that constrain each other, and the model itself."""
-    from vitc.models.zoo import MODELS
+    from vitc.models.spec import MODELS
     from vitc.run import model_spec
 
     if cfg.schedule.warmup_epochs > cfg.schedule.epochs:

@@ -11,13 +11,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitc.audit.analytic import model_cost
 from vitc.config import load_config
 from vitc.data.shards.embedded import digits_imagefolder
 from vitc.data.shards.manifest import Manifest
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.trainer import train
 from vitc.errors import VitcError
+from vitc.models.cost import model_cost
 from vitc.run import model_spec
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitc.config import merge_dicts
 from vitc.errors import VitcError
-from vitc.models.vit import ViTSpec
-from vitc.models.zoo import get_spec
+from vitc.models.spec import ViTSpec, get_spec
 from vitc.schema import Config, ModelConfig, OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
 # Config keys that map one-to-one onto ViTSpec fields when set (None = the registry's value).
 _ARCH_KEYS = ("stem", "width", "depth", "heads", "mlp_ratio", "patch_size", "stem_channels",
-              "stem_strides", "classifier")
+              "stem_strides", "classifier", "norm_eps")
 
 
 @dataclass(frozen=True)

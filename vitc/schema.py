@@ -51,6 +51,8 @@ class ModelConfig:
     stem_channels: list[int] | None = bounded(None, ge=1)
     stem_strides: list[int] | None = bounded(None, ge=1, le=2)
     classifier: Literal["token", "pool"] | None = None
+    # layer-norm epsilon; None = the registry's 1e-6 (the released configs' LN.EPS, pycls vitconfigs 206d0db)
+    norm_eps: float | None = None
     # `auto` takes the class count from the training shards' manifest.
     num_classes: int | Literal["auto"] = bounded(1000, ge=1)
     image_size: int = bounded(224, ge=1)  # a multiple of the patch size

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass, replace
 
-from vitc.audit.analytic import model_cost
-from vitc.models.vit import ViTSpec
+from vitc.models.cost import model_cost
+from vitc.models.spec import ViTSpec
 
 
 @dataclass(frozen=True)

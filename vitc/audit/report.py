@@ -6,13 +6,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitc.audit.analytic import model_cost
 from vitc.audit.flops import traced_cost
 from vitc.audit.parity import ParityResult
 from vitc.config import load_config
 from vitc.errors import VitcError
-from vitc.models.vit import ViTSpec
-from vitc.models.zoo import MODELS, PAPER_MODELS, twin_name
+from vitc.models.cost import model_cost
+from vitc.models.spec import MODELS, PAPER_MODELS, ViTSpec, twin_name
 from vitc.run import class_count, model_spec
 
 # fvcore and the per-module formulas are independent counts of one convention; they must agree.

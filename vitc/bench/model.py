@@ -9,8 +9,8 @@ from torch import nn
 
 from vitc.bench.timing import interleaved_rates
 from vitc.errors import VitcError
+from vitc.models.spec import get_spec, twin_name
 from vitc.models.vit import VisionTransformer
-from vitc.models.zoo import get_spec, twin_name
 
 log = logging.getLogger(__name__)
 

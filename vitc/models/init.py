@@ -1,4 +1,6 @@
-"""Weight initialisation as the authors' pycls code does it (issue #3 lists each rule)."""
+"""Weight initialisation as the authors' code on the paper's branch does it: pycls branch
+`vitconfigs`, commit 206d0db, `pycls/models/vit.py`, `init_weights_vit` (pycls master changed the
+conv-stem rule in 2022; vitc follows the paper's branch)."""
 
 import math
 
@@ -17,11 +19,9 @@ def init_vit_weights(model: nn.Module) -> None:
             nn.init.trunc_normal_(conv.weight, std=math.sqrt(1.0 / fan_in))
             nn.init.zeros_(conv.bias)
         elif isinstance(module, ConvStem):
-            for conv in module.convs:
-                if isinstance(conv, nn.Conv2d):
-                    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
-                    nn.init.normal_(conv.weight, std=math.sqrt(2.0 / fan_out))
-            nn.init.normal_(module.proj.weight, std=math.sqrt(1.0 / module.proj.out_channels))
+            # the 3×3 convs and their BatchNorms keep PyTorch's default init; the final 1×1 is
+            # N(0, 2 / out_channels) (fan-out), bias zero
+            nn.init.normal_(module.proj.weight, std=math.sqrt(2.0 / module.proj.out_channels))
             nn.init.zeros_(module.proj.bias)
         elif isinstance(module, MultiheadSelfAttention):
             nn.init.xavier_uniform_(module.qkv.weight)

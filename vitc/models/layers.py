@@ -1,20 +1,23 @@
-"""Transformer pieces: pre-norm block = LN -> MHSA -> residual, LN -> MLP(GELU) -> residual."""
+"""Transformer pieces: pre-norm block = LN -> MHSA -> residual, LN -> MLP(GELU) -> residual, built
+from its description (structure.BlockShape) that cost.py counts."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitc.models.structure import BlockShape
+
 
 class MultiheadSelfAttention(nn.Module):
     """Self-attention through `scaled_dot_product_attention` (fused kernels on GPU)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, shape: BlockShape):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        if shape.width % shape.heads:
+            raise ValueError(f"width {shape.width} is not divisible by heads {shape.heads}")
+        self.heads = shape.heads
+        self.qkv = nn.Linear(*shape.linears["attn.qkv"])
+        self.proj = nn.Linear(*shape.linears["attn.proj"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -24,11 +27,11 @@ class MultiheadSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, shape: BlockShape):
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
+        self.fc1 = nn.Linear(*shape.linears["mlp.fc1"])
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(*shape.linears["mlp.fc2"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -52,12 +55,12 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+    def __init__(self, shape: BlockShape, norm_eps: float, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = MultiheadSelfAttention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, mlp_hidden)
+        self.norm1 = nn.LayerNorm(shape.width, eps=norm_eps)
+        self.attn = MultiheadSelfAttention(shape)
+        self.norm2 = nn.LayerNorm(shape.width, eps=norm_eps)
+        self.mlp = MLP(shape)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ the optimizer step, together with its temporaries.
 
 fp32 ZeRO-1/2 clone the partition into a separate "fp32" master even though it is already fp32;
 fp32 ZeRO-3 aliases it (stage3.py `_create_fp32_partitions`). For bf16/fp16 at stages 2 and 3 the
-total is DeepSpeed's own estimator (`vitc.engine.memory_estimate`), which this table reproduces.
+total is DeepSpeed's own estimate (`deepspeed_model_states_bytes`), which this table reproduces.
 """
 
 from dataclasses import dataclass
@@ -149,3 +149,20 @@ def bucket_bytes(params: int, setup: ZeroSetup) -> int:
     if setup.stage == 3 and setup.world_size > 1:  # reduce_scatter_coalesced flattens the bucket again
         buckets += min(params, setup.reduce_bucket_size) * p
     return buckets
+
+
+def deepspeed_model_states_bytes(params: int, largest_layer_params: int, stage: int, world_size: int) -> int | None:
+    """DeepSpeed's own estimate of the per-GPU bytes of 16-bit params, grads and fp32 optimizer
+    states without offload, or None for stages 0 and 1 (it has none).
+
+    The closed forms of DeepSpeed 0.19's `estimate_zero2_model_states_mem_needs`
+    (runtime/zero/stage_1_and_2.py): 2Ψ + 18Ψ/N, and `estimate_zero3_model_states_mem_needs`
+    (runtime/zero/stage3.py): 4·largest layer + 18Ψ/N, where 18 = 16-bit grads 2 + fp32 grads 4 +
+    fp32 params 4 + Adam's two moments 8. Written out here so that `vitc plan` imports no DeepSpeed.
+    """
+    partitioned = int(18 * params / world_size)
+    if stage == 2:
+        return 2 * params + partitioned
+    if stage == 3:
+        return 4 * largest_layer_params + partitioned
+    return None

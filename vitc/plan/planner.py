@@ -7,13 +7,13 @@ and the formatting live elsewhere (vitc/plan/setup.py, vitc/plan/report.py).
 import dataclasses
 from dataclasses import dataclass
 
-from vitc.audit.analytic import model_cost
 from vitc.errors import VitcError
-from vitc.models.vit import ViTSpec
+from vitc.models.cost import largest_layer_params, model_cost
+from vitc.models.spec import ViTSpec
 from vitc.plan.activations import Activations, activation_memory
 from vitc.plan.comm import CommVolume, comm_time, zero_comm_volume
 from vitc.plan.gpus import GpuSpec
-from vitc.plan.memory import ModelStates, ZeroSetup, model_states
+from vitc.plan.memory import ModelStates, ZeroSetup, deepspeed_model_states_bytes, model_states
 from vitc.plan.throughput import RunTime, compute_time, run_time, step_time, train_flops_per_step
 
 
@@ -101,13 +101,6 @@ class Plan:
         return self.compute_s / self.step_s
 
 
-def largest_layer_params(spec: ViTSpec) -> int:
-    """Parameters of the module holding the most (what DeepSpeed's ZeRO-3 estimator asks for)."""
-    d, h = spec.width, spec.mlp_hidden
-    root = spec.num_tokens * d + (d if spec.classifier == "token" else 0)  # pos_embed, cls_token
-    return max(root, 3 * d * d + 3 * d, d * h + h, d * spec.num_classes + spec.num_classes)
-
-
 def plan_memory(setup: RunSetup, params: int) -> MemoryPlan:
     states = model_states(params, setup.zero)
     acts = activation_memory(setup.spec, setup.micro_batch, setup.precision, setup.act_checkpoint)
@@ -132,12 +125,10 @@ def _fit(capacity: int, runtime: int, states: ModelStates, per_image: int) -> in
 
 
 def _deepspeed_estimate(setup: RunSetup, params: int) -> int | None:
-    if setup.precision == "fp32" or setup.zero_stage < 2:
-        return None  # DeepSpeed's estimators assume 16-bit params and ZeRO-2/3
-    from vitc.engine.memory_estimate import deepspeed_model_states_bytes
-
+    if setup.precision == "fp32":
+        return None  # DeepSpeed's estimators assume 16-bit params
     return deepspeed_model_states_bytes(params, largest_layer_params(setup.spec), setup.zero_stage,
-                                        setup.gpus_per_node, setup.nodes)
+                                        setup.world_size)
 
 
 def plan_run(setup: RunSetup) -> Plan:

@@ -23,7 +23,7 @@ def assumptions(s: RunSetup) -> list[str]:
         f"communication: ring collectives at {gpu.intra_node_gbps:g} GB/s per GPU within a node, "
         f"{gpu.inter_node_gbps:g} GB/s once the job spans nodes, no latency term; {overlap}",
         f"memory: DeepSpeed's allocations for ZeRO-{s.zero_stage} {s.precision} with {s.optimizer} "
-        "(vitc/plan/memory.py); activations = what autograd saves (vitc/plan/activations.py); "
+        "(vitc/plan/memory.py); activations = what autograd saves (vitc/models/cost.py saved_elements); "
         "allocator fragmentation and data-loader buffers not counted",
         f"global batch {s.global_batch} = micro-batch {s.micro_batch} × accumulation {s.grad_accum} × "
         f"{s.world_size} GPUs, lr {s.lr:.3g} at that batch; an epoch drops its last partial step",

@@ -11,7 +11,7 @@ runs/<id>/. A row gives the run's id, model, stem, optimizer, `lr` and `weight_d
 epochs, seed, the run's `global_batch` and `scaled_lr`, and its config path. `lr` is normalised to
 the config's `optim.reference_batch` (the paper: "All lr values are normalized w.r.t. a minibatch
 size of 2048", Appendix E) and becomes `optim.base_lr`; `scaled_lr` is what the run trains with at
-its own global batch (vitc/engine/schedule.py `scaled_lr`), so a run at batch 512 shows a quarter.
+its own global batch (vitc/run.py `scaled_lr`, the trainer's rule), so a run at batch 512 shows a quarter.
 """
 
 import csv
@@ -24,9 +24,9 @@ import numpy as np
 import yaml
 
 from vitc.config import load_config, save_config
-from vitc.engine.schedule import scaled_lr
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
+from vitc.run import grad_accum, scaled_lr
 from vitc.schema import Config
 
 RUNS_CSV = "runs.csv"
@@ -148,11 +148,12 @@ def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunSetting]:
 
 
 def global_batch(cfg: Config) -> int:
-    """Images per optimizer step of a sweep run: micro_batch × grad_accum × the ranks that
-    `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task per
-    node when gpus_per_node is 0; vitc/launch/slurm.py). A local `vitc sweep run` trains each run
+    """Images per optimizer step of a sweep run, by the trainer's rule (vitc.run.grad_accum) on the
+    ranks `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task
+    per node when gpus_per_node is 0; vitc/launch/slurm.py). A local `vitc sweep run` trains each run
     in one process: give such sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
-    return cfg.train.micro_batch * cfg.train.grad_accum * cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
+    world = cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
+    return cfg.train.micro_batch * grad_accum(cfg.train, world) * world
 
 
 def plan_run(setting: RunSetting, cfg: Config) -> RunPlan:
