@@ -12,7 +12,7 @@ from vitc.cli import main
 from vitc.config import config_to_dict, load_config
 from vitc.data.shards import BuildOptions, build_shards
 from vitc.engine.checkpoint import newest_checkpoint
-from vitc.finetune import init_model
+from vitc.engine.pretrained import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
 from vitc.pipeline import Layout, stage_configs, write_marker
 from vitc.specs import model_spec

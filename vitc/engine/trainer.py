@@ -29,13 +29,13 @@ from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.ema import EMA_FILE, ModelEMA
 from vitc.engine.evaluate import Accuracy, evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
-from vitc.engine.optim import build_optimizer
+from vitc.engine.optim import build_optimizer, optimizer_param_groups
+from vitc.engine.pretrained import init_model
 from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
                                  rng_state, seed_everything, set_rng_state)
 from vitc.engine.schedule import scaled_lr, warmup_cosine
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.finetune import init_model, optimizer_param_groups
 from vitc.launch.env import DistEnv, discover
 from vitc.launch.preempt import PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
@@ -128,7 +128,7 @@ class Trainer:
 
     def _build_model(self, num_classes: int | None) -> torch.nn.Module:
         model = VisionTransformer(model_spec(self.cfg.model, num_classes))
-        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/finetune.py)
+        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
         model = model.to(self.rt.device)
         if self.rt.channels_last:
             model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
