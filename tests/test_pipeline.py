@@ -1,5 +1,5 @@
 """`vitc pipeline`: pretrain on K classes -> export -> finetune on a subset at a larger resolution ->
-export -> eval, as one resumable chain in one run directory (vitc/pipeline.py)."""
+export -> eval, as one resumable chain in one run directory (vitc/pipelines/pretrain_finetune.py)."""
 
 import json
 import shutil
@@ -14,7 +14,7 @@ from vitc.data.shards import BuildOptions, build_shards
 from vitc.engine.checkpoint import newest_checkpoint
 from vitc.engine.pretrained import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
-from vitc.pipeline import Layout, stage_configs, write_marker
+from vitc.pipelines.pretrain_finetune import Layout, stage_configs, write_marker
 from vitc.specs import model_spec
 
 FINETUNE_CLASSES = ("2", "5", "7")  # digits; the finetune class i is pretrain class FINETUNE_CLASSES[i]

@@ -41,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vitc.demo import format_demo, run_demo
+    from vitc.engine.demo import format_demo, run_demo
 
     print(format_demo(run_demo(args.out, args.epochs)))
     return 0

@@ -7,7 +7,7 @@ from vitc.errors import VitcError
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from vitc.pipeline import run_pipeline
+    from vitc.pipelines.pretrain_finetune import run_pipeline
 
     if len(args.models) != 2:
         raise VitcError(f"vitc pipeline: expected PRETRAIN_CONFIG and FINETUNE_CONFIG, got {args.models}")

@@ -1,6 +1,6 @@
 """`vitc sweep run`: train a sweep's runs locally one after another, or as a Slurm job array.
 
-Locally every run trains in its own `vitc train` process (vitc/train_process.py), its output in
+Locally every run trains in its own `vitc train` process (vitc/pipelines/train_process.py), its output in
 runs/<id>/train.log, and ends with runs/<id>/sweep_status.json: finished, diverged (a non-finite
 loss stopped it: the paper counts it as 100 % error), failed (any other error) or stopped
 (preempted, train.max_steps). Re-running skips finished and diverged runs (their outcome is
@@ -62,7 +62,7 @@ def classify(exit_code: int, finished: bool, log_text: str) -> tuple[str, str]:
 
 def run_one(sweep_dir: Path, plan: RunPlan) -> RunStatus:
     """Train one run in a child process and record its status."""
-    from vitc.train_process import train_in_subprocess, training_finished
+    from vitc.pipelines.train_process import train_in_subprocess, training_finished
 
     cfg = load_config(Path(sweep_dir) / plan.config)
     log_path = run_dir(sweep_dir, plan) / TRAIN_LOG

@@ -1,4 +1,5 @@
-"""`vitc pipeline`: pretrain -> export -> finetune -> export -> eval, one resumable chain (SPEC §2).
+"""`vitc pipeline`: pretrain -> export -> finetune -> export -> eval, one resumable chain
+(the paper's ImageNet-21k -> ImageNet-1k protocol, Table 2).
 
 All stages live in one run directory:
 
@@ -177,9 +178,9 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _train_stage(layout: Layout, stage: str, cfg: Config) -> str | None:
-    """`vitc train` on the stage's config in a child process (vitc/train_process.py says why);
+    """`vitc train` on the stage's config in a child process (vitc/pipelines/train_process.py says why);
     None when its schedule is complete, else why it stopped."""
-    from vitc.train_process import train_in_subprocess, training_finished
+    from vitc.pipelines.train_process import train_in_subprocess, training_finished
 
     config_path = layout.root / f"{stage}.yaml"
     save_config(cfg, config_path)

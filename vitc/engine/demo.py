@@ -22,7 +22,7 @@ from vitc.specs import model_spec
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 MODELS = ("vit_c_tiny", "vit_p_tiny")
 VAL_EVERY = 5  # every 5th image of a class is held out: 20 % validation
 
