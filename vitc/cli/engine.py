@@ -11,9 +11,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(one_config(args, "train"), args.overrides)
     dist = job_rank(args)
-    result = train(cfg, dist)
+    outcome = train(cfg, dist)
     if dist.is_main:
-        print(result.describe())
+        print(f"{cfg.train.run_dir}: {outcome.describe()}")
     return 0
 
 

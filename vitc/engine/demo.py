@@ -70,11 +70,11 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> list[D
         overrides += [f"schedule.epochs={epochs}"] if epochs else []
         cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
         log.info("demo: training %s", name)
-        result = train(cfg)
+        outcome = train(cfg)
         spec = model_spec(cfg.model, num_classes)
         cost = model_cost(spec)
         rows.append(DemoRow(name, spec.name, cost.flops / 1e9, cost.params / 1e6,
-                            result.accuracy.top1 if result.accuracy else float("nan"), result.wall_s))
+                            outcome.evaluation.top1 if outcome.evaluation else float("nan"), outcome.wall_s))
     return rows
 
 

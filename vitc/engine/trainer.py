@@ -4,8 +4,9 @@
 wraps them with `deepspeed.initialize` in exactly one place (`wrap`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
 ranks agree, with one all_reduce, on two flags: a preemption signal arrived (then all ranks
-save at this same step, rank 0 requeues the Slurm job, the process exits 0) and a loss was not
-finite (then all ranks stop with a VitcError before any later save can overwrite good state).
+save at this same step, rank 0 writes the outcome and requeues the Slurm job, the process exits 0)
+and a loss was not finite (then all ranks stop with a `Diverged` error before any later save can
+overwrite good state). Every end leaves RUN_DIR/outcome.json (vitc/engine/outcome.py).
 """
 
 import json
@@ -30,6 +31,7 @@ from vitc.engine.ema import EMA_FILE, ModelEMA
 from vitc.engine.evaluate import Accuracy, evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import build_optimizer, optimizer_param_groups
+from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
 from vitc.engine.pretrained import init_model
 from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
                                  rng_state, seed_everything, set_rng_state)
@@ -45,36 +47,29 @@ from vitc.specs import model_spec
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    step: int
-    epoch: int  # epochs completed
-    stopped: str  # finished | preempted | max_steps
-    accuracy: Accuracy | None  # last evaluation of the trained weights
-    ema_accuracy: Accuracy | None
-    wall_s: float
-
-    def describe(self) -> str:
-        line = f"{self.run_dir}: {self.stopped} at epoch {self.epoch}, step {self.step} in {self.wall_s:.0f} s"
-        for name, acc in (("", self.accuracy), ("EMA ", self.ema_accuracy)):
-            if acc is not None:
-                line += f"; {name}top-1 {acc.top1:.2f}% top-5 {acc.top5:.2f}% ({acc.count} images)"
-        return line
-
-
-def train(cfg: Config, dist: DistEnv | None = None) -> TrainResult:
-    """Train as `cfg` says; every rank of the job calls this."""
+def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
+    """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
+    at every end (vitc/engine/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
-    rt = resolve_runtime(cfg.train, dist)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    with process_group(dist, rt, cfg.train.dist_timeout_s):
-        deepspeed.init_distributed(dist_backend=rt.backend)
-        try:
-            return Trainer(cfg, dist, rt, PreemptionSignal()).fit()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+    ending = RunEnding(Path(cfg.train.run_dir), dist.is_main)
+    try:
+        rt = resolve_runtime(cfg.train, dist)
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        with process_group(dist, rt, cfg.train.dist_timeout_s):
+            deepspeed.init_distributed(dist_backend=rt.backend)
+            try:
+                ending.trainer = Trainer(cfg, dist, rt, PreemptionSignal())
+                outcome = ending.record(ending.trainer.fit())
+                tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+    except BaseException as error:
+        ending.record_failure(error)
+        raise
+    if outcome.status == "preempted" and dist.is_main:
+        requeue_job(dist.slurm_job)  # ends this Slurm job at once: only after the checkpoint and the outcome
+    return outcome
 
 
 def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
@@ -86,6 +81,9 @@ def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
 
 class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
+
+    evaluation: Score | None = None  # the run's last evaluation (kept across a resume)
+    ema_evaluation: Score | None = None
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal):
         from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
@@ -147,12 +145,10 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
 
-    def fit(self) -> TrainResult:
-        """Train to the end of the schedule, to train.max_steps, or to a preemption. Every rank."""
-        start = time.perf_counter()
-        stopped, accuracy, ema_accuracy = "finished", None, None
-        if self._stop_reason(preempted=False):  # resumed at train.max_steps already
-            stopped = "max_steps"
+    def fit(self) -> str:
+        """Train to the end of the schedule, to train.max_steps, or to a preemption; returns which
+        (finished | max_steps | preempted). Every rank."""
+        stopped = "max_steps" if self._stop_reason(preempted=False) else "finished"  # resumed at max_steps
         try:
             while self.epoch < self.cfg.schedule.epochs and stopped == "finished":
                 stopped = self._train_epoch()
@@ -161,15 +157,14 @@ class Trainer:
                 self.epoch, self.micro_in_epoch = self.epoch + 1, 0
                 self._save()
                 if self._eval_due():
-                    accuracy, ema_accuracy = self._evaluate()
+                    self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
             for loader in (self.loader, self.eval_loader):
                 if loader is not None:
                     loader.close()
-        if self.metrics is not None:
-            self.metrics.close()
-        return TrainResult(self.run_dir, self.step, self.epoch, stopped, accuracy, ema_accuracy,
-                           time.perf_counter() - start)
+            if self.metrics is not None:
+                self.metrics.close()
+        return stopped
 
     def _train_epoch(self) -> str:
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
@@ -199,8 +194,6 @@ class Trainer:
             if stop or self.step % self.cfg.checkpoint.every_steps == 0:
                 self._save()
             if stop:
-                if stop == "preempted" and self.dist.is_main:
-                    requeue_job()
                 return stop
         return "finished"
 
@@ -227,7 +220,7 @@ class Trainer:
         preempted, diverged, loss = (float(v) for v in flags)
         if diverged > 0:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
-            raise VitcError(
+            raise Diverged(
                 f"loss is not finite (mean over ranks {loss:.4g}) at epoch {self.epoch + 1}, "
                 f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
                 "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
@@ -273,8 +266,9 @@ class Trainer:
                 tdist.all_reduce(buffer)
                 buffer /= self.dist.world_size
 
-    def _evaluate(self) -> tuple[Accuracy, Accuracy | None]:
-        """Top-1/top-5 of the engine's weights and of the EMA weights. Every rank."""
+    def _evaluate(self) -> None:
+        """Top-1/top-5 of the engine's weights and of the EMA weights -> self.evaluation,
+        self.ema_evaluation. Every rank."""
         self._sync_buffers()
         dtype = self.engine.module.head.weight.dtype
         accuracy = evaluate(self.engine, self.eval_loader, lambda x: self._prepare(x, dtype))
@@ -288,7 +282,8 @@ class Trainer:
             log.info("eval after epoch %d: %s", self.epoch,
                      ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k not in ("epoch", "count")))
             self.metrics.write("eval", self.step, values)
-        return accuracy, ema_accuracy
+        self.evaluation = _score(accuracy, self.epoch)
+        self.ema_evaluation = _score(ema_accuracy, self.epoch) if ema_accuracy is not None else None
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -329,7 +324,17 @@ class Trainer:
         if self.ema is not None and (root / info.tag / EMA_FILE).is_file():
             self.ema.load_state_dict(load_file(str(root / info.tag / EMA_FILE), device=str(self.rt.device)))
         self.last_saved = info
+        self._restore_evaluations()
         log.info("resumed from %s: epoch %d, step %d", root / tag, self.epoch + 1, self.step)
+
+    def _restore_evaluations(self) -> None:
+        """The last evaluations of the previous invocation's outcome, when not newer than the
+        restored position (checkpoints are saved before an epoch's evaluation)."""
+        previous = read_outcome(self.run_dir)
+        if previous is not None:
+            kept = [s if s is not None and s.epoch <= self.epoch else None
+                    for s in (previous.evaluation, previous.ema_evaluation)]
+            self.evaluation, self.ema_evaluation = kept
 
     def _restore_resized(self, client: dict) -> None:
         """Another world size: weights and optimizer state came through the universal checkpoint;
@@ -341,3 +346,7 @@ class Trainer:
         self.micro_in_epoch = int(fraction * self.steps_per_epoch) * self.accum
         self.loader.load_state_dict(client["ranks"][0]["loader"])
         seed_everything(self.cfg.train.seed + 1_000_003 * self.step + self.dist.rank)
+
+
+def _score(accuracy: Accuracy, epoch: int) -> Score:
+    return Score(accuracy.top1, accuracy.top5, accuracy.count, epoch)
