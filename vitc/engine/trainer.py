@@ -14,7 +14,8 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import deepspeed
@@ -55,8 +56,7 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     try:
         rt = resolve_runtime(cfg.train, dist)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
-        with process_group(dist, rt, cfg.train.dist_timeout_s):
-            deepspeed.init_distributed(dist_backend=rt.backend)
+        with engine_session(dist, rt, cfg.train.dist_timeout_s):
             try:
                 ending.trainer = Trainer(cfg, dist, rt, PreemptionSignal())
                 outcome = ending.record(ending.trainer.fit())
@@ -72,11 +72,33 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     return outcome
 
 
+@contextmanager
+def engine_session(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[None]:
+    """The process group, with DeepSpeed's distributed state on it, for engines built inside the
+    block. Every rank."""
+    with process_group(dist, rt, timeout_s):
+        deepspeed.init_distributed(dist_backend=rt.backend)
+        yield
+
+
 def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
     """The one call to `deepspeed.initialize`: ZeRO, precision, accumulation and clipping."""
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=ds_config)
     return engine
+
+
+def build_engine(model: torch.nn.Module, cfg: Config, rt: Runtime, world_size: int, lr: float,
+                 steps_per_epoch: int | None = None, load_universal: bool = False):
+    """(engine, DeepSpeed config) of `model` trained as `cfg` says: the optimizer over the
+    model's parameter groups at `lr`, the warmup + cosine schedule when `steps_per_epoch` is
+    given (else a constant lr, as benchmarks want), wrapped once. Every rank."""
+    ds_config = deepspeed_config(cfg, rt, world_size, load_universal=load_universal)
+    optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
+    scheduler = None
+    if steps_per_epoch is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, steps_per_epoch))
+    return wrap(model, optimizer, scheduler, ds_config), ds_config
 
 
 class Trainer:
@@ -113,11 +135,9 @@ class Trainer:
         tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
                                                   cfg.train.zero_stage, dist.rank)
                           if resume else (None, False))
-        self.ds_config = deepspeed_config(cfg, rt, dist.world_size, load_universal=universal)
         lr = scaled_lr(cfg.optim, self.global_batch)
-        optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, self.steps_per_epoch))
-        self.engine = wrap(model, optimizer, scheduler, self.ds_config)
+        self.engine, self.ds_config = build_engine(model, cfg, rt, dist.world_size, lr,
+                                                   self.steps_per_epoch, universal)
         if resume:
             self._restore(resume, tag)
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
@@ -184,7 +204,7 @@ class Trainer:
                 continue
             self.step += 1
             preempted, loss = self._agree_on_flags(loss_sum)
-            window.add(len(images) * self.accum * self.dist.world_size, loss, 0.0)
+            window.add(len(images) * self.accum * self.dist.world_size, loss)
             loss_sum.zero_()
             if self.ema is not None:
                 self.ema.update(self.engine.module, self.step)
