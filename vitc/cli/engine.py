@@ -60,12 +60,12 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         description="Train as CONFIG says (key=value overrides after it). Runs as one process, "
                     "under torchrun or under Slurm srun; resumes from the newest complete "
                     "checkpoint in train.run_dir.")
-    train.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
-    train.set_defaults(func=cmd_train, split=True)
+    train.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
+    train.set_defaults(func=cmd_train, split="configs")
     evaluate = sub.add_parser("eval", help="top-1/top-5 of exported weights on the config's eval data")
-    evaluate.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    evaluate.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     evaluate.add_argument("--weights", help="a .safetensors file from `vitc export` (or weights=FILE)")
-    evaluate.set_defaults(func=cmd_eval, split=True)
+    evaluate.set_defaults(func=cmd_eval, split="configs")
     export = sub.add_parser(
         "export", help="newest complete checkpoint of a run -> one .safetensors state dict",
         description="Consolidate the ZeRO partitions of RUN_DIR's newest complete checkpoint "
