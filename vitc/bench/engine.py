@@ -2,10 +2,9 @@
 
 Same model weights, AdamW with the same parameter groups, same batch, one process; candidates are
 timed round-robin in one run (`vitc.bench.timing`). Each step is split into forward, backward and
-optimizer step so an overhead shows where it lives (an earlier measurement of DeepSpeed 0.19.8 on a
-2-core CPU found ~12 %: forward +20 %, backward +10 %; docs/engine.md has vitc's figures). The engine is
-built by the trainer's own builder (`build_engine`), with the DeepSpeed config `vitc train`
-generates.
+optimizer step so an overhead shows where it lives (an earlier measurement of DeepSpeed 0.19.8 on
+a 2-core CPU found ~12 %: forward +20 %, backward +10 %; docs/engine.md has vitc's figures). The
+engines come from the builder `vitc train` uses (`vitc.engine.build`), with its DeepSpeed config.
 """
 
 import copy
@@ -22,7 +21,7 @@ from vitc.bench.timing import interleaved_rates
 from vitc.config import load_config
 from vitc.engine.optim import build_optimizer
 from vitc.engine.runtime import resolve_runtime
-from vitc.engine.trainer import build_engine, engine_session
+from vitc.engine.build import build_engine, engine_session
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
 from vitc.specs import model_spec
