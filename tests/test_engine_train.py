@@ -146,6 +146,18 @@ def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(shard
     assert (outcome.status, outcome.step) == ("diverged", failed_at) and "loss is not finite" in outcome.error
 
 
+def test_steps_skipped_in_a_row_end_the_run_as_diverged(shards, tmp_path, capsys):
+    # SGD at lr 1e4: the loss stays finite but DeepSpeed (ZeRO-1) skips most steps' non-finite gradients
+    config = write_config(tmp_path / "skip.yaml", shards, tmp_path / "run",
+                          optim={"name": "sgd", "base_lr": 1e4, "nesterov": False},
+                          train={"max_skipped_steps": 2})
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    outcome = read_outcome(tmp_path / "run")
+    assert outcome.status == "diverged" and "train.max_skipped_steps=2" in outcome.error
+    assert outcome.skipped_steps >= 3 and err.count("skipped by DeepSpeed") == outcome.skipped_steps
+
+
 def test_a_half_written_checkpoint_is_skipped_on_resume(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", checkpoint={"every_steps": 4})
     assert main(["train", str(config), "train.max_steps=8"]) == 0

@@ -39,6 +39,11 @@ class Score:
     count: int
     epoch: int
 
+    @classmethod
+    def of(cls, accuracy, epoch: int) -> "Score":
+        """From an `evaluate.Accuracy` (anything with top1, top5 and count)."""
+        return cls(accuracy.top1, accuracy.top5, accuracy.count, epoch)
+
 
 @dataclass(frozen=True)
 class RunOutcome:

@@ -1,7 +1,7 @@
 """`vitc train`: one trainer for one CPU process, torchrun, and Slurm srun alike.
 
-`train(cfg)` discovers the launcher once, builds the plain model, data, optimizer and schedule,
-wraps them with `deepspeed.initialize` in exactly one place (`wrap`), resumes from the newest
+`train(cfg)` discovers the launcher once, builds the plain model and data, wraps the model with
+`deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
 ranks agree, with one all_reduce, on two flags: a preemption signal arrived (then all ranks
 save at this same step, rank 0 writes the outcome and requeues the Slurm job, the process exits 0)
@@ -14,11 +14,8 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
@@ -26,17 +23,16 @@ from safetensors.torch import load_file
 
 from vitc.config import config_to_dict, save_config
 from vitc.engine import checkpoint
+from vitc.engine.build import build_engine, engine_session
 from vitc.engine.checkpoint import CheckpointInfo
-from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.ema import EMA_FILE, ModelEMA
-from vitc.engine.evaluate import Accuracy, evaluate
+from vitc.engine.evaluate import evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
-from vitc.engine.optim import build_optimizer, optimizer_param_groups
 from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
 from vitc.engine.pretrained import init_model
-from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
+from vitc.engine.runtime import (Runtime, environment_summary, resolve_runtime,
                                  rng_state, seed_everything, set_rng_state)
-from vitc.engine.schedule import scaled_lr, warmup_cosine
+from vitc.engine.schedule import scaled_lr
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.launch.env import DistEnv, discover
@@ -72,40 +68,12 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     return outcome
 
 
-@contextmanager
-def engine_session(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[None]:
-    """The process group, with DeepSpeed's distributed state on it, for engines built inside the
-    block. Every rank."""
-    with process_group(dist, rt, timeout_s):
-        deepspeed.init_distributed(dist_backend=rt.backend)
-        yield
-
-
-def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
-    """The one call to `deepspeed.initialize`: ZeRO, precision, accumulation and clipping."""
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=ds_config)
-    return engine
-
-
-def build_engine(model: torch.nn.Module, cfg: Config, rt: Runtime, world_size: int, lr: float,
-                 steps_per_epoch: int | None = None, load_universal: bool = False):
-    """(engine, DeepSpeed config) of `model` trained as `cfg` says: the optimizer over the
-    model's parameter groups at `lr`, the warmup + cosine schedule when `steps_per_epoch` is
-    given (else a constant lr, as benchmarks want), wrapped once. Every rank."""
-    ds_config = deepspeed_config(cfg, rt, world_size, load_universal=load_universal)
-    optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
-    scheduler = None
-    if steps_per_epoch is not None:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, steps_per_epoch))
-    return wrap(model, optimizer, scheduler, ds_config), ds_config
-
-
 class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
 
     evaluation: Score | None = None  # the run's last evaluation (kept across a resume)
     ema_evaluation: Score | None = None
+    skipped_in_row: int = 0  # optimizer steps DeepSpeed skipped in a row, up to the last one
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal):
         from vitc.data.loader import build_eval_loader, build_train_loader, read_manifest_num_classes
@@ -204,6 +172,7 @@ class Trainer:
                 continue
             self.step += 1
             preempted, loss = self._agree_on_flags(loss_sum)
+            self._count_skipped()
             window.add(len(images) * self.accum * self.dist.world_size, loss)
             loss_sum.zero_()
             if self.ema is not None:
@@ -245,6 +214,23 @@ class Trainer:
                 f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
                 "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
         return preempted > 0, loss / self.dist.world_size
+
+    def _count_skipped(self) -> None:
+        """DeepSpeed skips an optimizer step whose gradients are not finite (ZeRO >= 1, fp16 loss
+        scaling) without an error, so a run at a huge lr can "finish" untrained. Log each skip;
+        more than train.max_skipped_steps in a row is divergence, a failure in the paper's count.
+        Every rank (DeepSpeed agrees on the overflow over ranks)."""
+        if self.engine.was_step_applied():
+            self.skipped_in_row = 0
+            return
+        self.skipped_in_row += 1
+        limit = self.cfg.train.max_skipped_steps
+        log.warning("step %d skipped by DeepSpeed: gradients not finite (%d in a row, %d in the run)",
+                    self.step, self.skipped_in_row, self.engine.skipped_steps)
+        if self.skipped_in_row > limit:
+            raise Diverged(f"{self.skipped_in_row} optimizer steps in a row were skipped for non-finite "
+                           f"gradients, up to epoch {self.epoch + 1}, step {self.step}: more than "
+                           f"train.max_skipped_steps={limit}. Lower optim.base_lr or set train.clip_grad")
 
     def _stop_reason(self, preempted: bool) -> str | None:
         if preempted:
@@ -302,8 +288,8 @@ class Trainer:
             log.info("eval after epoch %d: %s", self.epoch,
                      ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k not in ("epoch", "count")))
             self.metrics.write("eval", self.step, values)
-        self.evaluation = _score(accuracy, self.epoch)
-        self.ema_evaluation = _score(ema_accuracy, self.epoch) if ema_accuracy is not None else None
+        self.evaluation = Score.of(accuracy, self.epoch)
+        self.ema_evaluation = Score.of(ema_accuracy, self.epoch) if ema_accuracy is not None else None
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -366,7 +352,3 @@ class Trainer:
         self.micro_in_epoch = int(fraction * self.steps_per_epoch) * self.accum
         self.loader.load_state_dict(client["ranks"][0]["loader"])
         seed_everything(self.cfg.train.seed + 1_000_003 * self.step + self.dist.rank)
-
-
-def _score(accuracy: Accuracy, epoch: int) -> Score:
-    return Score(accuracy.top1, accuracy.top5, accuracy.count, epoch)
