@@ -14,6 +14,7 @@ never from the child's output.
 import signal
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,13 +34,14 @@ def train_in_subprocess(config_path: Path, run_dir: Path, log_path: Path | None 
     """
     if is_main:
         (Path(run_dir) / OUTCOME_FILE).unlink(missing_ok=True)
+    start = time.perf_counter()
     code = _run_child([sys.executable, "-m", "vitc.cli", "train", str(config_path)], log_path)
     outcome = read_outcome(run_dir)
     if outcome is None or (code != 0 and outcome.status not in FAILURES):
         where = f"; see {log_path}" if log_path is not None else ""
         outcome = RunOutcome("failed", None, None, 0, None, None,
                              f"`vitc train {config_path}` ended with exit code {code} and reported "
-                             f"no error (killed or crashed){where}", 0.0)
+                             f"no error (killed or crashed){where}", round(time.perf_counter() - start, 1))
         if is_main:
             write_outcome(run_dir, outcome)
     return outcome
