@@ -8,10 +8,9 @@ import pytest
 from vitc.audit.flops import traced_cost
 from vitc.audit.parity import choose_conv_depth
 from vitc.cli import main
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.models.cost import model_cost
 from vitc.models.spec import MODELS, get_spec
-from vitc.run import model_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("data") / "model_costs.json"

@@ -18,7 +18,7 @@ PACKAGE = REPO / "vitc"
 # PyTorch; only the engine wraps it in DeepSpeed, only the data wing reads WebDataset shards, only
 # the audit counts with fvcore; config, launch, plan and sweep planning run on a login node.
 MAY_IMPORT = {
-    "torch": {"models", "audit", "data", "engine", "bench", "finetune"},
+    "torch": {"models", "audit", "data", "engine", "bench"},
     "deepspeed": {"engine"},
     "webdataset": {"data"},
     "fvcore": {"audit"},
@@ -91,8 +91,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="engine <-> finetune: vitc/engine/trainer.py imports vitc/finetune.py, "
-                                       "which imports vitc.engine.export (fine-tuning moves into vitc/engine)")
 def test_no_import_cycle_between_packages():
     assert cycles(package_graph()) == []
 
@@ -103,9 +101,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("library", [
     "torch",
-    pytest.param("deepspeed", marks=pytest.mark.xfail(
-        strict=True, reason="vitc/bench/engine.py imports deepspeed (it should use the engine's own builder)")),
-    "webdataset", "fvcore"])
+    "deepspeed", "webdataset", "fvcore"])
 def test_only_the_packages_in_the_frozen_table_import(library):
     importers = {unit for unit, paths in source_units().items()
                  if any(m.split(".")[0] == library for p in paths for m in imported_modules(p))}

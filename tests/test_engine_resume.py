@@ -1,5 +1,5 @@
 """Exactness: a run killed with SIGKILL and resumed equals a straight run; gradient accumulation
-equals a bigger micro-batch."""
+equals a bigger micro-batch; a preemption signal saves, reports and finds the job to requeue."""
 
 import signal
 import subprocess
@@ -12,6 +12,8 @@ import torch
 from engine_runs import ROOT, TINY_PATCHIFY, digit_shards, exported, metrics, write_config
 from vitc.cli import main
 from vitc.engine import checkpoint
+from vitc.engine.outcome import read_outcome
+from vitc.launch.env import discover
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,14 @@ def test_preemption_signal_saves_at_the_current_step_and_exits_zero(shards, tmp_
     assert "preempted at epoch" in out and "not requeueing" in err  # outside Slurm: nothing to requeue
     last_logged = metrics(tmp_path / "run")[-1]["step"]
     assert checkpoint.newest_checkpoint(tmp_path / "run").step == last_logged < 500
+    assert (read_outcome(tmp_path / "run").status, read_outcome(tmp_path / "run").step) == ("preempted", last_logged)
+
+
+def test_the_slurm_job_to_requeue_is_discovered_once_with_the_rank():
+    # torchrun inside an allocation, and an array task under srun: scontrol's ids for each
+    torchrun = discover({"RANK": "1", "WORLD_SIZE": "2", "SLURM_JOB_ID": "41"})
+    array_task = discover({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "43",
+                           "SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "3"})
+    assert (torchrun.rank, torchrun.slurm_job) == (1, "41")
+    assert (array_task.source, array_task.slurm_job) == ("slurm", "42_3")
+    assert discover({}).slurm_job is None  # a plain process: nothing to requeue

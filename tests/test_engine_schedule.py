@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer, param_groups
 from vitc.engine.runtime import resolve_runtime
@@ -12,7 +12,7 @@ from vitc.engine.schedule import WarmupCosine, warmup_cosine
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
-from vitc.run import model_spec, resolve_run
+from vitc.run import resolve_run
 
 TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.stem_channels=[8,16]",
         "model.stem_strides=[2,2]", "model.image_size=32", "model.num_classes=10"]

@@ -1,4 +1,5 @@
-"""`vitc train` on one process: learning, optimizers, export, the NaN guard, checkpoints and resume."""
+"""`vitc train` on one process: learning, optimizers, export, the NaN guard, checkpoints, resume
+and the outcome every run reports."""
 
 import os
 import re
@@ -9,14 +10,14 @@ import yaml
 
 from engine_runs import digit_shards, exported, loss_fell, losses, metrics, vitc, write_config
 from vitc.cli import main
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.engine import checkpoint
+from vitc.engine.outcome import read_outcome
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.launch.env import DistEnv
 from vitc.launch.preempt import PreemptionSignal
 from vitc.models.vit import VisionTransformer
-from vitc.run import model_spec
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,32 @@ def test_loss_falls_on_one_process_at_zero_stage(stage, shards, tmp_path):
     vitc("train", str(config))
     assert loss_fell(tmp_path / "run")
     assert load_config(tmp_path / "run" / "config.yaml").train.zero_stage == stage
+
+
+def test_a_finished_run_reports_its_outcome_with_the_last_evaluations(adamw_run):
+    _, run_dir = adamw_run
+    outcome = read_outcome(run_dir)
+    last = metrics(run_dir, "eval")[-1]
+    assert (outcome.status, outcome.step, outcome.epoch, outcome.skipped_steps) == ("finished", 75, 3, 0)
+    assert (outcome.evaluation.top1, outcome.evaluation.count, outcome.evaluation.epoch) == (last["top1"], 200, 3)
+    assert outcome.ema_evaluation is None and outcome.error is None  # no EMA in this run
+
+
+def test_a_run_stopped_at_max_steps_says_so_and_a_resume_keeps_its_last_evaluation(shards, tmp_path):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", schedule={"epochs": 2})
+    assert main(["train", str(config), "train.max_steps=30"]) == 0  # past the first epoch's evaluation
+    first = read_outcome(tmp_path / "run")
+    assert (first.status, first.step, first.epoch, first.evaluation.epoch) == ("max_steps", 30, 1, 1)
+    assert main(["train", str(config), "train.max_steps=31"]) == 0
+    assert read_outcome(tmp_path / "run").evaluation == first.evaluation
+
+
+def test_a_run_that_fails_records_the_error_line_it_prints(shards, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    assert main(["train", str(config), f"data.train_shards={tmp_path / 'missing'}"]) == 2
+    outcome = read_outcome(tmp_path / "run")
+    assert (outcome.status, outcome.step) == ("failed", None)
+    assert capsys.readouterr().err.splitlines()[-1] == f"vitc: error: {outcome.error}"
 
 
 def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
@@ -114,6 +141,20 @@ def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(shard
     saved = checkpoint.complete_checkpoints(tmp_path / "run")
     failed_at = int(re.search(r"loss is not finite .* at epoch \d+, step (\d+)", err).group(1))
     assert saved and all(c.step < failed_at for c in saved)
+    outcome = read_outcome(tmp_path / "run")
+    assert (outcome.status, outcome.step) == ("diverged", failed_at) and "loss is not finite" in outcome.error
+
+
+def test_steps_skipped_in_a_row_end_the_run_as_diverged(shards, tmp_path, capsys):
+    # SGD at lr 1e4: the loss stays finite but DeepSpeed (ZeRO-1) skips most steps' non-finite gradients
+    config = write_config(tmp_path / "skip.yaml", shards, tmp_path / "run",
+                          optim={"name": "sgd", "base_lr": 1e4, "nesterov": False},
+                          train={"max_skipped_steps": 2})
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    outcome = read_outcome(tmp_path / "run")
+    assert outcome.status == "diverged" and "train.max_skipped_steps=2" in outcome.error
+    assert outcome.skipped_steps >= 3 and err.count("skipped by DeepSpeed") == outcome.skipped_steps
 
 
 def test_a_half_written_checkpoint_is_skipped_on_resume(shards, tmp_path):

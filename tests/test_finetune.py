@@ -1,14 +1,15 @@
 """Starting from pretrained weights: head re-init and 21k->1k row mapping, position-embedding
-interpolation, strict key checks, layer-wise lr decay (vitc/finetune.py)."""
+interpolation, strict key checks, layer-wise lr decay (vitc/engine/pretrained.py, vitc/engine/optim.py)."""
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from vitc.config import load_config
+from vitc.engine.optim import layer_decay_param_groups
+from vitc.engine.pretrained import apply_pretrained, init_model, load_pretrained
 from vitc.engine.schedule import warmup_cosine
 from vitc.errors import VitcError
-from vitc.finetune import apply_pretrained, init_model, layer_decay_param_groups, load_pretrained
 from vitc.models.vit import VisionTransformer
 from vitc.models.spec import get_spec
 

@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.errors import VitcError
 from vitc.models.cost import bias_additions, model_cost
 from vitc.models.spec import MODELS, PAPER_MODELS, get_spec
 from vitc.models.stems import ConvStem, PatchifyStem
 from vitc.models.vit import VisionTransformer, adapt_state_dict, interpolate_pos_embed
-from vitc.run import model_spec
 
 
 def tiny(**overrides):

@@ -1,5 +1,5 @@
 """`vitc pipeline`: pretrain on K classes -> export -> finetune on a subset at a larger resolution ->
-export -> eval, as one resumable chain in one run directory (vitc/pipeline.py)."""
+export -> eval, as one resumable chain in one run directory (vitc/pipelines/pretrain_finetune.py)."""
 
 import json
 import shutil
@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from vitc.cli import main
-from vitc.config import config_to_dict, load_config
+from vitc.config import config_to_dict, load_config, model_spec
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.checkpoint import newest_checkpoint
-from vitc.finetune import init_model
+from vitc.engine.outcome import read_outcome
+from vitc.engine.pretrained import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
-from vitc.pipeline import Layout, stage_configs, write_marker
-from vitc.run import model_spec
+from vitc.pipelines.pretrain_finetune import Layout, stage_configs, write_marker
 
 FINETUNE_CLASSES = ("2", "5", "7")  # digits; the finetune class i is pretrain class FINETUNE_CLASSES[i]
 
@@ -59,7 +59,8 @@ def test_pipeline_runs_every_stage_resumes_midway_and_redoes_a_deleted_output(co
 
     # first invocation: stopped after one finetune step
     assert main(["pipeline", pre, ft, "--run-dir", str(run), "finetune:train.max_steps=1"]) == 3
-    assert "stopped early: finetune: preempted or train.max_steps" in capsys.readouterr().out
+    assert "stopped early: finetune: max_steps at step 1, before the end of the schedule" in capsys.readouterr().out
+    assert read_outcome(run / "finetune").status == "max_steps"
     assert newest_checkpoint(run / "finetune").step == 1
     pretrained_mtime = (run / "pretrain.safetensors").stat().st_mtime_ns
 

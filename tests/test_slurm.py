@@ -345,4 +345,4 @@ def test_requeue_of_an_unknown_job_is_one_clear_error(cluster, monkeypatch):
 
     refused = r"`scontrol show job -o 987654` failed: .*[Ii]nvalid job id.*resubmit"
     with pytest.raises(VitcError, match=refused):
-        requeue_job({"SLURM_JOB_ID": "987654"})
+        requeue_job("987654")

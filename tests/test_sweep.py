@@ -2,7 +2,6 @@
 plot (EDF PNG + CSV) (vitc/sweep/)."""
 
 import csv
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -13,11 +12,13 @@ import pytest
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
+from vitc.engine.outcome import RunOutcome, Score, write_outcome
 from vitc.errors import VitcError
+from vitc.run import scaled_lr
 from vitc.sweep.collect import read_results
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.run import scaled_lr
 from vitc.sweep.make import global_batch, load_spec, make_sweep, read_runs
+from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,20 +122,37 @@ def test_slurm_dry_run_renders_one_array_task_per_run(shards, tmp_path, capsys):
     assert not (tmp_path / "sweep" / "slurm").exists()  # a dry run writes nothing
 
 
-def test_collect_reads_a_slurm_array_task_log_that_ended_in_divergence(shards, tmp_path):
+def _ended(status: str, epoch: int | None = 1, top1: float | None = None, error: str | None = None) -> RunOutcome:
+    """The outcome.json a trainer leaves when a run ends this way (here without training it)."""
+    score = Score(top1, 100.0, 200, epoch) if top1 is not None else None
+    return RunOutcome(status, 3, epoch, 0, score, None, error, 1.0)
+
+
+def test_collect_reads_the_outcome_that_a_slurm_array_tasks_run_left(shards, tmp_path):
     sweep = tmp_path / "sweep"
     runs = make_sweep(write_spec(tmp_path / "spec", shards, samples=1), sweep)
-    (sweep / "slurm").mkdir()
-    (sweep / "slurm" / "array.json").write_text(json.dumps([{"job_id": "77", "runs": [r.id for r in runs]}]))
-    (sweep / "slurm" / "vitc-sweep-sweep-77_1.out").write_text(
-        "vitc: job 78 restart 0\nvitc: error: loss is not finite (rank 0 saw nan) at epoch 1, step 3\n")
+    # array tasks train without `vitc sweep run`: only their trainers' outcome.json tell
+    write_outcome(sweep / "runs" / runs[1].id, _ended("diverged", error="loss is not finite at step 3"))
+    write_outcome(sweep / "runs" / runs[2].id, _ended("finished", runs[2].epochs, top1=60.0))
+    write_outcome(sweep / "runs" / runs[3].id, _ended("preempted"))
 
     assert main(["sweep", "collect", str(sweep)]) == 0
 
     by_id = {r.id: r for r in read_results(sweep)}
     assert (by_id[runs[1].id].status, by_id[runs[1].id].error) == ("diverged", 100.0)
-    assert {by_id[r.id].status for r in runs if r.id != runs[1].id} == {"incomplete"}
-    assert all(by_id[r.id].error is None for r in runs if r.id != runs[1].id)
+    assert (by_id[runs[2].id].status, by_id[runs[2].id].error) == ("finished", 40.0)
+    others = [by_id[r.id] for r in runs if r.id not in (runs[1].id, runs[2].id)]
+    assert {r.status for r in others} == {"incomplete"} and all(r.error is None for r in others)
+
+
+def test_run_retries_every_run_without_a_final_outcome(shards, tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = make_sweep(write_spec(tmp_path / "spec", shards, samples=1), sweep)
+    assert len(runs) == 4
+    for run, status in zip(runs, ("finished", "diverged", "failed", "preempted")):
+        write_outcome(sweep / "runs" / run.id, _ended(status))
+
+    assert [p.id for p in pending_runs(sweep)] == [r.id for r in runs[2:]]
 
 
 @pytest.mark.slow

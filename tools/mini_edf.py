@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from vitc.cli import main
-from vitc.demo import prepare_digits
+from vitc.engine.demo import prepare_digits
 
 REPO = Path(__file__).resolve().parents[1]
 

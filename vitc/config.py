@@ -17,7 +17,8 @@ import yaml
 
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
-from vitc.schema import Config
+from vitc.models.spec import MODELS, ViTSpec, get_spec
+from vitc.schema import Config, ModelConfig
 
 BASE_KEY = "_base_"
 log = logging.getLogger(__name__)
@@ -37,9 +38,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def check_relations(cfg: Config) -> None:
     """What no single key's range says: keys that constrain each other, and the model itself."""
-    from vitc.models.spec import MODELS
-    from vitc.run import model_spec
-
     if cfg.schedule.warmup_epochs > cfg.schedule.epochs:
         raise VitcError(f"schedule.warmup_epochs={cfg.schedule.warmup_epochs:g} exceeds "
                         f"schedule.epochs={cfg.schedule.epochs}")
@@ -286,3 +284,30 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
             tp is str and isinstance(value, (int, float))) else ""
         raise VitcError(f"'{key}' in {origin}: expected {_type_name(tp)}, got {value!r}{hint}")
     return out
+
+
+# Config keys that map one-to-one onto ViTSpec fields when set (None = the registry's value).
+_ARCH_KEYS = ("stem", "width", "depth", "heads", "mlp_ratio", "patch_size", "stem_channels",
+              "stem_strides", "classifier", "norm_eps")
+
+
+def model_spec(model: ModelConfig, num_classes: int | None = None) -> ViTSpec:
+    """The ViTSpec a `model:` section describes. `num_classes` resolves `model.num_classes: auto`."""
+    if model.num_classes == "auto":
+        if num_classes is None:
+            raise VitcError("model.num_classes is 'auto' but there is no dataset manifest to take "
+                            "the class count from; set model.num_classes to an integer")
+    else:
+        num_classes = model.num_classes
+    changed = {k: getattr(model, k) for k in _ARCH_KEYS if getattr(model, k) is not None}
+    base = get_spec(model.name)
+    spec = get_spec(model.name, **changed, num_classes=num_classes, image_size=model.image_size,
+                    drop_path=model.drop_path, act_checkpoint=model.act_checkpoint)
+    arch_diff = [f"{k}={_show(getattr(spec, k))}" for k in _ARCH_KEYS
+                 if getattr(spec, k) not in (getattr(base, k), ())]
+    name = model.name + (f"[{','.join(arch_diff)}]" if arch_diff else "")
+    return dataclasses.replace(spec, name=name)
+
+
+def _show(value) -> str:
+    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)

@@ -16,19 +16,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vitc.config import merge_dicts
+from vitc.config import merge_dicts, model_spec
 from vitc.errors import VitcError
-from vitc.models.spec import ViTSpec, get_spec
-from vitc.schema import Config, ModelConfig, OptimConfig, TrainConfig
+from vitc.models.spec import ViTSpec
+from vitc.schema import Config, OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from vitc.data.manifest import Manifest
+    from vitc.data.shards.manifest import Manifest
     from vitc.data.shards.manifest import Shard
-
-# Config keys that map one-to-one onto ViTSpec fields when set (None = the registry's value).
-_ARCH_KEYS = ("stem", "width", "depth", "heads", "mlp_ratio", "patch_size", "stem_channels",
-              "stem_strides", "classifier", "norm_eps")
-
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -169,28 +164,6 @@ def _shard_set(cfg: Config, split: str) -> ShardSet | None:
 
     shards, manifest = resolve_shards(spec, getattr(cfg.data, f"{split}_manifest"), f"{split}_shards")
     return ShardSet(tuple(shards), manifest)
-
-
-def model_spec(model: ModelConfig, num_classes: int | None = None) -> ViTSpec:
-    """The ViTSpec a `model:` section describes. `num_classes` resolves `model.num_classes: auto`."""
-    if model.num_classes == "auto":
-        if num_classes is None:
-            raise VitcError("model.num_classes is 'auto' but there is no dataset manifest to take "
-                            "the class count from; set model.num_classes to an integer")
-    else:
-        num_classes = model.num_classes
-    changed = {k: getattr(model, k) for k in _ARCH_KEYS if getattr(model, k) is not None}
-    base = get_spec(model.name)
-    spec = get_spec(model.name, **changed, num_classes=num_classes, image_size=model.image_size,
-                    drop_path=model.drop_path, act_checkpoint=model.act_checkpoint)
-    arch_diff = [f"{k}={_show(getattr(spec, k))}" for k in _ARCH_KEYS
-                 if getattr(spec, k) not in (getattr(base, k), ())]
-    name = model.name + (f"[{','.join(arch_diff)}]" if arch_diff else "")
-    return dataclasses.replace(spec, name=name)
-
-
-def _show(value) -> str:
-    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def derived_values(cfg: Config, world_size: int, device_kind: str) -> dict[str, Any]:

@@ -126,6 +126,9 @@ class TrainConfig:
     seed: int = 0
     # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
     max_steps: int | None = bounded(None, ge=0)
+    # Under ZeRO >= 1 (and fp16 loss scaling) DeepSpeed skips an optimizer step whose gradients are
+    # not finite, without an error; more than this many skipped in a row end the run as diverged.
+    max_skipped_steps: int = bounded(10, ge=0)
 
 
 @dataclass

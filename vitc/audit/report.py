@@ -8,11 +8,11 @@ from pathlib import Path
 
 from vitc.audit.flops import traced_cost
 from vitc.audit.parity import ParityResult
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.errors import VitcError
 from vitc.models.cost import model_cost
 from vitc.models.spec import MODELS, PAPER_MODELS, ViTSpec, twin_name
-from vitc.run import class_count, model_spec
+from vitc.run import class_count
 
 # fvcore and the per-module formulas are independent counts of one convention; they must agree.
 ANALYTIC_AGREEMENT = 0.01

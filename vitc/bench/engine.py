@@ -2,8 +2,9 @@
 
 Same model weights, AdamW with the same parameter groups, same batch, one process; candidates are
 timed round-robin in one run (`vitc.bench.timing`). Each step is split into forward, backward and
-optimizer step so an overhead shows where it lives (SPEC §4 measured ~12 %: forward +20 %,
-backward +10 %). The DeepSpeed config is the one `vitc train` generates.
+optimizer step so an overhead shows where it lives (an earlier measurement of DeepSpeed 0.19.8 on
+a 2-core CPU found ~12 %: forward +20 %, backward +10 %; docs/engine.md has vitc's figures). The
+engines come from the builder `vitc train` uses (`vitc.engine.build`), with its DeepSpeed config.
 """
 
 import copy
@@ -18,13 +19,12 @@ from torch import nn
 
 from vitc.bench.timing import interleaved_rates
 from vitc.config import load_config
-from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer
-from vitc.engine.runtime import process_group, resolve_runtime
-from vitc.engine.trainer import wrap
+from vitc.engine.runtime import resolve_runtime
+from vitc.engine.build import build_engine, engine_session
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
-from vitc.specs import model_spec
+from vitc.run import resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,20 @@ def _engine_step(engine, images, labels) -> PhasedStep:
 def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, rounds: int = 5,
                  stages: str = "0,1,2,3", warmup: int = 2) -> dict[str, dict[str, float]]:
     """Per-phase median ms and images/s of plain PyTorch and of DeepSpeed at each ZeRO stage."""
-    import deepspeed
-
     cfg = load_config(None, [f"model.name={name}", f"train.micro_batch={batch}", "train.precision=fp32",
                              "train.device=cpu", "model.num_classes=1000"])
     rt = resolve_runtime(cfg.train, DistEnv())
-    with process_group(DistEnv(), rt, cfg.train.dist_timeout_s):
-        deepspeed.init_distributed(dist_backend=rt.backend)
+    with engine_session(DistEnv(), rt, cfg.train.dist_timeout_s):
         torch.manual_seed(0)
-        base = VisionTransformer(model_spec(cfg.model))
+        run = resolve_run(cfg, 1, "cpu", shards=())
+        base = VisionTransformer(run.spec)
         images = torch.randn(batch, 3, cfg.model.image_size, cfg.model.image_size)
         labels = torch.randint(0, cfg.model.num_classes, (batch,))
         plain = copy.deepcopy(base)
-        steps = {"plain": _plain_step(plain, build_optimizer(plain, cfg.optim, 1e-4, False), images, labels)}
+        steps = {"plain": _plain_step(plain, build_optimizer(plain, cfg.optim, run.lr, False), images, labels)}
         for stage in (int(s) for s in stages.split(",")):
             cfg.train.zero_stage = stage
-            model = copy.deepcopy(base)
-            engine = wrap(model, build_optimizer(model, cfg.optim, 1e-4, False), None,
-                          deepspeed_config(cfg, rt, world_size=1))
+            engine, _ = build_engine(copy.deepcopy(base), cfg, resolve_run(cfg, 1, "cpu", shards=()), rt)
             steps[f"zero{stage}"] = _engine_step(engine, images, labels)
         log.info("timing %s: %s at batch %d, %d thread(s)", ", ".join(steps), name, batch, torch.get_num_threads())
         rates = interleaved_rates(steps, batch, warmup, iters, rounds)

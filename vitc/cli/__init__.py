@@ -33,17 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may follow options (`vitc audit m --parity model.depth=12`)
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "split", False):
-        args.models, args.overrides = split_overrides(args.models)
+    # `split` names the positional that mixes targets (configs, models) with key=value overrides
+    positional = getattr(args, "split", None)
+    if positional:
+        targets, args.overrides = split_overrides(getattr(args, positional))
+        setattr(args, positional, targets)
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(level=logging.DEBUG if args.verbose else logging.INFO)
-    if getattr(args, "split", False):
-        if not args.models:
-            print("vitc: error: name at least one model or config", file=sys.stderr)
-            return 2
+    if positional and not getattr(args, positional):
+        print("vitc: error: name at least one model or config", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except VitcError as e:

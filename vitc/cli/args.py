@@ -15,9 +15,9 @@ def split_overrides(values: list[str]) -> tuple[list[str], list[str]]:
 
 def one_config(args: argparse.Namespace, command: str) -> str:
     """The one CONFIG path a command takes."""
-    if len(args.models) != 1:
-        raise VitcError(f"vitc {command}: expected one CONFIG file, got {args.models or 'none'}")
-    return args.models[0]
+    if len(args.configs) != 1:
+        raise VitcError(f"vitc {command}: expected one CONFIG file, got {args.configs or 'none'}")
+    return args.configs[0]
 
 
 def job_rank(args: argparse.Namespace) -> DistEnv:

@@ -7,7 +7,7 @@ import sys
 def cmd_audit(args: argparse.Namespace) -> int:
     from vitc.audit.report import audit_row, check_parity, format_rows, parity_pairs, resolve_targets
 
-    specs = resolve_targets(args.models, args.overrides, args.resolution, args.num_classes)
+    specs = resolve_targets(args.targets, args.overrides, args.resolution, args.num_classes)
     print(format_rows([audit_row(spec) for spec, _ in specs], args.format))
     if not args.parity:
         return 0
@@ -32,14 +32,14 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                     "check them against per-module formulas, and optionally check conv/patchify "
                     "flop parity. MODEL is a registry name, 'paper', 'all' or a YAML config; "
                     "key=value overrides apply to every model named.")
-    audit.add_argument("models", nargs="+", metavar="MODEL_OR_CONFIG [key=value]")
+    audit.add_argument("targets", nargs="+", metavar="MODEL_OR_CONFIG [key=value]")
     audit.add_argument("--resolution", type=int, help="input size (default: model.image_size)")
     audit.add_argument("--num-classes", type=int, help="classifier outputs (default: model.num_classes)")
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     audit.add_argument("--parity", action="store_true",
                        help="fail when a conv-stem model's flops differ from its patchify twin's "
                             "by more than audit.parity_tolerance")
-    audit.set_defaults(func=cmd_audit, split=True)
+    audit.set_defaults(func=cmd_audit, split="targets")
 
     bench_model = bench_sub.add_parser("model", help="forward+backward images/s: ViT_C vs ViT_P vs timm")
     bench_model.add_argument("--model", default="vit_c_1gf")

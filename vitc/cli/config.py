@@ -31,9 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                     "section: gradient accumulation and global batch on --world ranks, the lr at "
                     "that global batch, precision, ZeRO stage and the class count (when the "
                     "training manifest can be read), as `vitc train` would resolve them.")
-    show.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    show.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     show.add_argument("--world", type=int, default=1, help="ranks (GPUs) of the run (default 1)")
     show.add_argument("--device", choices=("gpu", "cpu"),
                       help="what `auto` resolves for (default: cpu if train.device=cpu, else gpu)")
     show.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    show.set_defaults(func=cmd_config_show, split=True)
+    show.set_defaults(func=cmd_config_show, split="configs")

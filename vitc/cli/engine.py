@@ -11,9 +11,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(one_config(args, "train"), args.overrides)
     dist = job_rank(args)
-    result = train(cfg, dist)
+    outcome = train(cfg, dist)
     if dist.is_main:
-        print(result.describe())
+        print(f"{cfg.train.run_dir}: {outcome.describe()}")
     return 0
 
 
@@ -41,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vitc.demo import format_demo, run_demo
+    from vitc.engine.demo import format_demo, run_demo
 
     print(format_demo(run_demo(args.out, args.epochs)))
     return 0
@@ -60,12 +60,12 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         description="Train as CONFIG says (key=value overrides after it). Runs as one process, "
                     "under torchrun or under Slurm srun; resumes from the newest complete "
                     "checkpoint in train.run_dir.")
-    train.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
-    train.set_defaults(func=cmd_train, split=True)
+    train.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
+    train.set_defaults(func=cmd_train, split="configs")
     evaluate = sub.add_parser("eval", help="top-1/top-5 of exported weights on the config's eval data")
-    evaluate.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    evaluate.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     evaluate.add_argument("--weights", help="a .safetensors file from `vitc export` (or weights=FILE)")
-    evaluate.set_defaults(func=cmd_eval, split=True)
+    evaluate.set_defaults(func=cmd_eval, split="configs")
     export = sub.add_parser(
         "export", help="newest complete checkpoint of a run -> one .safetensors state dict",
         description="Consolidate the ZeRO partitions of RUN_DIR's newest complete checkpoint "

@@ -7,12 +7,12 @@ from vitc.errors import VitcError
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from vitc.pipeline import run_pipeline
+    from vitc.pipelines.pretrain_finetune import run_pipeline
 
-    if len(args.models) != 2:
-        raise VitcError(f"vitc pipeline: expected PRETRAIN_CONFIG and FINETUNE_CONFIG, got {args.models}")
+    if len(args.configs) != 2:
+        raise VitcError(f"vitc pipeline: expected PRETRAIN_CONFIG and FINETUNE_CONFIG, got {args.configs}")
     dist = job_rank(args)
-    result = run_pipeline(*args.models, args.run_dir, args.overrides, dist)
+    result = run_pipeline(*args.configs, args.run_dir, args.overrides, dist)
     if dist.is_main:
         print(result.describe())
     return 0 if result.stopped is None else 3
@@ -27,20 +27,20 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
                     "and resumes the interrupted one. key=value overrides apply to both stages; "
                     "prefix pretrain: or finetune: for one (docs/pipelines.md). Exit 3: stopped "
                     "early (preempted or train.max_steps), re-run to continue.")
-    pipeline.add_argument("models", nargs="+", metavar="PRETRAIN_CONFIG FINETUNE_CONFIG [key=value]")
+    pipeline.add_argument("configs", nargs="+", metavar="PRETRAIN_CONFIG FINETUNE_CONFIG [key=value]")
     pipeline.add_argument("--run-dir", required=True, help="directory holding every stage")
-    pipeline.set_defaults(func=cmd_pipeline, split=True)
+    pipeline.set_defaults(func=cmd_pipeline, split="configs")
 
 
 def cmd_sweep_make(args: argparse.Namespace) -> int:
     from vitc.sweep.make import make_sweep
 
-    if len(args.models) != 2:
-        raise VitcError(f"vitc sweep make: expected SPEC and SWEEP_DIR, got {args.models}")
-    runs = make_sweep(*args.models, args.overrides)
-    print(f"{args.models[1]}: {len(runs)} run configs ({len({r.model for r in runs})} models × "
+    if len(args.paths) != 2:
+        raise VitcError(f"vitc sweep make: expected SPEC and SWEEP_DIR, got {args.paths}")
+    runs = make_sweep(*args.paths, args.overrides)
+    print(f"{args.paths[1]}: {len(runs)} run configs ({len({r.model for r in runs})} models × "
           f"{len({(r.optimizer, r.lr, r.weight_decay) for r in runs})} sampled settings); "
-          f"train them with: vitc sweep run {args.models[1]}")
+          f"train them with: vitc sweep run {args.paths[1]}")
     return 0
 
 
@@ -92,8 +92,8 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                     "the spec's ranges, schedule length, seed) from the spec's seed, give each to "
                     "every model of the spec, and write SWEEP_DIR/configs/<id>.yaml and "
                     "SWEEP_DIR/runs.csv. key=value overrides apply to every run.")
-    make.add_argument("models", nargs="+", metavar="SPEC SWEEP_DIR [key=value]")
-    make.set_defaults(func=cmd_sweep_make, split=True)
+    make.add_argument("paths", nargs="+", metavar="SPEC SWEEP_DIR [key=value]")
+    make.set_defaults(func=cmd_sweep_make, split="paths")
     run = sweep_sub.add_parser(
         "run", help="train the runs locally in sequence, or submit a Slurm job array",
         description="Locally: train each run not yet finished or diverged, one `vitc train` "

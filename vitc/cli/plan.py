@@ -11,11 +11,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from vitc.plan.gpus import DEFAULT_GPUS_FILE
     from vitc.plan.setup import Cluster, load_run_config, run_setup
 
-    if len(args.models) != 1:
-        raise VitcError(f"vitc plan takes one config or model name, got {args.models}")
+    if len(args.targets) != 1:
+        raise VitcError(f"vitc plan takes one config or model name, got {args.targets}")
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu, args.mfu, args.dataset_size,
                       not args.no_overlap, args.gpus_file or DEFAULT_GPUS_FILE)
-    setup = run_setup(load_run_config(args.models[0], args.overrides), cluster)
+    setup = run_setup(load_run_config(args.targets[0], args.overrides), cluster)
     nodes = _node_list(args.sweep_nodes) if args.sweep_nodes else None
     plan = plan_run(setup) if nodes else check_fits(plan_run(setup))
     swept = sweep(setup, nodes) if nodes else None
@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                     "communication, images/s, epoch and total time, GPU-hours; every assumption "
                     "is printed beside the result (docs/plan.md). CONFIG_OR_MODEL is a YAML config "
                     "or a registry model name; key=value overrides apply to it.")
-    plan.add_argument("models", nargs="+", metavar="CONFIG_OR_MODEL [key=value]")
+    plan.add_argument("targets", nargs="+", metavar="CONFIG_OR_MODEL [key=value]")
     plan.add_argument("--nodes", type=int, help="nodes (default: slurm.nodes)")
     plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: slurm.gpus_per_node)")
     plan.add_argument("--gpu", default="h100", help="a GPU of the table (default: h100)")
@@ -54,5 +54,5 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     plan.add_argument("--no-overlap", action="store_true",
                       help="assume communication is not overlapped with compute")
     plan.add_argument("--format", choices=("table", "json"), default="table")
-    plan.set_defaults(func=cmd_plan, split=True)
+    plan.set_defaults(func=cmd_plan, split="targets")
 

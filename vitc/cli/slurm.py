@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
         description="Save the resolved config in train.run_dir, render the job script (one task "
                     "per GPU, USR1 before the time limit -> checkpoint -> requeue -> resume) and "
                     "submit it with sbatch. Allocation flags default to the config's slurm: section.")
-    slurm_submit.add_argument("models", nargs="+", metavar="CONFIG [key=value]")
+    slurm_submit.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     slurm_submit.add_argument("--nodes", type=int, metavar="N", help="nodes (default: slurm.nodes)")
     slurm_submit.add_argument("--gpus-per-node", type=int, metavar="G",
                               help="GPUs = tasks per node; 0 = one CPU task per node (default: "
@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     slurm_submit.add_argument("--account", metavar="A", help="default: slurm.account")
     slurm_submit.add_argument("--dry-run", action="store_true",
                               help="print the job script; write and submit nothing")
-    slurm_submit.set_defaults(func=cmd_slurm_submit, split=True)
+    slurm_submit.set_defaults(func=cmd_slurm_submit, split="configs")
     slurm_status = slurm_sub.add_parser(
         "status", help="a run's newest job: state, requeues, last logged step, log file")
     slurm_status.add_argument("run_dir", metavar="RUN_DIR")

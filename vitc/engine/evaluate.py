@@ -16,7 +16,8 @@ from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer, adapt_state_dict
-from vitc.run import class_count, model_spec
+from vitc.config import model_spec
+from vitc.run import class_count
 from vitc.schema import Config
 
 

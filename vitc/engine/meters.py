@@ -22,11 +22,11 @@ class Window:
     data_s: float = 0.0
     start: float = field(default_factory=time.perf_counter)
 
-    def add(self, images: int, loss: float, data_s: float) -> None:
+    def add(self, images: int, loss: float) -> None:
+        """One optimizer step; the time spent waiting for data is added to `data_s` as it passes."""
         self.steps += 1
         self.images += images
         self.loss_sum += loss
-        self.data_s += data_s
 
     def summary(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)

@@ -1,10 +1,18 @@
-"""Optimizer: AdamW or SGD with two parameter groups, decay and no-decay, asked of the model."""
+"""Optimizer: AdamW or SGD over parameter groups asked of the model: decay and no-decay, or, when
+finetuning with `finetune.layer_decay`, one pair per layer with a layer-wise lr scale (BEiT).
+
+No weight decay on biases, norm parameters, position embedding and class token: the authors'
+code keeps them in their own groups (pycls branch `vitconfigs`, commit 206d0db,
+pycls/core/optimizer.py `construct_optimizer`).
+"""
+
+import re
 
 import torch
 from torch import nn
 
 from vitc.errors import VitcError
-from vitc.schema import OptimConfig
+from vitc.schema import Config, OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,10 +30,55 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """BEiT's layer numbering: stem, position embedding and class token 0; block i is i + 1; the
+    final norm and the head depth + 1."""
+    if name.startswith("stem.") or name in ("pos_embed", "cls_token"):
+        return 0
+    if match := _BLOCK.match(name):
+        return int(match.group(1)) + 1
+    if name.startswith(("norm.", "head.")):
+        return depth + 1
+    raise ValueError(f"layer_id: no layer for parameter '{name}'")
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
+                             lr: float | None = None) -> list[dict]:
+    """Optimizer groups per (layer, decay or not): `lr_scale` = layer_decay^(depth + 1 - layer),
+    and `lr` = lr × lr_scale when `lr` is given (an lr scheduler then scales each group's own lr).
+    No-decay parameters are the ones the model names (`no_weight_decay_params`)."""
+    if not 0.0 < layer_decay <= 1.0:
+        raise VitcError(f"finetune.layer_decay: expected a factor in (0, 1], got {layer_decay}")
+    depth = len(model.blocks)
+    no_decay = model.no_weight_decay_params()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, decays = layer_id(name, depth), name not in no_decay
+        if (layer, decays) not in groups:
+            scale = layer_decay ** (depth + 1 - layer)
+            groups[(layer, decays)] = {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                       "lr_scale": scale, **({"lr": lr * scale} if lr is not None else {})}
+        groups[(layer, decays)]["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def optimizer_param_groups(model: nn.Module, cfg: Config, lr: float) -> list[dict] | None:
+    """The trainer's hook for the optimizer: layer-wise lr decay groups when
+    `finetune.layer_decay` is set, else None (the engine's own decay/no-decay groups)."""
+    if cfg.finetune.layer_decay is None:
+        return None
+    return layer_decay_param_groups(model, cfg.optim.weight_decay, cfg.finetune.layer_decay, lr)
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: bool,
                     groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """The torch optimizer DeepSpeed wraps. Fused AdamW (one kernel for all tensors) on GPU.
-    `groups` replaces the decay/no-decay groups (layer-wise lr decay: vitc/finetune.py)."""
+    `groups` replaces the decay/no-decay groups (`optimizer_param_groups`)."""
     groups = groups or param_groups(model, optim.weight_decay)
     if optim.name == "adamw":
         fused = on_gpu if optim.fused == "auto" else optim.fused

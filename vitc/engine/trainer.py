@@ -1,11 +1,12 @@
 """`vitc train`: one trainer for one CPU process, torchrun, and Slurm srun alike.
 
-`train(cfg)` discovers the launcher once, builds the plain model, data, optimizer and schedule,
-wraps them with `deepspeed.initialize` in exactly one place (`wrap`), resumes from the newest
+`train(cfg)` discovers the launcher once, builds the plain model and data, wraps the model with
+`deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
 ranks agree, with one all_reduce, on two flags: a preemption signal arrived (then all ranks
-save at this same step, rank 0 requeues the Slurm job, the process exits 0) and a loss was not
-finite (then all ranks stop with a VitcError before any later save can overwrite good state).
+save at this same step, rank 0 writes the outcome and requeues the Slurm job, the process exits 0)
+and a loss was not finite (then all ranks stop with a `Diverged` error before any later save can
+overwrite good state). Every end leaves RUN_DIR/outcome.json (vitc/engine/outcome.py).
 """
 
 import json
@@ -13,10 +14,8 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
@@ -24,18 +23,17 @@ from safetensors.torch import load_file
 
 from vitc.config import config_to_dict, save_config
 from vitc.engine import checkpoint
+from vitc.engine.build import build_engine, engine_session
 from vitc.engine.checkpoint import CheckpointInfo
-from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.ema import EMA_FILE, ModelEMA
-from vitc.engine.evaluate import Accuracy, evaluate
+from vitc.engine.evaluate import evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
-from vitc.engine.optim import build_optimizer
-from vitc.engine.runtime import (Runtime, environment_summary, process_group, resolve_runtime,
+from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
+from vitc.engine.pretrained import init_model
+from vitc.engine.runtime import (Runtime, environment_summary, resolve_runtime,
                                  rng_state, run_on, seed_everything, set_rng_state)
-from vitc.engine.schedule import warmup_cosine
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.finetune import init_model, optimizer_param_groups
 from vitc.launch.env import DistEnv, discover
 from vitc.launch.preempt import PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
@@ -45,48 +43,37 @@ from vitc.schema import Config
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    step: int
-    epoch: int  # epochs completed
-    stopped: str  # finished | preempted | max_steps
-    accuracy: Accuracy | None  # last evaluation of the trained weights
-    ema_accuracy: Accuracy | None
-    wall_s: float
-
-    def describe(self) -> str:
-        line = f"{self.run_dir}: {self.stopped} at epoch {self.epoch}, step {self.step} in {self.wall_s:.0f} s"
-        for name, acc in (("", self.accuracy), ("EMA ", self.ema_accuracy)):
-            if acc is not None:
-                line += f"; {name}top-1 {acc.top1:.2f}% top-5 {acc.top5:.2f}% ({acc.count} images)"
-        return line
-
-
-def train(cfg: Config, dist: DistEnv | None = None) -> TrainResult:
-    """Train as `cfg` says; every rank of the job calls this."""
+def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
+    """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
+    at every end (vitc/engine/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
-    rt = resolve_runtime(cfg.train, dist)
-    run = run_on(cfg, dist, rt)  # before anything heavy starts
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    with process_group(dist, rt, cfg.train.dist_timeout_s):
-        deepspeed.init_distributed(dist_backend=rt.backend)
-        try:
-            return Trainer(cfg, dist, rt, PreemptionSignal(), run).fit()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-
-
-def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
-    """The one call to `deepspeed.initialize`: ZeRO, precision, accumulation and clipping."""
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=ds_config)
-    return engine
+    ending = RunEnding(Path(cfg.train.run_dir), dist.is_main)
+    try:
+        rt = resolve_runtime(cfg.train, dist)
+        run = run_on(cfg, dist, rt)  # before anything heavy starts
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        with engine_session(dist, rt, cfg.train.dist_timeout_s):
+            try:
+                ending.trainer = Trainer(cfg, dist, rt, PreemptionSignal(), run)
+                outcome = ending.record(ending.trainer.fit())
+                tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+    except BaseException as error:
+        ending.record_failure(error)
+        raise
+    if outcome.status == "preempted" and dist.is_main:
+        requeue_job(dist.slurm_job)  # ends this Slurm job at once: only after the checkpoint and the outcome
+    return outcome
 
 
 class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
+
+    evaluation: Score | None = None  # the run's last evaluation (kept across a resume)
+    ema_evaluation: Score | None = None
+    skipped_in_row: int = 0  # optimizer steps DeepSpeed skipped in a row, up to the last one
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal,
                  run: Run | None = None):
@@ -117,11 +104,8 @@ class Trainer:
         tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
                                                   self.run.zero_stage, dist.rank)
                           if resume else (None, False))
-        self.ds_config = deepspeed_config(self.run, load_universal=universal)
+        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, universal)
         lr = self.run.lr
-        optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, self.steps_per_epoch))
-        self.engine = wrap(model, optimizer, scheduler, self.ds_config)
         if resume:
             self._restore(resume, tag)
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
@@ -130,7 +114,7 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
-        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/finetune.py)
+        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
         model = model.to(self.rt.device)
         if self.rt.channels_last:
             model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
@@ -151,12 +135,10 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
 
-    def fit(self) -> TrainResult:
-        """Train to the end of the schedule, to train.max_steps, or to a preemption. Every rank."""
-        start = time.perf_counter()
-        stopped, accuracy, ema_accuracy = "finished", None, None
-        if self._stop_reason(preempted=False):  # resumed at train.max_steps already
-            stopped = "max_steps"
+    def fit(self) -> str:
+        """Train to the end of the schedule, to train.max_steps, or to a preemption; returns which
+        (finished | max_steps | preempted). Every rank."""
+        stopped = "max_steps" if self._stop_reason(preempted=False) else "finished"  # resumed at max_steps
         try:
             while self.epoch < self.cfg.schedule.epochs and stopped == "finished":
                 stopped = self._train_epoch()
@@ -165,15 +147,14 @@ class Trainer:
                 self.epoch, self.micro_in_epoch = self.epoch + 1, 0
                 self._save()
                 if self._eval_due():
-                    accuracy, ema_accuracy = self._evaluate()
+                    self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
             for loader in (self.loader, self.eval_loader):
                 if loader is not None:
                     loader.close()
-        if self.metrics is not None:
-            self.metrics.close()
-        return TrainResult(self.run_dir, self.step, self.epoch, stopped, accuracy, ema_accuracy,
-                           time.perf_counter() - start)
+            if self.metrics is not None:
+                self.metrics.close()
+        return stopped
 
     def _train_epoch(self) -> str:
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
@@ -193,7 +174,8 @@ class Trainer:
                 continue
             self.step += 1
             preempted, loss = self._agree_on_flags(loss_sum)
-            window.add(len(images) * self.accum * self.dist.world_size, loss, 0.0)
+            self._count_skipped()
+            window.add(len(images) * self.accum * self.dist.world_size, loss)
             loss_sum.zero_()
             if self.ema is not None:
                 self.ema.update(self.engine.module, self.step)
@@ -203,8 +185,6 @@ class Trainer:
             if stop or self.step % self.cfg.checkpoint.every_steps == 0:
                 self._save()
             if stop:
-                if stop == "preempted" and self.dist.is_main:
-                    requeue_job()
                 return stop
         return "finished"
 
@@ -231,11 +211,28 @@ class Trainer:
         preempted, diverged, loss = (float(v) for v in flags)
         if diverged > 0:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
-            raise VitcError(
+            raise Diverged(
                 f"loss is not finite (mean over ranks {loss:.4g}) at epoch {self.epoch + 1}, "
                 f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
                 "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
         return preempted > 0, loss / self.dist.world_size
+
+    def _count_skipped(self) -> None:
+        """DeepSpeed skips an optimizer step whose gradients are not finite (ZeRO >= 1, fp16 loss
+        scaling) without an error, so a run at a huge lr can "finish" untrained. Log each skip;
+        more than train.max_skipped_steps in a row is divergence, a failure in the paper's count.
+        Every rank (DeepSpeed agrees on the overflow over ranks)."""
+        if self.engine.was_step_applied():
+            self.skipped_in_row = 0
+            return
+        self.skipped_in_row += 1
+        limit = self.cfg.train.max_skipped_steps
+        log.warning("step %d skipped by DeepSpeed: gradients not finite (%d in a row, %d in the run)",
+                    self.step, self.skipped_in_row, self.engine.skipped_steps)
+        if self.skipped_in_row > limit:
+            raise Diverged(f"{self.skipped_in_row} optimizer steps in a row were skipped for non-finite "
+                           f"gradients, up to epoch {self.epoch + 1}, step {self.step}: more than "
+                           f"train.max_skipped_steps={limit}. Lower optim.base_lr or set train.clip_grad")
 
     def _stop_reason(self, preempted: bool) -> str | None:
         if preempted:
@@ -277,8 +274,9 @@ class Trainer:
                 tdist.all_reduce(buffer)
                 buffer /= self.dist.world_size
 
-    def _evaluate(self) -> tuple[Accuracy, Accuracy | None]:
-        """Top-1/top-5 of the engine's weights and of the EMA weights. Every rank."""
+    def _evaluate(self) -> None:
+        """Top-1/top-5 of the engine's weights and of the EMA weights -> self.evaluation,
+        self.ema_evaluation. Every rank."""
         self._sync_buffers()
         dtype = self.engine.module.head.weight.dtype
         accuracy = evaluate(self.engine, self.eval_loader, lambda x: self._prepare(x, dtype))
@@ -292,7 +290,8 @@ class Trainer:
             log.info("eval after epoch %d: %s", self.epoch,
                      ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k not in ("epoch", "count")))
             self.metrics.write("eval", self.step, values)
-        return accuracy, ema_accuracy
+        self.evaluation = Score.of(accuracy, self.epoch)
+        self.ema_evaluation = Score.of(ema_accuracy, self.epoch) if ema_accuracy is not None else None
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -333,7 +332,17 @@ class Trainer:
         if self.ema is not None and (root / info.tag / EMA_FILE).is_file():
             self.ema.load_state_dict(load_file(str(root / info.tag / EMA_FILE), device=str(self.rt.device)))
         self.last_saved = info
+        self._restore_evaluations()
         log.info("resumed from %s: epoch %d, step %d", root / tag, self.epoch + 1, self.step)
+
+    def _restore_evaluations(self) -> None:
+        """The last evaluations of the previous invocation's outcome, when not newer than the
+        restored position (checkpoints are saved before an epoch's evaluation)."""
+        previous = read_outcome(self.run_dir)
+        if previous is not None:
+            kept = [s if s is not None and s.epoch <= self.epoch else None
+                    for s in (previous.evaluation, previous.ema_evaluation)]
+            self.evaluation, self.ema_evaluation = kept
 
     def _restore_resized(self, client: dict) -> None:
         """Another world size: weights and optimizer state came through the universal checkpoint;

@@ -1,15 +1,16 @@
 """Who am I in the job: rank, world size, local rank and master, discovered once.
 
 Read from torchrun (RANK/WORLD_SIZE/LOCAL_RANK), Slurm (SLURM_PROCID/SLURM_NTASKS/...) or MPI
-(OMPI_COMM_WORLD_*), in that order; a plain process is rank 0 of 1. The trainer calls `discover()`
-once and passes the result down: nothing deeper reads these variables. No torch import here, so
+(OMPI_COMM_WORLD_*), in that order; a plain process is rank 0 of 1. The Slurm job to requeue on
+preemption is read too, whichever launcher started the ranks inside the allocation. The trainer
+calls `discover()` once and passes the result down: nothing deeper reads these variables. No torch import here, so
 `vitc slurm submit --dry-run` stays instant on a login node.
 """
 
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vitc.errors import VitcError
 
@@ -26,6 +27,7 @@ class DistEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = DEFAULT_PORT
     source: str = "single"  # single | torchrun | slurm | mpi
+    slurm_job: str | None = None  # the Slurm job (array task: JOB_TASK) this process runs in
 
     @property
     def is_main(self) -> bool:
@@ -54,9 +56,20 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
+def slurm_job(env: Mapping[str, str]) -> str | None:
+    """The id `scontrol` knows this job by: '<array job>_<task>' for an array task, else the job id."""
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
+    return env.get("SLURM_JOB_ID") or None
+
+
 def discover(env: Mapping[str, str] | None = None) -> DistEnv:
     """The DistEnv of this process, from whichever launcher started it."""
     env = os.environ if env is None else env
+    return replace(_launcher(env), slurm_job=slurm_job(env))
+
+
+def _launcher(env: Mapping[str, str]) -> DistEnv:
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT
     if "RANK" in env and "WORLD_SIZE" in env:
         local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1

@@ -6,7 +6,6 @@ all ranks agree (an all_reduce in the trainer) so every rank stops at the same s
 """
 
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -30,18 +29,15 @@ class PreemptionSignal:
         self.received = signum
 
 
-def requeue_job(env: dict[str, str] | None = None) -> bool:
-    """Ask Slurm to requeue this job if it is still running; False (and a log line) when it is
-    not, or when not running under Slurm.
+def requeue_job(job: str | None) -> bool:
+    """Ask Slurm to requeue `job` (this process's, `DistEnv.slurm_job`) if it is still running;
+    False (and a log line) when it is not, or when not running under Slurm (`job` None).
 
     A job that is no longer RUNNING was cancelled (`scancel` sends SIGTERM too), timed out, or is
     being preempted by Slurm itself: requeueing it would undo the user's cancel, so the
     checkpoint is kept and the job left to end. Call only after the checkpoint is complete:
     `scontrol requeue` ends the running job at once.
     """
-    env = os.environ if env is None else env
-    job = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
-    job = job or env.get("SLURM_JOB_ID")
     if not job:
         log.info("preempted outside Slurm: checkpoint saved, not requeueing")
         return False

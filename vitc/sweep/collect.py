@@ -1,24 +1,24 @@
 """`vitc sweep collect`: each run's final top-1 error -> SWEEP/results.csv.
 
-The error of a finished run is 100 - the top-1 of its last evaluation (after the final epoch, from
-runs/<id>/metrics.jsonl). A diverged or failed run counts as 100 % error, as in the paper. A run
-with no outcome yet (not started, running, stopped early) is listed as `incomplete`, has no
-error and is left out of the EDF: counting a run still training as a failure would be wrong.
-Runs trained by a Slurm array have no sweep_status.json; their outcome is read from the final
-evaluation, or from the array task's log (the trainer's error line).
+Each run's fate is the outcome.json its trainer left in runs/<id>/ (vitc/engine/outcome.py), locally
+or in a Slurm array task alike. The error of a finished run is 100 - the top-1 of its last
+evaluation (after the final epoch). A diverged or failed run counts as 100 % error, as in the
+paper. A run with no final outcome yet (not started, running, stopped early, or finished without
+an evaluation after its last epoch) is listed as `incomplete`, has no error and is left out of the
+EDF: counting a run still training as a failure would be wrong.
 """
 
 import csv
 import io
-import json
 import statistics
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from vitc.engine.outcome import FAILURES, read_outcome
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.sweep.make import RunPlan, RunSetting, read_runs
-from vitc.sweep.run import ARRAY_INDEX, classify, read_status, run_dir
+from vitc.sweep.run import run_dir
 
 RESULTS_CSV = "results.csv"
 FAILED_ERROR = 100.0  # the paper counts a run that diverged or failed as 100 % error
@@ -31,46 +31,14 @@ class RunResult(RunSetting):
     error: float | None  # percent; None when incomplete
 
 
-def final_top1(run: Path, epochs: int) -> float | None:
-    """top-1 of the evaluation after the last epoch, from the trainer's metrics.jsonl."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    top1 = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill: the ones before it stand
-            continue
-        if record.get("kind") == "eval" and record.get("epoch") == epochs:
-            top1 = float(record["top1"])
-    return top1
-
-
-def array_logs(sweep_dir: Path) -> dict[str, Path]:
-    """Run id -> its newest Slurm array task log."""
-    index = sweep_dir / ARRAY_INDEX
-    logs = {}
-    for array in json.loads(index.read_text()) if index.is_file() else []:
-        for i, run_id in enumerate(array["runs"]):
-            found = sorted((sweep_dir / "slurm").glob(f"*-{array['job_id']}_{i}.out"))
-            if found:
-                logs[run_id] = found[-1]
-    return logs
-
-
-def run_result(sweep_dir: Path, plan: RunPlan, slurm_log: Path | None) -> RunResult:
-    top1 = final_top1(run_dir(sweep_dir, plan), plan.epochs)
-    recorded = read_status(sweep_dir, plan)
-    if top1 is not None:
-        status = "finished"
-    elif recorded is not None and recorded.status in ("diverged", "failed"):
-        status = recorded.status
-    elif recorded is None and slurm_log is not None and "vitc: error:" in (
-            text := slurm_log.read_text(errors="replace")):
-        status = classify(1, False, text)[0]  # the array task ended with an error
-    else:
-        status = "incomplete"
+def run_result(sweep_dir: Path, plan: RunPlan) -> RunResult:
+    outcome = read_outcome(run_dir(sweep_dir, plan))
+    status, top1 = "incomplete", None
+    if outcome is not None and outcome.status in FAILURES:
+        status = outcome.status
+    elif outcome is not None and outcome.status == "finished" and outcome.evaluation is not None \
+            and outcome.evaluation.epoch == plan.epochs:
+        status, top1 = "finished", outcome.evaluation.top1
     error = 100.0 - top1 if top1 is not None else (FAILED_ERROR if status != "incomplete" else None)
     base = {f.name: getattr(plan, f.name) for f in fields(RunSetting)}
     return RunResult(**base, status=status, top1=top1, error=error)
@@ -79,8 +47,7 @@ def run_result(sweep_dir: Path, plan: RunPlan, slurm_log: Path | None) -> RunRes
 def collect(sweep_dir: str | Path) -> tuple[Path, list[RunResult]]:
     """Write SWEEP/results.csv; returns its path and the rows."""
     sweep_dir = Path(sweep_dir)
-    logs = array_logs(sweep_dir)
-    results = [run_result(sweep_dir, plan, logs.get(plan.id)) for plan in read_runs(sweep_dir)]
+    results = [run_result(sweep_dir, plan) for plan in read_runs(sweep_dir)]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[f.name for f in fields(RunResult)], lineterminator="\n")
     writer.writeheader()

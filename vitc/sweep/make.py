@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vitc.config import load_config, save_config
+from vitc.config import load_config, model_spec, save_config
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.run import grad_accum, scaled_lr
@@ -183,7 +183,6 @@ def run_config(spec: SweepSpec, setting: RunSetting, sweep_dir: Path, overrides:
 def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str] = ()) -> list[RunPlan]:
     """Write configs/<id>.yaml and runs.csv into `sweep_dir`. Re-making the same sweep is a no-op;
     a different sweep in the same directory is an error."""
-    from vitc.run import model_spec
 
     spec, sweep_dir = load_spec(spec_path), Path(sweep_dir).resolve()
     stems = {label: model_spec(load_config(path, list(spec.overrides)).model, 1).stem

@@ -1,18 +1,18 @@
-"""Start a run from pretrained weights: 21k pretrain -> 1k finetune (SPEC §2, docs/pipelines.md).
+"""Start a run from pretrained weights: ImageNet-21k pretrain -> ImageNet-1k finetune, as in the
+paper's ImageNet-21k experiments (Table 2; docs/pipelines.md).
 
 `init_model(model, cfg)` is the trainer's one call: it reads `cfg.finetune.init_from` (an exported
 .safetensors file, or a run directory whose newest complete checkpoint is consolidated), handles
 the classifier head (keep / re-initialise / map the pretrained rows of this dataset's classes by
 name), interpolates the position embedding to this model's resolution, and loads strictly: a key
 missing on either side is an error naming it, unless an allow-list pattern covers it.
-`layer_decay_param_groups` gives the optimizer BEiT-style layer-wise lr decay groups.
+Layer-wise lr decay for finetuning lives with the other parameter groups (vitc/engine/optim.py).
 The functions below it take plain arguments (model, state dict, class maps) for tests and notebooks.
 """
 
 import fnmatch
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,43 +172,6 @@ def _train_classes(shards: str | list[str] | None, manifest: str | None, key: st
         raise VitcError(f"finetune.head=map: reading the class map of {key}: {e}") from None
 
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def layer_id(name: str, depth: int) -> int:
-    """BEiT's layer numbering: stem, position embedding and class token 0; block i is i + 1; the
-    final norm and the head depth + 1."""
-    if name.startswith("stem.") or name in ("pos_embed", "cls_token"):
-        return 0
-    if match := _BLOCK.match(name):
-        return int(match.group(1)) + 1
-    if name.startswith(("norm.", "head.")):
-        return depth + 1
-    raise ValueError(f"layer_id: no layer for parameter '{name}'")
-
-
-def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
-                             lr: float | None = None) -> list[dict]:
-    """Optimizer groups per (layer, decay or not): `lr_scale` = layer_decay^(depth + 1 - layer),
-    and `lr` = lr × lr_scale when `lr` is given (an lr scheduler then scales each group's own lr).
-    No-decay parameters are the ones the model names (`no_weight_decay_params`, SPEC §2)."""
-    if not 0.0 < layer_decay <= 1.0:
-        raise VitcError(f"finetune.layer_decay: expected a factor in (0, 1], got {layer_decay}")
-    depth = len(model.blocks)
-    no_decay = model.no_weight_decay_params()
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer, decays = layer_id(name, depth), name not in no_decay
-        if (layer, decays) not in groups:
-            scale = layer_decay ** (depth + 1 - layer)
-            groups[(layer, decays)] = {"params": [], "weight_decay": weight_decay if decays else 0.0,
-                                       "lr_scale": scale, **({"lr": lr * scale} if lr is not None else {})}
-        groups[(layer, decays)]["params"].append(param)
-    return [groups[key] for key in sorted(groups)]
-
-
 def _matches(key: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
@@ -216,11 +179,3 @@ def _matches(key: str, patterns: list[str]) -> bool:
 def _listing(keys: list[str], limit: int = 8) -> str:
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
-
-
-def optimizer_param_groups(model: nn.Module, cfg: Config, lr: float) -> list[dict] | None:
-    """The trainer's hook for the optimizer: layer-wise lr decay groups when
-    `finetune.layer_decay` is set, else None (the engine's own decay/no-decay groups)."""
-    if cfg.finetune.layer_decay is None:
-        return None
-    return layer_decay_param_groups(model, cfg.optim.weight_decay, cfg.finetune.layer_decay, lr)

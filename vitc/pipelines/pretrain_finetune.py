@@ -1,4 +1,5 @@
-"""`vitc pipeline`: pretrain -> export -> finetune -> export -> eval, one resumable chain (SPEC §2).
+"""`vitc pipeline`: pretrain -> export -> finetune -> export -> eval, one resumable chain
+(the paper's ImageNet-21k -> ImageNet-1k protocol, Table 2).
 
 All stages live in one run directory:
 
@@ -12,8 +13,9 @@ All stages live in one run directory:
 
 A stage writes its marker atomically after its outputs; a later invocation skips every stage whose
 marker and outputs exist, after checking the marker was written for the same config (a changed
-config is an error, not a silent reuse). A stage that is cut short (preemption, train.max_steps,
-a kill) has no marker: re-running resumes it, the training stages from their newest checkpoint.
+config is an error, not a silent reuse). A training stage is complete when its run's
+outcome.json says `finished`; a stage that is cut short (preemption, train.max_steps, a kill) has
+no marker: re-running resumes it, the training stages from their newest checkpoint.
 Running a stage deletes the markers of the stages after it, which depend on its output.
 
 Under torchrun or srun every rank runs the pipeline: training and evaluation are collective;
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vitc.config import config_to_dict, load_config, save_config
+from vitc.engine.outcome import FAILURES
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.launch.env import DistEnv, discover
@@ -118,9 +121,9 @@ def run_pipeline(pretrain_config: str, finetune_config: str, run_dir: str, overr
                 "export_finetune": {"run": str(layout.run("finetune"))},
                 "eval": {"config": config_to_dict(ft), "weights": str(layout.weights("finetune"))}}
     actions: dict[str, Callable[[], str | None]] = {
-        "pretrain": lambda: _train_stage(layout, "pretrain", pre),
+        "pretrain": lambda: _train_stage(layout, "pretrain", pre, dist),
         "export_pretrain": lambda: _export_stage(layout, "pretrain", pre, dist),
-        "finetune": lambda: _train_stage(layout, "finetune", ft),
+        "finetune": lambda: _train_stage(layout, "finetune", ft, dist),
         "export_finetune": lambda: _export_stage(layout, "finetune", ft, dist),
         "eval": lambda: _eval_stage(layout, ft, dist, result),
     }
@@ -176,20 +179,20 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _train_stage(layout: Layout, stage: str, cfg: Config) -> str | None:
-    """`vitc train` on the stage's config in a child process (vitc/train_process.py says why);
-    None when its schedule is complete, else why it stopped."""
-    from vitc.train_process import train_in_subprocess, training_finished
+def _train_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> str | None:
+    """`vitc train` on the stage's config in a child process (vitc/pipelines/train_process.py says
+    why); None when its schedule is complete, else why it stopped, from the run's outcome."""
+    from vitc.pipelines.train_process import train_in_subprocess
 
     config_path = layout.root / f"{stage}.yaml"
     save_config(cfg, config_path)
-    code = train_in_subprocess(config_path)
-    if code != 0:
-        raise VitcError(f"pipeline stage '{stage}': `vitc train {config_path}` failed with exit "
-                        f"code {code} (its error is printed above)")
-    if training_finished(cfg):
+    outcome = train_in_subprocess(config_path, layout.run(stage), is_main=dist.is_main)
+    if outcome.status in FAILURES:
+        raise VitcError(f"pipeline stage '{stage}': `vitc train {config_path}` {outcome.status}: "
+                        f"{outcome.error}")
+    if outcome.status == "finished":
         return None
-    return "preempted or train.max_steps reached before the end of the schedule"
+    return f"{outcome.status} at step {outcome.step}, before the end of the schedule"
 
 
 def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> None:

@@ -11,18 +11,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitc.config import load_config
+from vitc.config import load_config, model_spec
 from vitc.data.shards.embedded import digits_imagefolder
 from vitc.data.shards.manifest import Manifest
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.trainer import train
 from vitc.errors import VitcError
 from vitc.models.cost import model_cost
-from vitc.run import model_spec
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 MODELS = ("vit_c_tiny", "vit_p_tiny")
 VAL_EVERY = 5  # every 5th image of a class is held out: 20 % validation
 
@@ -70,11 +69,11 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> list[D
         overrides += [f"schedule.epochs={epochs}"] if epochs else []
         cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
         log.info("demo: training %s", name)
-        result = train(cfg)
+        outcome = train(cfg)
         spec = model_spec(cfg.model, num_classes)
         cost = model_cost(spec)
         rows.append(DemoRow(name, spec.name, cost.flops / 1e9, cost.params / 1e6,
-                            result.accuracy.top1 if result.accuracy else float("nan"), result.wall_s))
+                            outcome.evaluation.top1 if outcome.evaluation else float("nan"), outcome.wall_s))
     return rows
 
 
