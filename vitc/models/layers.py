@@ -52,11 +52,12 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+    def __init__(self, width: int, heads: int, mlp_hidden: int, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = MultiheadSelfAttention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, mlp_hidden)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

@@ -35,6 +35,9 @@ class ViTSpec:
     image_size: int = 224
     drop_path: float = 0.0
     act_checkpoint: bool = False
+    # LN.EPS: 1e-6 in every released config (pycls vitconfigs 206d0db, configs/vitconv_baselines/vit/);
+    # timm's ViT uses the same
+    norm_eps: float = 1e-6
     name: str = field(default="", compare=False)
 
     @property
@@ -101,8 +104,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.num_tokens, spec.width))
         # stochastic depth grows linearly with depth to `drop_path` at the last block (DeiT's rule)
         rates = [spec.drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
-        self.blocks = nn.ModuleList(Block(spec.width, spec.heads, spec.mlp_hidden, r) for r in rates)
-        self.norm = nn.LayerNorm(spec.width)
+        self.blocks = nn.ModuleList(Block(spec.width, spec.heads, spec.mlp_hidden, r, spec.norm_eps)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(spec.width, eps=spec.norm_eps)
         self.head = nn.Linear(spec.width, spec.num_classes)
         self.grad_checkpointing = spec.act_checkpoint
         init_vit_weights(self)
