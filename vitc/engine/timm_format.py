@@ -61,8 +61,11 @@ def from_timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def timm_model_args(spec: ViTSpec) -> tuple[str, dict]:
     """(architecture, model_args) that rebuild `spec` with `timm.create_model(architecture, **model_args)`."""
+    mlp_ratio = spec.mlp_hidden / spec.width
+    if int(spec.width * mlp_ratio) != spec.mlp_hidden:  # timm truncates width × ratio; round-off must not
+        mlp_ratio = (spec.mlp_hidden + 0.5) / spec.width
     args = dict(embed_dim=spec.width, depth=spec.depth, num_heads=spec.heads,
-                mlp_ratio=spec.mlp_hidden / spec.width, img_size=spec.image_size,
+                mlp_ratio=mlp_ratio, img_size=spec.image_size,
                 num_classes=spec.num_classes, class_token=spec.classifier == "token",
                 global_pool="token" if spec.classifier == "token" else "avg",
                 fc_norm=False)  # vitc pools after the final norm, as timm's token models do
@@ -156,6 +159,12 @@ def load_timm_checkpoint(path: str | os.PathLike, spec: ViTSpec) -> dict[str, to
         raise VitcError(f"{config_file} is not valid JSON ({e})") from None
     state = from_timm_keys(load_weights(weights))
     check_architecture(checkpoint_architecture(state, config), spec, str(path))
+    pre = config.get("pretrained_cfg", {})
+    stats = [*pre.get("mean", MEAN), *pre.get("std", STD)]
+    if len(stats) != 6 or any(abs(a - b) > 1e-6 for a, b in zip(stats, MEAN + STD)):
+        # vitc normalises with ImageNet statistics; fine-tuning adapts, but the first steps see a shift
+        log.warning("%s was trained with mean %s, std %s; vitc normalises with %s, %s",
+                    path, pre.get("mean"), pre.get("std"), MEAN, STD)
     return state
 
 
