@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_bytes, atomic_write_text
+from vitc.fileio import atomic_write_text
 from vitc.models.vit import ViTSpec
 from vitc.models.zoo import MODELS
 
@@ -102,8 +102,10 @@ def write_timm_dir(state: dict[str, torch.Tensor], spec: ViTSpec, out: str | os.
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VitcError(f"--out {out}: --format timm writes a directory, but this is a file")
-    weights = {k: v.contiguous() for k, v in to_timm_keys(state).items()}
-    atomic_write_bytes(out / WEIGHTS_FILE, save(weights, metadata=metadata))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{WEIGHTS_FILE}.tmp"  # written straight to disk: a 1B-parameter model is 4 GB
+    save_file({k: v.contiguous() for k, v in to_timm_keys(state).items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, out / WEIGHTS_FILE)
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     log.info("wrote timm checkpoint %s (architecture %s)", out, architecture)
     return out
@@ -199,8 +201,8 @@ def check_architecture(found: dict[str, object], spec: ViTSpec, source: str) -> 
     wrong = [f"{key} {value} vs model {getattr(spec, key)}" for key, value in found.items()
              if value is not None and value != getattr(spec, key)]
     if wrong:
-        raise VitcError(f"finetune.init_from {source}: the timm checkpoint is another architecture "
-                        f"than model '{spec.name}': {'; '.join(wrong)} (set model.* to match it)")
+        raise VitcError(f"finetune.init_from {source}: the timm checkpoint's architecture differs from "
+                        f"model '{spec.name}': {'; '.join(wrong)} (set model.* to match it)")
 
 
 def _timm_default_heads(architecture: str | None) -> int | None:
