@@ -18,7 +18,7 @@ PACKAGE = REPO / "vitc"
 # PyTorch; only the engine wraps it in DeepSpeed, only the data wing reads WebDataset shards, only
 # the audit counts with fvcore; config, launch, plan and sweep planning run on a login node.
 MAY_IMPORT = {
-    "torch": {"models", "audit", "data", "engine", "bench"},
+    "torch": {"models", "audit", "data", "engine", "bench", "timm"},
     "deepspeed": {"engine"},
     "webdataset": {"data"},
     "fvcore": {"audit"},

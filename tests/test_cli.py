@@ -23,7 +23,7 @@ SURFACE = {
     "shards index": ["--prefix", "--workers"],
     "train": [],
     "eval": ["--weights"],
-    "export": ["--dtype", "--ema", "--out"],
+    "export": ["--dtype", "--ema", "--format", "--out"],
     "demo": ["--epochs", "--out"],
     "pipeline": ["--run-dir"],
     "sweep make": [],

@@ -36,7 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vitc.engine.export import export_weights
 
-    print(export_weights(args.run_dir, args.out, args.dtype, args.ema))
+    print(export_weights(args.run_dir, args.out, args.dtype, args.ema, args.format))
     return 0
 
 
@@ -71,7 +71,10 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         description="Consolidate the ZeRO partitions of RUN_DIR's newest complete checkpoint "
                     "(DeepSpeed's zero_to_fp32) into weights that vitc.models loads without DeepSpeed.")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--out", required=True, help="output .safetensors file")
+    export.add_argument("--out", required=True, help="output .safetensors file (a directory for --format timm)")
+    export.add_argument("--format", choices=("vitc", "timm"), default="vitc",
+                        help="timm: config.json + model.safetensors that timm.create_model('local-dir:OUT') "
+                             "loads (conv-stem models after `import vitc.timm`)")
     export.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     export.add_argument("--ema", action="store_true", help="export the EMA weights instead")
     export.set_defaults(func=cmd_export)

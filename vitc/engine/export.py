@@ -45,16 +45,21 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
 
 
 def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",
-                   ema: bool = False) -> Path:
-    """Write the consolidated weights to `out` (.safetensors) atomically; returns the path."""
+                   ema: bool = False, fmt: str = "vitc") -> Path:
+    """Write the consolidated weights to `out` (.safetensors) atomically; returns the path.
+    fmt="timm": `out` is a directory timm loads (vitc/engine/timm_format.py)."""
     if dtype not in DTYPES:
         raise VitcError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     state, info = consolidated_state_dict(run_dir, ema)
     state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    metadata = {"vitc_checkpoint": json.dumps(info.__dict__), "dtype": dtype, "ema": str(ema)}
+    if fmt == "timm":
+        from vitc.engine.timm_format import write_run_as_timm
+
+        return write_run_as_timm(run_dir, state, out, metadata)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    metadata = {"vitc_checkpoint": json.dumps(info.__dict__), "dtype": dtype, "ema": str(ema)}
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, out)
     log.info("exported %s (step %d, %d tensors, %s) to %s", info.tag, info.step, len(state), dtype, out)

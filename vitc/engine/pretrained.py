@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vitc.errors import VitcError
+from vitc.models.spec import ViTSpec
 from vitc.models.vit import adapt_state_dict
 from vitc.schema import Config, FinetuneConfig
 
@@ -48,12 +49,16 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_pretrained(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None) -> dict[str, torch.Tensor]:
     """fp32 weights from a `vitc export` .safetensors file or from a run directory's newest complete
-    checkpoint (consolidated by DeepSpeed). Never unpickles: safetensors, or weights_only loads."""
+    checkpoint (consolidated by DeepSpeed), or a timm checkpoint, whose architecture must be `spec`.
+    Never unpickles: safetensors, or weights_only loads."""
     from vitc.engine.export import consolidated_state_dict, load_weights
+    from vitc.engine.timm_format import is_timm_checkpoint, load_timm_checkpoint
 
     path = Path(source)
+    if spec is not None and is_timm_checkpoint(path):
+        return load_timm_checkpoint(path, spec)
     if path.is_dir():
         return consolidated_state_dict(path)[0]
     if path.suffix != ".safetensors":
@@ -139,7 +144,7 @@ def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
     if ft.head == "map":
         source_classes = source_class_map(ft)
         target_classes = _train_classes(cfg.data.train_shards, cfg.data.train_manifest, "data.train_shards")
-    report = apply_pretrained(model, load_pretrained(ft.init_from), ft.head, source_classes,
+    report = apply_pretrained(model, load_pretrained(ft.init_from, model.spec), ft.head, source_classes,
                               target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from)
     log.info("finetune: %s", report.describe())
     return report
