@@ -23,9 +23,20 @@ from vitc.schema import Config
 def engine_session(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[None]:
     """The process group, with DeepSpeed's distributed state on it, for engines built inside the
     block. Every rank."""
+    if not rt.on_gpu:
+        skip_shm_comm_build()
     with process_group(dist, rt, timeout_s):
         deepspeed.init_distributed(dist_backend=rt.backend)
         yield
+
+
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op (`deepspeed_shm_comm`) when the
+    process group starts on the CPU: our collectives go through gloo, which needs no C++ build, and
+    the JIT build costs 20-130 s (minutes when several processes wait on its lock) and prints noise.
+    DeepSpeed's own switch for an op it must not build is `deepspeed.ops.__compatible_ops__`
+    (read by deepspeed/comm/torch.py `build_shm_op`)."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def wrap(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
