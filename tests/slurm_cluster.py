@@ -1,6 +1,6 @@
 """A real two-node Slurm cluster on this machine, for tests that launch vitc the way users do.
 
-SPEC §4 lists the facts this rests on: Debian's `slurm-wlm` is built with MULTIPLE_SLURMD, so
+Facts checked on Debian 12's Slurm 22.05 that this rests on: Debian's `slurm-wlm` is built with MULTIPLE_SLURMD, so
 two `slurmd -N nodeX` daemons with their own `Port=` make two nodes on 127.0.0.1 (`NodeAddr`,
 so no /etc/hosts edit); `proctrack/linuxproc` and `task/none` need no cgroups; munged wants
 `/run/munge` owned by the `munge` user. Every daemon runs in the foreground as a child of the
@@ -144,7 +144,7 @@ class SlurmCluster:
         return self.job(job_id)
 
     def release(self, job_id: int | str) -> None:
-        """Start a requeued job in 2 s instead of after its ~120 s BeginTime hold (SPEC §4).
+        """Start a requeued job in 2 s instead of after its ~120 s BeginTime hold.
 
         Not `now`: slurmd revokes the job's credential when the requeue kills it, and a restart
         within that same second is refused ("Job credential revoked") and the job FAILS.
@@ -173,7 +173,7 @@ def _munge_works() -> bool:
 
 
 def _start_munged(cluster: SlurmCluster) -> None:
-    """Reuse a working munged, else start one as the `munge` user (SPEC §4: it owns /run/munge)."""
+    """Reuse a working munged, else start one as the `munge` user (it wants /run/munge owned by that user)."""
     if _munge_works():
         return
     run_dir = Path("/run/munge")

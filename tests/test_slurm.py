@@ -1,6 +1,6 @@
 """`vitc slurm submit/status` and the slurm/*.sbatch scripts, down to a real two-node cluster.
 
-The cluster tests start Slurm on this machine (tests/slurm_cluster.py, SPEC §4) and submit the
+The cluster tests start Slurm on this machine (tests/slurm_cluster.py) and submit the
 project's own job script for a two-node CPU training of a tiny model, then preempt it, cancel it,
 kill one of its ranks, and run a sweep array. They are skipped, with the reason, only where that
 cannot be done (not root, no apt-get).
