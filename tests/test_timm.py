@@ -15,7 +15,7 @@ import vitc.timm  # noqa: F401  (registers vitc's models in timm's registry)
 from engine_runs import TINY_CONV, TINY_PATCHIFY, digit_shards, exported, metrics, vitc, write_config
 from vitc.cli import main
 from vitc.config import load_config, model_spec
-from vitc.data.manifest import Manifest
+from vitc.data.shards.manifest import Manifest
 from vitc.engine.timm_format import from_timm_keys, load_timm_checkpoint, write_timm_dir
 from vitc.errors import VitcError
 from vitc.engine.pretrained import init_model

@@ -114,9 +114,8 @@ def write_run_as_timm(run_dir: str | os.PathLike, state: dict[str, torch.Tensor]
                       metadata: dict[str, str] | None = None) -> Path:
     """`vitc export --format timm`: `state` (the run's weights) with the model, eval crop and class
     names of the run's saved config.yaml."""
-    from vitc.config import load_config
-    from vitc.data.streams import resolve_shards
-    from vitc.config import model_spec
+    from vitc.config import load_config, model_spec
+    from vitc.data.shards.manifest import resolve_shards
 
     run_config = Path(run_dir) / "config.yaml"
     if not run_config.is_file():
