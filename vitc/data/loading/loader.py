@@ -23,6 +23,7 @@ VitcError naming the shard. A shard that cannot be opened or stalls for data.rea
 a VitcError naming it.
 """
 
+import collections
 import gc
 import logging
 import math
@@ -32,8 +33,9 @@ import signal
 import torch
 from torch.utils.data import DataLoader
 
+from vitc.data.loading.draws import batch_seed
 from vitc.data.loading.epoch_plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks,
-                                          assign_to_workers, train_batches_per_rank)
+                                          assign_to_workers, delivery_order, train_batches_per_rank)
 from vitc.data.loading.slots import SlotRef
 from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform,
                                           TrainSampleTransform, normalize)
@@ -74,8 +76,24 @@ class _Loader:
         """Samples skipped so far on this rank (undecodable, or label missing/out of range)."""
         return self.bad_samples_before + sum(self._bad)
 
-    def _batches(self):
-        """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set."""
+    def _batches(self, order: list[int] | None = None, first: int = 0, epoch_seed: str = ""):
+        """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set.
+
+        `order`: whose batch comes next, one worker per batch (train: the order a whole pass delivers,
+        which a resumed pass, whose DataLoader starts its round-robin at worker 0, must keep);
+        `first`: the index in the epoch of the first batch, which with `epoch_seed` seeds its mixing.
+        """
+        delivered = self._delivered()
+        if order is not None:
+            delivered = in_worker_order(delivered, order)
+        for index, (worker, payload, slot) in enumerate(delivered, first):
+            batch = self.batch_transform(*payload, batch_seed(epoch_seed, self.dist.rank, index))
+            if slot is not None:  # a new float batch is made: the buffer is free again
+                self.stream.slots.release(worker, slot)
+            yield worker, batch
+
+    def _delivered(self):
+        """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
         stream = self.stream
         if self._dataloader is None or not self.cfg.data.persistent_workers:
             if not self._pin:  # pinned batches take DataLoader's own path (its pinning thread copies them)
@@ -94,15 +112,12 @@ class _Loader:
             self._bad[worker] = bad
             slot = payload[0] if isinstance(payload[0], SlotRef) else None
             if slot is not None:
-                payload = stream.slots.take(worker, slot), payload[1]
+                payload = stream.slots.take(worker, slot), *payload[1:]
             if self.gpu is not None:
                 payload = self.gpu.decode(*payload, stream)
             elif device is not None:  # from pageable memory: the source is read before .to returns
-                payload = tuple(t.to(device, non_blocking=True) for t in payload)
-            batch = self.batch_transform(*payload)  # a new float batch: the buffer is free again
-            if slot is not None:
-                stream.slots.release(worker, slot)
-            yield worker, batch
+                payload = *(t.to(device, non_blocking=True) for t in payload[:2]), payload[2]
+            yield worker, payload, slot
 
     def _new_dataloader(self) -> DataLoader:
         workers = self.cfg.data.workers
@@ -110,7 +125,10 @@ class _Loader:
         # 'spawn', which re-imports torch in every worker: ~10 s each here). Workers never touch CUDA:
         # GPU decode runs in this process.
         context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        # its own generator: DataLoader draws a base seed at every pass, which would otherwise move the
+        # training process's global generator (dropout, drop path) differently in a resumed run
         return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
+                          generator=torch.Generator().manual_seed(self.cfg.data.seed),
                           multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal,
                           persistent_workers=bool(workers) and self.cfg.data.persistent_workers)
 
@@ -131,6 +149,19 @@ def _start(dataloader: DataLoader):
         return iter(dataloader)
     finally:
         gc.unfreeze()
+
+
+def in_worker_order(items, order: list[int]):
+    """`items` ((worker, ...) tuples) in `order` of workers, holding the ones that arrive early."""
+    held: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+    items = iter(items)
+    for worker in order:
+        while not held[worker]:
+            item = next(items, None)
+            if item is None:
+                return
+            held[item[0]].append(item)
+        yield held[worker].popleft()
 
 
 def _ignore_preemption_signal(_worker_id: int) -> None:
@@ -214,7 +245,8 @@ class TrainLoader(_Loader):
         self._worker_batches = [p.skip for p in plans]
         self.batches_consumed = sum(self._worker_batches)
         self._resume_fraction = None  # from here on the per-worker counts are exact
-        for worker, batch in self._batches():
+        order = delivery_order([p.quota for p in plans], self._worker_batches)
+        for worker, batch in self._batches(order, self.batches_consumed, plans[0].epoch_seed):
             self._worker_batches[worker] += 1
             self.batches_consumed += 1
             yield batch
@@ -261,7 +293,7 @@ def _batch_on_cuda(choice: str, gpu_decode: bool) -> bool:
     return True
 
 
-def _normalize_batch(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalize_batch(images: torch.Tensor, labels: torch.Tensor, *_seeds) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize(images), labels
 
 
