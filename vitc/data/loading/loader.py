@@ -39,7 +39,8 @@ from vitc.data.loading.epoch_plan import (EpochPlanner, FixedPlans, WorkerPlan, 
 from vitc.data.loading.slots import SlotRef
 from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform,
                                           TrainSampleTransform, normalize)
-from vitc.data.loading.workers import BatchStream, Failure, GpuDecode
+from vitc.data.loading.gpu_decode import GpuDecode
+from vitc.data.loading.workers import BatchStream, Failure
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
@@ -52,7 +53,7 @@ STATE_VERSION = 1
 class _Loader:
     """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform):
+    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None):
         d = cfg.data
         if batch < 1:
             raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
@@ -62,7 +63,7 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size)
+        self.gpu = gpu or GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
         pin = d.pin_memory if d.pin_memory != "auto" else torch.cuda.is_available()
         self._pin = bool(pin) and self.gpu is None
         self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
@@ -74,7 +75,12 @@ class _Loader:
     @property
     def bad_samples(self) -> int:
         """Samples skipped so far on this rank (undecodable, or label missing/out of range)."""
-        return self.bad_samples_before + sum(self._bad)
+        return self.bad_samples_before + sum(self._bad) + (self.gpu.bad if self.gpu is not None else 0)
+
+    @property
+    def gpu_fallbacks(self) -> int:
+        """Samples of this run on this rank that nvJPEG could not take, decoded on the CPU instead."""
+        return self.gpu.fallbacks if self.gpu is not None else 0
 
     def _batches(self, order: list[int] | None = None, first: int = 0, epoch_seed: str = ""):
         """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set.
@@ -86,6 +92,8 @@ class _Loader:
         delivered = self._delivered()
         if order is not None:
             delivered = in_worker_order(delivered, order)
+        if self.gpu is not None:
+            delivered = self.gpu.batches(delivered, self.stream.sample_transform.finish)
         for index, (worker, payload, slot) in enumerate(delivered, first):
             batch = self.batch_transform(*payload, batch_seed(epoch_seed, self.dist.rank, index))
             if slot is not None:  # a new float batch is made: the buffer is free again
@@ -113,9 +121,7 @@ class _Loader:
             slot = payload[0] if isinstance(payload[0], SlotRef) else None
             if slot is not None:
                 payload = stream.slots.take(worker, slot), *payload[1:]
-            if self.gpu is not None:
-                payload = self.gpu.decode(*payload, stream)
-            elif device is not None:  # from pageable memory: the source is read before .to returns
+            if device is not None:  # from pageable memory: the source is read before .to returns
                 payload = *(t.to(device, non_blocking=True) for t in payload[:2]), payload[2]
             yield worker, payload, slot
 
@@ -173,8 +179,9 @@ def _ignore_preemption_signal(_worker_id: int) -> None:
 class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe))
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe,
+                 gpu: GpuDecode | None = None):
+        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu)
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
@@ -258,7 +265,7 @@ class EvalLoader(_Loader):
     """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
 
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, _normalize_batch)
+        super().__init__(cfg, dist, batch, _normalize_batch, None)
         self.recipe = recipe
         by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
         plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
@@ -305,11 +312,13 @@ def _batch_size(cfg, batch_size: int | None) -> int:
     return cfg.train.micro_batch if batch_size is None else batch_size
 
 
-def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None) -> TrainLoader:
-    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch."""
+def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
+                       gpu: GpuDecode | None = None) -> TrainLoader:
+    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
     shards, manifest = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
     _check_classes(manifest, num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes))
+    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes), gpu)
 
 
 def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:

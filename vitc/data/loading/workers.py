@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from vitc.data.loading.decode import UndecodableImage, decode_crops_cuda
+from vitc.data.loading.decode import UndecodableImage
 from vitc.data.loading.draws import sample_seed
 from vitc.data.loading.epoch_plan import WorkerPlan
 from vitc.data.loading.slots import BatchSlots
@@ -176,30 +176,3 @@ class BatchStream(IterableDataset):
             log.warning("skipped %s: %s", where, e)
             return None
 
-
-class GpuDecode:
-    """`data.decode_device: cuda`: workers only read and plan crops; nvJPEG decodes batches here."""
-
-    def __init__(self, size: int):
-        self.size = (size, size)
-
-    @classmethod
-    def select(cls, decode_device: str, image_size: int) -> "GpuDecode | None":
-        if decode_device != "cuda":
-            return None
-        if not torch.cuda.is_available():
-            log.warning("data.decode_device is 'cuda' but CUDA is not available: decoding on the CPU")
-            return None
-        return cls(image_size)
-
-    def decode(self, datas: list[bytes], boxes: list, labels: torch.Tensor, seeds: torch.Tensor,
-               stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """uint8 images [B,3,S,S] on the GPU (cropped, flipped, auto-augmented), labels and seeds."""
-        device = torch.device("cuda", torch.cuda.current_device())  # the engine has selected it by now
-        try:
-            images = decode_crops_cuda(datas, boxes, self.size, device)
-        except RuntimeError as e:
-            raise VitcError(f"nvJPEG could not decode a batch ({e}); find the bad sample with "
-                            f"`vitc shards verify` or set data.decode_device: cpu") from None
-        finished = [stream.sample_transform.finish(img, seed) for img, seed in zip(images, seeds.tolist())]
-        return torch.stack(finished), labels.to(device), seeds
