@@ -24,11 +24,12 @@ a VitcError naming it.
 """
 
 import collections
+import functools
 import gc
 import logging
 import math
 import multiprocessing
-import signal
+import os
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,6 +42,7 @@ from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatc
                                           TrainSampleTransform, normalize)
 from vitc.data.loading.gpu_decode import GpuDecode
 from vitc.data.loading.workers import BatchStream, Failure
+from vitc.data.processes import follow_parent
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
@@ -135,7 +137,7 @@ class _Loader:
         # training process's global generator (dropout, drop path) differently in a resumed run
         return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
                           generator=torch.Generator().manual_seed(self.cfg.data.seed),
-                          multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal,
+                          multiprocessing_context=context, worker_init_fn=functools.partial(_start_worker, os.getpid()),
                           persistent_workers=bool(workers) and self.cfg.data.persistent_workers)
 
     def close(self) -> None:
@@ -170,10 +172,10 @@ def in_worker_order(items, order: list[int]):
         yield held[worker].popleft()
 
 
-def _ignore_preemption_signal(_worker_id: int) -> None:
-    # Slurm signals every process of the step; the trainer handles preemption, and a worker must
-    # not die of SIGUSR1 (its default action) whatever start method created it.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+def _start_worker(parent_pid: int, _worker_id: int) -> None:
+    # Slurm signals every process of the step (SIGUSR1 before the time limit, SIGTERM on scancel):
+    # the trainer saves its checkpoint, so its workers must live on until it lets them go.
+    follow_parent(parent_pid)
 
 
 class TrainLoader(_Loader):
