@@ -39,10 +39,11 @@ def jpeg_bytes(index: int, size: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(root, sizes=SIZES, bad: dict | None = None):
-    """Shards `train-%06d.tar` + manifest; `bad` maps sample index -> 'truncated' | 'no_label'."""
+def write_shards(root, sizes=SIZES, bad: dict | None = None, images: dict | None = None):
+    """Shards `train-%06d.tar` + manifest; `bad` maps sample index -> 'truncated' | 'no_label';
+    `images` maps sample index -> (extension, encoded bytes) in place of its JPEG."""
     root.mkdir(parents=True, exist_ok=True)
-    bad, records, k = bad or {}, [], 0
+    bad, images, records, k = bad or {}, images or {}, [], 0
     for i, n in enumerate(sizes):
         path = root / f"train-{i:06d}.tar"
         with wds.TarWriter(str(path)) as writer:
@@ -52,6 +53,9 @@ def write_shards(root, sizes=SIZES, bad: dict | None = None):
                     sample["jpg"] = sample["jpg"][: len(sample["jpg"]) // 2]
                 if bad.get(k) == "no_label":
                     del sample["cls"]
+                if k in images:
+                    del sample["jpg"]
+                    sample[images[k][0]] = images[k][1]
                 writer.write(sample)
                 k += 1
         records.append(ShardRecord.of_file(path, n))

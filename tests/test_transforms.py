@@ -80,7 +80,7 @@ def recipe(**overrides) -> Recipe:
 def test_mixup_cutmix_targets_sum_to_one_with_label_smoothing():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(8)
-    x, targets = TrainBatchTransform(recipe(random_erasing=0.5))(images, labels)
+    x, targets = TrainBatchTransform(recipe(random_erasing=0.5))(images, labels, torch.arange(8), 0)
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32)
     assert targets.shape == (8, 10)
     assert torch.allclose(targets.sum(1), torch.ones(8))
@@ -89,7 +89,8 @@ def test_mixup_cutmix_targets_sum_to_one_with_label_smoothing():
 
 def test_labels_stay_integers_without_mixing_or_smoothing():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    _, targets = TrainBatchTransform(recipe(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0))(images, torch.arange(4))
+    _, targets = TrainBatchTransform(recipe(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0))(images, torch.arange(4),
+                                                                                  torch.arange(4), 0)
     assert targets.dtype == torch.int64 and targets.tolist() == [0, 1, 2, 3]
 
 
@@ -97,7 +98,7 @@ def test_labels_stay_integers_without_mixing_or_smoothing():
 def test_random_erasing_paints_a_box_of_the_mean_colour_in_each_image_it_picks(p):
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)  # no pixel is the (non-integer) mean
     plain = recipe(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, random_erasing=p)
-    x, _ = TrainBatchTransform(plain)(images, torch.arange(6))
+    x, _ = TrainBatchTransform(plain)(images, torch.arange(6), torch.arange(6), 0)
     erased = (x == 0).flatten(1).float().mean(1)  # 0 after normalizing = the mean colour
     if p == 0:
         assert erased.max() == 0
@@ -127,7 +128,7 @@ def test_eval_transform_output_size_and_center_crop_box():
 @pytest.mark.parametrize("augment", ["autoaugment", "randaugment", "none"])
 def test_train_transform_gives_uint8_images_of_the_model_size(augment):
     photo = jpeg(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8), quality=90)
-    out = TrainSampleTransform(recipe(auto_augment=augment))(photo)
+    out = TrainSampleTransform(recipe(auto_augment=augment))(photo, seed=7)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
 
 

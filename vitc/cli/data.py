@@ -5,16 +5,17 @@ import sys
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
-    from vitc.data.shards.build import BuildOptions, build_shards
+    from vitc.data.shards.build import BuildOptions, Terminated, build_shards
 
     options = BuildOptions(args.samples_per_shard, args.max_shard_bytes, args.max_side, args.quality,
                            args.shuffle_seed)
     try:
         print(build_shards(args.src, args.out, args.prefix, options, args.workers).describe())
-    except KeyboardInterrupt:
-        print(f"vitc: interrupted; finished shards are kept: re-run the same command to write the "
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (scancel) as `Terminated`
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"vitc: {how}; finished shards are kept: re-run the same command to write the "
               f"rest into {args.out}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -61,3 +61,42 @@ def _json_label(data: bytes) -> str:
         return value.strip()
     # bool is an int in Python; true/false is not a class index
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
+# JPEG start-of-frame markers nvJPEG decodes: baseline, extended sequential and progressive Huffman
+# (ITU T.81 table B.1); the rest are lossless, hierarchical or arithmetic-coded.
+GPU_FRAMES = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+
+
+def gpu_decode_refusal(data: bytes) -> str | None:
+    """Why nvJPEG (`data.decode_device: cuda`) cannot take this image, or None when it can: a
+    baseline or progressive Huffman JPEG in YCbCr or grayscale. Read from the markers alone (a
+    structural check: the loader decodes such a sample on the CPU instead)."""
+    if data[:2] != b"\xff\xd8":
+        return "not a JPEG (PNG, WebP, ...)"
+    i, adobe_transform = 2, None
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return "damaged JPEG marker segment"
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xEE and data[i + 4:i + 9] == b"Adobe" and length >= 12:
+            adobe_transform = data[i + 15]  # 0: RGB or CMYK as stored, 1: YCbCr, 2: YCCK
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return _frame_refusal(marker, data[i + 9] if i + 9 < len(data) else 0, adobe_transform)
+        i += 2 + length
+    return "no JPEG frame header"
+
+
+def _frame_refusal(marker: int, components: int, adobe_transform: int | None) -> str | None:
+    if marker not in GPU_FRAMES:
+        return f"JPEG coding SOF{marker - 0xC0} (lossless, hierarchical or arithmetic)"
+    if components == 4:
+        return "CMYK/YCCK JPEG (4 components)"
+    if components not in (1, 3):
+        return f"JPEG with {components} components"
+    if components == 3 and adobe_transform == 0:
+        return "RGB-coded JPEG (Adobe transform 0, not YCbCr)"
+    return None

@@ -122,16 +122,3 @@ def decode_crop(data: bytes, box: Box, out_size: tuple[int, int], reduce: bool =
     b = plan.decoded_box
     return F.resized_crop(image, b.top, b.left, b.height, b.width, list(out_size), antialias=True)
 
-
-def decode_crops_cuda(datas: list[bytes], boxes: list[Box], out_size: tuple[int, int],
-                      device: torch.device) -> torch.Tensor:
-    """A batch decoded with nvJPEG (`torchvision.io.decode_jpeg` on CUDA), cropped and resized there.
-
-    nvJPEG has no DCT-domain scaling, so each image is decoded at full size; the GPU makes that cheap.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    return torch.stack([F.resized_crop(img, b.top, b.left, b.height, b.width, list(out_size), antialias=True)
-                        for img, b in zip(images, boxes)])

@@ -19,7 +19,8 @@ class WorkerPlan:
     shards: tuple[Shard, ...]
     quota: int | None  # batches to yield; None = all its samples (eval, last batch partial)
     skip: int = 0  # batches already consumed before a resume
-    seed: str = ""  # seeds this worker's shard order, shuffle buffer and augmentation
+    seed: str = ""  # seeds this worker's shard order and shuffle buffer
+    epoch_seed: str = ""  # with each sample's identity, seeds its augmentation (vitc.data.loading.draws)
 
     @property
     def samples(self) -> int:
@@ -52,7 +53,8 @@ class EpochPlanner:
             deal = [tuple(s) for s in assign_to_workers(list(self.shards), self.workers, seed)]
             quotas = worker_quotas([sum(s.samples for s in w) for w in deal], self.batch, self.batches)
         skips = skips_after(consumed, quotas, fraction)
-        return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}") for w in range(self.workers)]
+        epoch_seed = f"{self.data_seed}/{epoch}"
+        return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}", epoch_seed) for w in range(self.workers)]
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,20 @@ def worker_quotas(counts: list[int], batch: int, total: int) -> list[int]:
 
 def even_quotas(total: int, workers: int) -> list[int]:
     return [total // workers + (w < total % workers) for w in range(workers)]
+
+
+def delivery_order(quotas: list[int], skips: list[int]) -> list[int]:
+    """The worker of each batch of an epoch in the order a whole pass delivers them (DataLoader takes
+    its workers round-robin; one that has yielded its quota drops out), less each worker's first
+    `skips[w]` batches (consumed before a resume)."""
+    order, left = [], list(skips)
+    for r in range(max(quotas, default=0)):
+        for w, quota in enumerate(quotas):
+            if r < quota and left[w]:
+                left[w] -= 1
+            elif r < quota:
+                order.append(w)
+    return order
 
 
 def skips_after(consumed: list[int] | None, quotas: list[int], fraction: float) -> list[int]:

@@ -23,21 +23,26 @@ VitcError naming the shard. A shard that cannot be opened or stalls for data.rea
 a VitcError naming it.
 """
 
+import collections
+import functools
 import gc
 import logging
 import math
 import multiprocessing
-import signal
+import os
 
 import torch
 from torch.utils.data import DataLoader
 
+from vitc.data.loading.draws import batch_seed
 from vitc.data.loading.epoch_plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks,
-                                          assign_to_workers, train_batches_per_rank)
+                                          assign_to_workers, delivery_order, train_batches_per_rank)
 from vitc.data.loading.slots import SlotRef
 from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform,
                                           TrainSampleTransform, normalize)
-from vitc.data.loading.workers import BatchStream, Failure, GpuDecode
+from vitc.data.loading.gpu_decode import GpuDecode
+from vitc.data.loading.workers import BatchStream, Failure
+from vitc.data.processes import follow_parent
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
@@ -50,7 +55,7 @@ STATE_VERSION = 1
 class _Loader:
     """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform):
+    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None):
         d = cfg.data
         if batch < 1:
             raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
@@ -60,7 +65,7 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size)
+        self.gpu = gpu or GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
         pin = d.pin_memory if d.pin_memory != "auto" else torch.cuda.is_available()
         self._pin = bool(pin) and self.gpu is None
         self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
@@ -72,10 +77,33 @@ class _Loader:
     @property
     def bad_samples(self) -> int:
         """Samples skipped so far on this rank (undecodable, or label missing/out of range)."""
-        return self.bad_samples_before + sum(self._bad)
+        return self.bad_samples_before + sum(self._bad) + (self.gpu.bad if self.gpu is not None else 0)
 
-    def _batches(self):
-        """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set."""
+    @property
+    def gpu_fallbacks(self) -> int:
+        """Samples of this run on this rank that nvJPEG could not take, decoded on the CPU instead."""
+        return self.gpu.fallbacks if self.gpu is not None else 0
+
+    def _batches(self, order: list[int] | None = None, first: int = 0, epoch_seed: str = ""):
+        """This pass's finished batches, as (worker, batch); the pass is the one `stream.start_pass` set.
+
+        `order`: whose batch comes next, one worker per batch (train: the order a whole pass delivers,
+        which a resumed pass, whose DataLoader starts its round-robin at worker 0, must keep);
+        `first`: the index in the epoch of the first batch, which with `epoch_seed` seeds its mixing.
+        """
+        delivered = self._delivered()
+        if order is not None:
+            delivered = in_worker_order(delivered, order)
+        if self.gpu is not None:
+            delivered = self.gpu.batches(delivered, self.stream.sample_transform.finish)
+        for index, (worker, payload, slot) in enumerate(delivered, first):
+            batch = self.batch_transform(*payload, batch_seed(epoch_seed, self.dist.rank, index))
+            if slot is not None:  # a new float batch is made: the buffer is free again
+                self.stream.slots.release(worker, slot)
+            yield worker, batch
+
+    def _delivered(self):
+        """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
         stream = self.stream
         if self._dataloader is None or not self.cfg.data.persistent_workers:
             if not self._pin:  # pinned batches take DataLoader's own path (its pinning thread copies them)
@@ -94,15 +122,10 @@ class _Loader:
             self._bad[worker] = bad
             slot = payload[0] if isinstance(payload[0], SlotRef) else None
             if slot is not None:
-                payload = stream.slots.take(worker, slot), payload[1]
-            if self.gpu is not None:
-                payload = self.gpu.decode(*payload, stream)
-            elif device is not None:  # from pageable memory: the source is read before .to returns
-                payload = tuple(t.to(device, non_blocking=True) for t in payload)
-            batch = self.batch_transform(*payload)  # a new float batch: the buffer is free again
-            if slot is not None:
-                stream.slots.release(worker, slot)
-            yield worker, batch
+                payload = stream.slots.take(worker, slot), *payload[1:]
+            if device is not None:  # from pageable memory: the source is read before .to returns
+                payload = *(t.to(device, non_blocking=True) for t in payload[:2]), payload[2]
+            yield worker, payload, slot
 
     def _new_dataloader(self) -> DataLoader:
         workers = self.cfg.data.workers
@@ -110,8 +133,11 @@ class _Loader:
         # 'spawn', which re-imports torch in every worker: ~10 s each here). Workers never touch CUDA:
         # GPU decode runs in this process.
         context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        # its own generator: DataLoader draws a base seed at every pass, which would otherwise move the
+        # training process's global generator (dropout, drop path) differently in a resumed run
         return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
-                          multiprocessing_context=context, worker_init_fn=_ignore_preemption_signal,
+                          generator=torch.Generator().manual_seed(self.cfg.data.seed),
+                          multiprocessing_context=context, worker_init_fn=functools.partial(_start_worker, os.getpid()),
                           persistent_workers=bool(workers) and self.cfg.data.persistent_workers)
 
     def close(self) -> None:
@@ -133,17 +159,31 @@ def _start(dataloader: DataLoader):
         gc.unfreeze()
 
 
-def _ignore_preemption_signal(_worker_id: int) -> None:
-    # Slurm signals every process of the step; the trainer handles preemption, and a worker must
-    # not die of SIGUSR1 (its default action) whatever start method created it.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+def in_worker_order(items, order: list[int]):
+    """`items` ((worker, ...) tuples) in `order` of workers, holding the ones that arrive early."""
+    held: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+    items = iter(items)
+    for worker in order:
+        while not held[worker]:
+            item = next(items, None)
+            if item is None:
+                return
+            held[item[0]].append(item)
+        yield held[worker].popleft()
+
+
+def _start_worker(parent_pid: int, _worker_id: int) -> None:
+    # Slurm signals every process of the step (SIGUSR1 before the time limit, SIGTERM on scancel):
+    # the trainer saves its checkpoint, so its workers must live on until it lets them go.
+    follow_parent(parent_pid)
 
 
 class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe))
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe,
+                 gpu: GpuDecode | None = None):
+        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu)
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
@@ -214,7 +254,8 @@ class TrainLoader(_Loader):
         self._worker_batches = [p.skip for p in plans]
         self.batches_consumed = sum(self._worker_batches)
         self._resume_fraction = None  # from here on the per-worker counts are exact
-        for worker, batch in self._batches():
+        order = delivery_order([p.quota for p in plans], self._worker_batches)
+        for worker, batch in self._batches(order, self.batches_consumed, plans[0].epoch_seed):
             self._worker_batches[worker] += 1
             self.batches_consumed += 1
             yield batch
@@ -226,7 +267,7 @@ class EvalLoader(_Loader):
     """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
 
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, _normalize_batch)
+        super().__init__(cfg, dist, batch, _normalize_batch, None)
         self.recipe = recipe
         by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
         plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
@@ -261,7 +302,7 @@ def _batch_on_cuda(choice: str, gpu_decode: bool) -> bool:
     return True
 
 
-def _normalize_batch(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalize_batch(images: torch.Tensor, labels: torch.Tensor, *_seeds) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize(images), labels
 
 
@@ -273,11 +314,13 @@ def _batch_size(cfg, batch_size: int | None) -> int:
     return cfg.train.micro_batch if batch_size is None else batch_size
 
 
-def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None) -> TrainLoader:
-    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch."""
+def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
+                       gpu: GpuDecode | None = None) -> TrainLoader:
+    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
     shards, manifest = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
     _check_classes(manifest, num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes))
+    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes), gpu)
 
 
 def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:

@@ -8,7 +8,8 @@ LABEL_SMOOTHING 0.1) for the rest.
 Per sample, in the loader's workers, on uint8: RandomResizedCrop (box sampled in full-resolution
 coordinates from the JPEG header, then decoded at reduced size: vitc.data.loading.decode),
 horizontal flip, AutoAugment or RandAugment. Per batch: normalize, RandomErasing, MixUp/CutMix, label smoothing —
-float work done once on a stacked batch instead of per image.
+float work done once on a stacked batch instead of per image. Every draw comes from a seed given
+with the sample or the batch (vitc.data.loading.draws), never from the process's running generator.
 
 AutoAugment and RandAugment run on PIL images: on uint8 224 px images they are 2x (AutoAugment) and
 4.5x (RandAugment) faster than on tensors here (measured), because the tensor path does its affine
@@ -24,6 +25,7 @@ import torchvision.transforms.v2 as v2
 from PIL import Image
 
 from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
+from vitc.data.loading.draws import drawing_from, part_seed
 from vitc.errors import VitcError
 
 # ImageNet channel statistics (torchvision/timm convention), in 0..255 units
@@ -98,24 +100,27 @@ class TrainSampleTransform:
         self.size = (recipe.image_size, recipe.image_size)
         self.augment = _auto_augment(recipe)
 
-    def plan(self, data: bytes) -> Box:
+    def plan(self, data: bytes, seed: int) -> Box:
         """The crop box in full-resolution pixels, snapped to the reduced-decode grid."""
         height, width = image_size(data)
-        box = sample_crop_box(height, width, self.recipe.crop_scale)
+        with drawing_from(part_seed(seed, "crop")):
+            box = sample_crop_box(height, width, self.recipe.crop_scale)
         return plan_decode(height, width, box, self.size).box
 
-    def finish(self, image: torch.Tensor) -> torch.Tensor:
-        """Flip and auto-augment a cropped uint8 [3, S, S] image."""
-        if torch.rand(()) < self.recipe.hflip:
-            image = image.flip(-1)
-        if self.augment is not None and image.is_cuda:
-            image = self.augment(image)
-        elif self.augment is not None:
-            image = _from_pil(self.augment(_to_pil(image)))
+    def finish(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """Flip and auto-augment a cropped uint8 [3, S, S] image (on the CPU or the GPU)."""
+        with drawing_from(part_seed(seed, "finish")):
+            if torch.rand(()) < self.recipe.hflip:
+                image = image.flip(-1)
+            if self.augment is not None and image.is_cuda:
+                image = self.augment(image)
+            elif self.augment is not None:
+                image = _from_pil(self.augment(_to_pil(image)))
         return image
 
-    def __call__(self, data: bytes) -> torch.Tensor:
-        return self.finish(decode_crop(data, self.plan(data), self.size, fast=self.recipe.fast_jpeg_decode))
+    def __call__(self, data: bytes, seed: int) -> torch.Tensor:
+        box = self.plan(data, seed)
+        return self.finish(decode_crop(data, box, self.size, fast=self.recipe.fast_jpeg_decode), seed)
 
 
 class EvalSampleTransform:
@@ -125,14 +130,14 @@ class EvalSampleTransform:
         self.size = (recipe.image_size, recipe.image_size)
         self.ratio, self.fast = recipe.eval_crop_ratio, recipe.fast_jpeg_decode
 
-    def plan(self, data: bytes) -> Box:
+    def plan(self, data: bytes, seed: int = 0) -> Box:
         height, width = image_size(data)
         return plan_decode(height, width, center_crop_box(height, width, self.ratio), self.size).box
 
-    def finish(self, image: torch.Tensor) -> torch.Tensor:
+    def finish(self, image: torch.Tensor, seed: int = 0) -> torch.Tensor:
         return image
 
-    def __call__(self, data: bytes) -> torch.Tensor:
+    def __call__(self, data: bytes, seed: int = 0) -> torch.Tensor:
         return decode_crop(data, self.plan(data), self.size, fast=self.fast)
 
 
@@ -199,7 +204,10 @@ class InPlaceCutMix(v2.CutMix):
 
 
 class TrainBatchTransform:
-    """uint8 batch + int64 labels -> normalized float batch + targets (RandomErasing, MixUp/CutMix, smoothing)."""
+    """uint8 batch + int64 labels -> normalized float batch + targets (RandomErasing, MixUp/CutMix, smoothing).
+
+    RandomErasing draws from each sample's seed, MixUp/CutMix from the batch's (vitc.data.loading.draws).
+    """
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -214,15 +222,18 @@ class TrainBatchTransform:
         # one of MixUp/CutMix per batch, chosen uniformly (pycls/timm switch probability 0.5)
         self.mix = v2.RandomChoice(mixes) if mixes else None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, sample_seeds: torch.Tensor,
+                 batch_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(images)
         if self.erase is not None:  # per image: v2 on a batch would erase one box in all of them
-            for image in x:
-                self.erase(image)
+            for image, seed in zip(x, sample_seeds.tolist()):
+                with drawing_from(part_seed(seed, "erase")):
+                    self.erase(image)
         if not self.recipe.soft_targets:
             return x, labels
         if self.mix is not None:
-            x, targets = self.mix(x, labels)
+            with drawing_from(batch_seed):
+                x, targets = self.mix(x, labels)
         else:
             targets = torch.nn.functional.one_hot(labels, self.recipe.num_classes).float()
         eps = self.recipe.label_smoothing

@@ -1,18 +1,19 @@
 """What runs inside one DataLoader worker: its shards -> shuffled samples -> decoded batches.
 
 A worker reads the shards its `WorkerPlan` names, shuffles with webdataset's buffer (seeded by the
-plan), skips the batches a resumed run already consumed, decodes and augments each sample, skips
+plan), skips the batches a resumed run already consumed, decodes and augments each sample (its
+draws seeded by its identity: vitc.data.loading.draws), skips
 and counts bad ones, and yields exactly `plan.quota` batches. A worker that comes up short because
 samples were bad makes a second pass over its shards (logged: those samples repeat) rather than
 leave its rank with fewer batches than the others. Errors travel to the main process as `Failure`
 items so the message arrives intact, naming the shard.
 """
 
+import collections
 import itertools
 import logging
 import math
 import random
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,7 +21,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from vitc.data.loading.decode import UndecodableImage, decode_crops_cuda
+from vitc.data.loading.decode import UndecodableImage
+from vitc.data.loading.draws import sample_seed
 from vitc.data.loading.epoch_plan import WorkerPlan
 from vitc.data.loading.slots import BatchSlots
 from vitc.data.loading.streams import shard_samples
@@ -42,8 +44,9 @@ class BatchStream(IterableDataset):
 
     The plans come from `planner` (see vitc.data.loading.epoch_plan) for the pass `start_pass` published.
     Each item is (payload, worker index, bad samples so far in this worker). The payload is
-    (uint8 images [B,3,S,S], int64 labels), or — when `decode_in_worker` is false (nvJPEG decode on
-    the GPU in the main process) — (JPEG bytes, crop boxes, labels). The main process finishes the
+    (uint8 images [B,3,S,S], int64 labels, int64 sample seeds), or — when `decode_in_worker` is false
+    (nvJPEG decode on the GPU in the main process) — (JPEG bytes, crop boxes, labels, sample seeds).
+    The main process finishes the
     batch (normalize, erase, mix): a uint8 batch crosses to it through shared memory at a quarter of
     a float batch's bytes, and that copy was the largest per-image cost in the workers (measured:
     0.8 ms/image of system time for float32 at 224 px).
@@ -91,8 +94,6 @@ class BatchStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         plan = self.plans()[worker]
-        if info is not None:  # in a worker process: augmentation follows (seed, epoch, rank, worker)
-            torch.manual_seed(zlib.crc32(plan.seed.encode()))
         self.bad = 0
         slots = self.slots if info is not None else None  # in this process, batches need no transport
         try:
@@ -108,12 +109,13 @@ class BatchStream(IterableDataset):
             if not chunk:
                 break
             labels = torch.tensor([c[-1] for c in chunk], dtype=torch.int64)
+            seeds = torch.tensor([c[-2] for c in chunk], dtype=torch.int64)
             if not self.decode_in_worker:
-                payload = [c[0] for c in chunk], [c[1] for c in chunk], labels
+                payload = [c[0] for c in chunk], [c[1] for c in chunk], labels, seeds
             elif slots is not None:
-                payload = slots.fill(worker, generation, [c[0] for c in chunk]), labels
+                payload = slots.fill(worker, generation, [c[0] for c in chunk]), labels, seeds
             else:  # stacked into a new shared-memory segment when in a worker
-                payload = default_collate([c[0] for c in chunk]), labels
+                payload = default_collate([c[0] for c in chunk]), labels, seeds
             yield payload, worker, self.bad
             produced += 1
         items.close()  # stops reading the current shard (and kills its `pipe:` command)
@@ -121,8 +123,9 @@ class BatchStream(IterableDataset):
     def _good_samples(self, worker: int, plan: WorkerPlan) -> Iterator[tuple]:
         rng = random.Random(plan.seed)
         budget = self.max_bad_fraction * (plan.quota * self.batch if self.resampled else plan.samples)
+        opened: collections.Counter = collections.Counter()  # per shard: its repeats draw anew
         for repeat in itertools.count():
-            stream = self._shard_stream(plan, rng)
+            stream = self._shard_stream(plan, rng, opened)
             if self.shuffle_buffer > 1:
                 stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
             if repeat == 0 and plan.skip:  # resumed: these were consumed before the checkpoint
@@ -140,20 +143,29 @@ class BatchStream(IterableDataset):
             log.warning("worker %d: %d bad samples left it short of %d batches: reading its shards again "
                         "(some samples repeat this epoch)", worker, self.bad, plan.quota)
 
-    def _shard_stream(self, plan: WorkerPlan, rng: random.Random) -> Iterator[dict]:
+    def _shard_stream(self, plan: WorkerPlan, rng: random.Random, opened: collections.Counter) -> Iterator[dict]:
         if self.resampled:  # with replacement, forever: the quota ends the epoch
             while True:
-                yield from shard_samples(rng.choice(plan.shards), self.timeout)
+                yield from self._open(rng.choice(plan.shards), opened)
         for shard in rng.sample(plan.shards, len(plan.shards)) if plan.quota is not None else plan.shards:
-            yield from shard_samples(shard, self.timeout)
+            yield from self._open(shard, opened)
+
+    def _open(self, shard, opened: collections.Counter) -> Iterator[dict]:
+        """The shard's samples, each tagged with how often this worker opened the shard before."""
+        times = opened[shard.name]
+        opened[shard.name] += 1
+        for sample in shard_samples(shard, self.timeout):
+            sample["__opened__"] = times
+            yield sample
 
     def _decode(self, sample: dict, budget: float, plan: WorkerPlan) -> tuple | None:
         try:
             _, data = sample_image(sample)
             label, _ = sample_label(sample, self.num_classes)
+            seed = sample_seed(plan.epoch_seed, sample["__url__"], sample["__key__"], sample["__opened__"])
             if not self.decode_in_worker:
-                return data, self.sample_transform.plan(data), label
-            return self.sample_transform(data), label
+                return data, self.sample_transform.plan(data, seed), seed, label
+            return self.sample_transform(data, seed), seed, label
         except (BadSample, UndecodableImage) as e:
             self.bad += 1
             where = f"shard {sample.get('__url__')}: sample '{sample.get('__key__')}'"
@@ -164,29 +176,3 @@ class BatchStream(IterableDataset):
             log.warning("skipped %s: %s", where, e)
             return None
 
-
-class GpuDecode:
-    """`data.decode_device: cuda`: workers only read and plan crops; nvJPEG decodes batches here."""
-
-    def __init__(self, size: int):
-        self.size = (size, size)
-
-    @classmethod
-    def select(cls, decode_device: str, image_size: int) -> "GpuDecode | None":
-        if decode_device != "cuda":
-            return None
-        if not torch.cuda.is_available():
-            log.warning("data.decode_device is 'cuda' but CUDA is not available: decoding on the CPU")
-            return None
-        return cls(image_size)
-
-    def decode(self, datas: list[bytes], boxes: list, labels: torch.Tensor,
-               stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images [B,3,S,S] on the GPU (cropped, flipped, auto-augmented) and their labels."""
-        device = torch.device("cuda", torch.cuda.current_device())  # the engine has selected it by now
-        try:
-            images = decode_crops_cuda(datas, boxes, self.size, device)
-        except RuntimeError as e:
-            raise VitcError(f"nvJPEG could not decode a batch ({e}); find the bad sample with "
-                            f"`vitc shards verify` or set data.decode_device: cpu") from None
-        return torch.stack([stream.sample_transform.finish(img) for img in images]), labels.to(device)

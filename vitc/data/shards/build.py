@@ -11,14 +11,16 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import random
 import re
+import signal
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +28,7 @@ from typing import TypeVar
 import webdataset as wds
 from tqdm import tqdm
 
+from vitc.data.processes import imap_unordered
 from vitc.data.shards.encode import BadInput, prepare_jpeg
 from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
 from vitc.data.shards.sources import SourceItem, SourceListing, list_source
@@ -212,12 +215,33 @@ def check_workers(workers: int) -> None:
 
 
 def imap_workers(fn: Callable[[T], R], tasks: list[T], workers: int) -> Iterator[R]:
-    """`fn` over `tasks` in `workers` processes (in this one when 1), results as they finish."""
+    """`fn` over `tasks` in `workers` processes (in this one when 1), results as they finish.
+    The workers leave signals to this process and end with it (vitc.data.processes)."""
     if workers == 1:
         yield from map(fn, tasks)
         return
-    with multiprocessing.get_context().Pool(min(workers, max(1, len(tasks)))) as pool:
-        yield from pool.imap_unordered(fn, tasks)
+    yield from imap_unordered(fn, tasks, workers)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a build: it stops as on Ctrl-C (finished shards kept), exit status 143."""
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises `Terminated` where the build is (in the main thread: Python's signal rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum, _frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_all(plans: list[ShardPlan], out: Path, options: BuildOptions, workers: int,
@@ -263,7 +287,8 @@ def build_shards(src: str | os.PathLike, out: str | os.PathLike, prefix: str = "
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # a manifest only ever describes finished shards
     log.info("%d inputs of %d classes from %s -> %d shards in %s", len(listing.items),
              len(listing.classes), src, len(plans), out)
-    outcomes = {o.record.name: o for o in _run_all(plans, out, options, workers, progress)}
+    with _stop_on_sigterm():
+        outcomes = {o.record.name: o for o in _run_all(plans, out, options, workers, progress)}
     ordered = [outcomes[plan.name] for plan in plans]
     manifest = _write_manifest(out, prefix, listing, ordered,
                                {**dataclasses.asdict(options), "plan_sha256": fingerprint})

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from vitc.data.samples import JSON_LABEL_FIELDS, BadSample, sample_image, sample_label
+from vitc.data.samples import JSON_LABEL_FIELDS, BadSample, gpu_decode_refusal, sample_image, sample_label
 from vitc.data.shards.build import check_workers, imap_workers
 from vitc.data.shards.encode import BadInput, check_image
 from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
@@ -38,6 +38,7 @@ class ShardScan:
     image_keys: set[str] = field(default_factory=set)
     label_keys: set[str] = field(default_factory=set)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (sample key, reason)
+    not_for_gpu: list[tuple[str, str]] = field(default_factory=list)  # (sample key, why nvJPEG cannot take it)
     error: str | None = None  # the tar itself could not be read to its end
 
 
@@ -58,6 +59,8 @@ class VerifyReport:
     shards: int
     samples: int
     problems: list[ShardProblem]
+    # valid samples that `data.decode_device: cuda` decodes on the CPU instead (not problems)
+    not_for_gpu: list[ShardProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +69,10 @@ class VerifyReport:
     def describe(self) -> str:
         head = (f"{self.directory}: {self.shards} shards, {self.samples} samples verified "
                 f"({'ok' if self.ok else f'{len(self.problems)} problems'})")
-        return "\n".join([head] + [p.describe() for p in self.problems])
+        gpu = ([f"{len(self.not_for_gpu)} samples the GPU decoder (nvJPEG, data.decode_device: cuda) cannot "
+                "take; the loader decodes them on the CPU:"] if self.not_for_gpu else [])
+        return "\n".join([head] + [p.describe() for p in self.problems] + gpu
+                         + [f"  {p.describe()}" for p in self.not_for_gpu])
 
 
 class _HashingReader:
@@ -116,6 +122,9 @@ def _check_sample(sample: dict, scan: ShardScan, decode: bool, num_classes: int 
     except (BadSample, BadInput) as e:
         scan.bad.append((key, str(e)))
         return
+    refusal = gpu_decode_refusal(image) if decode else None
+    if refusal is not None:
+        scan.not_for_gpu.append((key, refusal))
     scan.samples += 1
     scan.max_label = max(scan.max_label, label)
     scan.image_keys.add(image_key)
@@ -142,14 +151,16 @@ def verify_shards(directory: str | os.PathLike, workers: int = 1, progress: bool
     tasks = [(str(p), manifest.num_classes) for p in paths if p not in missing]
     records = {s.name: s for s in manifest.shards}
     expected_bad = {s.input for s in manifest.skipped}
-    samples = 0
+    samples, not_for_gpu = 0, []
     with tqdm(total=len(tasks), unit="shard", desc="verify", disable=not progress) as bar:
         for scan in imap_workers(_verify_task, tasks, workers):
             problems += _compare(scan, records[scan.name], expected_bad)
+            not_for_gpu += [ShardProblem(scan.name, reason, key) for key, reason in scan.not_for_gpu]
             samples += scan.samples
             bar.update()
     problems.sort(key=lambda p: p.shard)
-    return VerifyReport(str(directory), len(paths), samples, problems)
+    not_for_gpu.sort(key=lambda p: (p.shard, p.sample))
+    return VerifyReport(str(directory), len(paths), samples, problems, not_for_gpu)
 
 
 def _compare(scan: ShardScan, record: ShardRecord, expected_bad: set[str]) -> list[ShardProblem]:
