@@ -41,7 +41,7 @@ from vitc.data.loading.workers import BatchStream, Failure, GpuDecode
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
-from vitc.launch.env import DistEnv
+from vitc.launch.env import DistEnv, wants_cuda
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -60,10 +60,11 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size)
-        pin = d.pin_memory if d.pin_memory != "auto" else torch.cuda.is_available()
+        on_cuda = wants_cuda(cfg.train.device, torch.cuda.is_available())  # as the trainer resolves it
+        self.gpu = GpuDecode.select(d.decode_device, cfg.model.image_size) if on_cuda else None
+        pin = d.pin_memory if d.pin_memory != "auto" else on_cuda
         self._pin = bool(pin) and self.gpu is None
-        self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
+        self.batch_on_cuda = on_cuda and _batch_on_cuda(d.batch_device, self.gpu is not None)
         self._bad = [0] * self.workers
         self.bad_samples_before = 0
         self.stream: BatchStream  # set by the subclass
