@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from engine_runs import ROOT, TINY_CONV, TINY_PATCHIFY, digit_shards, exported, losses, vitc, write_config
+from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.runtime import process_group, resolve_runtime
@@ -112,3 +113,17 @@ def test_slurm_master_port_lies_below_the_ephemeral_range_and_launch_sh_agrees()
         assert int(bash) == port and 1024 < port < 32768
         env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": str(job_id)}
         assert discover(env).master_port == port
+
+
+def test_submit_binds_tasks_and_asks_for_memory_as_told(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"train: {{run_dir: {tmp_path / 'run'}}}\n")
+    assert main(["slurm", "submit", str(config), "--mem", "500G", "--cpu-bind", "cores",
+                 "--gpu-bind", "single:1", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --mem=500G" in script.splitlines()
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--cpu-bind=cores --gpu-bind=single:1" in srun
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert main(["slurm", "submit", str(config), "--mem", "lots", "--dry-run"]) == 2
+    assert "slurm.mem / --mem: expected memory per node like 500G" in capsys.readouterr().err
