@@ -29,7 +29,8 @@ def shards(digits_folder, tmp_path_factory):
     return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
 
 
-def bf16_config(tmp_path, shards, model: dict, stage: int, precision: str = "bf16", steps: int = 2):
+def tiny_config(tmp_path, shards, model: dict, stage: int, precision: str = "bf16", steps: int = 2):
+    """A tiny model on the digits, 2 micro-batches per step, run dir tmp_path/<precision>."""
     return write_config(tmp_path / f"{precision}.yaml", shards, tmp_path / precision, model,
                         train={"zero_stage": stage, "precision": precision, "grad_accum": 2,
                                "max_steps": steps})
@@ -40,7 +41,7 @@ def bf16_config(tmp_path, shards, model: dict, stage: int, precision: str = "bf1
 def test_bf16_with_nhwc_input_trains_at_every_zero_stage(model, stage, shards, tmp_path):
     # channels_last and bf16 together: each crashed alone (DeepSpeed's broadcast of an NHWC weight,
     # BatchNorm's bf16 weight beside fp32 statistics); a process per run: ZeRO-3 patches torch
-    config = bf16_config(tmp_path, shards, model, stage)
+    config = tiny_config(tmp_path, shards, model, stage)
     vitc("train", str(config), "train.channels_last=true")
     assert len(losses(tmp_path / "bf16")) == 2 and all(math.isfinite(v) for v in losses(tmp_path / "bf16"))
 
@@ -50,7 +51,7 @@ def twin_runs(shards, tmp_path_factory):
     """The conv stem at ZeRO-1 for 20 steps in fp32 and in bf16, from the same seed."""
     tmp = tmp_path_factory.mktemp("twins")
     for precision in ("fp32", "bf16"):
-        vitc("train", str(bf16_config(tmp, shards, TINY_CONV, 1, precision, steps=20)))
+        vitc("train", str(tiny_config(tmp, shards, TINY_CONV, 1, precision, steps=20)))
     return tmp
 
 
@@ -76,7 +77,7 @@ def test_export_after_bf16_is_the_optimizers_fp32_masters(twin_runs, tmp_path):
 
 
 def test_generated_deepspeed_config_sums_gradients_in_fp32(shards, tmp_path):
-    config = bf16_config(tmp_path, shards, TINY_CONV, 1)
+    config = tiny_config(tmp_path, shards, TINY_CONV, 1)
     for stage in (0, 1, 2, 3):
         ds = deepspeed_config(resolve_run(load_config(config, [f"train.zero_stage={stage}"]), 8, "gpu"))
         assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["communication_data_type"] == "fp32"
@@ -85,7 +86,7 @@ def test_generated_deepspeed_config_sums_gradients_in_fp32(shards, tmp_path):
 
 
 def test_conv_stem_batchnorm_runs_in_fp32_beside_bf16_parameters(shards, tmp_path):
-    model = VisionTransformer(model_spec(load_config(bf16_config(tmp_path, shards, TINY_CONV, 1)).model, 10))
+    model = VisionTransformer(model_spec(load_config(tiny_config(tmp_path, shards, TINY_CONV, 1)).model, 10))
     keys = set(model.state_dict())
     for p in model.parameters():  # as DeepSpeed casts them (engine.py `_cast_module_mixed_precision`)
         p.data = p.data.to(torch.bfloat16)
