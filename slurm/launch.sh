@@ -13,8 +13,9 @@ unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK
 first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
 export MASTER_ADDR=${MASTER_ADDR:-$first_node}
-# Same on every node, different for two jobs sharing a node (array tasks each have a job id).
-export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+# Same on every node, different for two jobs sharing a node (array tasks each have a job id), and
+# below Linux's ephemeral ports (32768-60999): vitc.launch.env.slurm_master_port, the same rule.
+export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))
 
 # NCCL and threading: the one place these are set. A failed or timed-out collective raises
 # (train.dist_timeout_s) instead of hanging the job; site settings come from slurm.env below.
@@ -39,7 +40,9 @@ trap forward_preemption USR1
 # --kill-on-bad-exit: one rank that dies ends the step; --wait: one rank that exits cleanly
 # while others still run ends it after slurm.exit_wait_s. Neither case can hang the job.
 # --cpus-per-task again: srun 22.05 does not inherit it from sbatch (its release notes).
-srun --kill-on-bad-exit=1 --wait={{exit_wait_s}} --cpus-per-task="$SLURM_CPUS_PER_TASK" --label \
+# Binding (slurm.cpu_bind, slurm.gpu_bind): a task bound to one GPU sees it as device 0, a task
+# that sees every GPU takes the one at its local rank (vitc.launch.env.gpu_index).
+srun --kill-on-bad-exit=1 --wait={{exit_wait_s}} --cpus-per-task="$SLURM_CPUS_PER_TASK" --label {{srun_binding}}\
     {{python}} -m vitc.cli "${VITC_ARGS[@]}" &
 srun_pid=$!
 while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done

@@ -163,6 +163,11 @@ class SlurmConfig:
     # One task per GPU; 0 = one CPU task per node (gloo), for CPU clusters and the test cluster.
     gpus_per_node: int = bounded(8, ge=0)
     cpus_per_task: int = bounded(8, ge=1)
+    mem: str | None = None  # sbatch --mem per node, e.g. "500G"; "0" = all of it; null: the site's default
+    # srun --cpu-bind / --gpu-bind for the training tasks, e.g. "cores" and "single:1" (one GPU per
+    # task, seen as device 0) or "closest"; null: the site's default
+    cpu_bind: str | None = None
+    gpu_bind: str | None = None
     partition: str | None = None
     account: str | None = None
     # sbatch --time. Quote it in YAML ("72:00:00"): unquoted, YAML 1.1 reads H:M:S as one number.

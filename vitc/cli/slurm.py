@@ -11,7 +11,8 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
 
     cfg = resolve_submission(one_config(args, "slurm submit"), args.overrides, nodes=args.nodes,
                              gpus_per_node=args.gpus_per_node, partition=args.partition,
-                             time=args.time, account=args.account)
+                             time=args.time, account=args.account, mem=args.mem,
+                             cpu_bind=args.cpu_bind, gpu_bind=args.gpu_bind)
     result = submit(cfg, dry_run=args.dry_run)
     if args.dry_run:
         print(result.script, end="")
@@ -46,6 +47,12 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     slurm_submit.add_argument("--partition", metavar="P", help="default: slurm.partition")
     slurm_submit.add_argument("--time", metavar="T", help="time limit, e.g. 2-00:00:00 (default: slurm.time)")
     slurm_submit.add_argument("--account", metavar="A", help="default: slurm.account")
+    slurm_submit.add_argument("--mem", metavar="M", help="memory per node, e.g. 500G; 0 = all (default: slurm.mem)")
+    slurm_submit.add_argument("--cpu-bind", metavar="B", help="srun --cpu-bind for the tasks, e.g. cores "
+                                                               "(default: slurm.cpu_bind)")
+    slurm_submit.add_argument("--gpu-bind", metavar="B",
+                              help="srun --gpu-bind, e.g. single:1 (one GPU per task, seen as cuda:0) or "
+                                   "closest (default: slurm.gpu_bind)")
     slurm_submit.add_argument("--dry-run", action="store_true",
                               help="print the job script; write and submit nothing")
     slurm_submit.set_defaults(func=cmd_slurm_submit, split="configs")

@@ -1,9 +1,13 @@
 """`vitc export`: a run's newest complete checkpoint -> one safetensors file a plain model loads.
 
-ZeRO partitions are consolidated by DeepSpeed's own fp32 consolidation (`zero_to_fp32`), which
-reads the fp32 master weights from the optimizer partitions of every rank. A ZeRO-0 checkpoint
-holds the whole module, which is read with `torch.load(weights_only=True)`. The output is
-safetensors, so loading weights (`load_weights`) never unpickles anything.
+The weights exported are the fp32 master weights, never the bf16/fp16 working copy in the
+checkpoint's `module`: ZeRO partitions (`zero_pp_rank_*`) are consolidated by DeepSpeed's own
+`zero_to_fp32`; a ZeRO-1 bf16 run (DeepSpeed's BF16_Optimizer, chosen for fp32 gradient
+accumulation) keeps its fp32 masters as flat per-rank partitions (`bf16_zero_pp_rank_*`), merged
+here by their `param_slice_mappings`; a ZeRO-0 run trains fp32 parameters (bf16 through
+torch.autocast, vitc/engine/deepspeed_cfg.py), so its `module` is the masters, read with
+`torch.load(weights_only=True)`. The output is safetensors, so loading weights (`load_weights`)
+never unpickles anything.
 """
 
 import json
@@ -35,13 +39,36 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
         if not (tag_dir / EMA_FILE).is_file():
             raise VitcError(f"{tag_dir} has no EMA weights: the run trained with optim.ema_alpha=0")
         return load_file(str(tag_dir / EMA_FILE)), info
-    if any(tag_dir.glob("*optim_states.pt")):
+    if any(tag_dir.glob("bf16_zero_pp_rank_*optim_states.pt")):
+        state = bf16_optimizer_masters(tag_dir)
+    elif any(tag_dir.glob("*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=info.tag)
     else:
         state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def bf16_optimizer_masters(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The fp32 masters of DeepSpeed's BF16_Optimizer checkpoint, with the module's buffers.
+
+    Each rank's file holds, per parameter group, its flat fp32 partition and where each parameter's
+    fragment lies in it (`param_slice_mappings`, deepspeed/runtime/bf16_optimizer.py `state_dict`);
+    a parameter's fragments in rank order are the whole flat parameter."""
+    model = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    shapes = {name: shape for group in model["param_shapes"] for name, shape in group.items()}
+    fragments: dict[str, list[torch.Tensor]] = {name: [] for name in shapes}
+    ranks = sorted(tag_dir.glob("bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"),
+                   key=lambda p: int(p.name.split("_")[4]))
+    for path in ranks:
+        optim = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for flat, mapping in zip(optim["single_partition_of_fp32_groups"], optim["param_slice_mappings"]):
+            for name, where in mapping.items():
+                fragments[name].append(flat.narrow(0, where.start, where.numel))
+    state = {name: torch.cat(fragments[name]).view(shape).clone() for name, shape in shapes.items()}
+    buffers = set(model["buffer_names"])
+    return state | {k: v for k, v in model["module"].items() if k in buffers}
 
 
 def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as tdist
 
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv
+from vitc.launch.env import DistEnv, gpu_index, wants_cuda
 from vitc.run import Run, resolve_precision, resolve_run
 from vitc.schema import Config, TrainConfig
 
@@ -42,10 +42,12 @@ class Runtime:
 
 def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
     """Device, precision, backend: bf16/NCCL/channels-last on GPU, fp32/gloo on CPU unless set."""
-    want_gpu = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
+    want_gpu = wants_cuda(train.device, torch.cuda.is_available())
     if want_gpu and not torch.cuda.is_available():
         raise VitcError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    device = torch.device("cuda", dist.local_rank) if want_gpu else torch.device("cpu")
+    device = torch.device("cpu")
+    if want_gpu:  # one GPU per task, or all of the node's GPUs per task (vitc.launch.env.gpu_index)
+        device = torch.device("cuda", gpu_index(dist.local_rank, dist.local_world_size, torch.cuda.device_count()))
     # the run's rule (vitc.run), as the planner applies it to its GPU table
     precision = resolve_precision(train, want_gpu, want_gpu and gpu_has_bf16())
     backend = train.dist_backend if train.dist_backend != "auto" else ("nccl" if want_gpu else "gloo")
@@ -91,12 +93,17 @@ def process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[DistEn
             dist = DistEnv(master_port=free_port())
         if rt.on_gpu:
             torch.cuda.set_device(rt.device)
+            # fp32 means fp32: an fp32 run, `vitc eval` and the fp32 EMA model's evaluation. PyTorch
+            # lets cuDNN convs use TF32 by default; bf16/fp16 tensors never use TF32 anyway.
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         tdist.init_process_group(rt.backend, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
                                  rank=dist.rank, world_size=dist.world_size,
                                  timeout=timedelta(seconds=timeout_s))
         atexit.register(_leave_group)
         _GROUP = dist
     exported = _GROUP.export()
+    if rt.on_gpu:  # DeepSpeed takes LOCAL_RANK for the device ordinal (engine.py `_set_distributed_vars`)
+        exported["LOCAL_RANK"] = str(rt.device.index)
     saved = {key: os.environ.get(key) for key in exported}
     os.environ.update(exported)
     try:

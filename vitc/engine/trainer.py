@@ -3,10 +3,13 @@
 `train(cfg)` discovers the launcher once, builds the plain model and data, wraps the model with
 `deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
-ranks agree, with one all_reduce, on two flags: a preemption signal arrived (then all ranks
-save at this same step, rank 0 writes the outcome and requeues the Slurm job, the process exits 0)
-and a loss was not finite (then all ranks stop with a `Diverged` error before any later save can
-overwrite good state). Every end leaves RUN_DIR/outcome.json (vitc/engine/outcome.py).
+ranks sum, with one all_reduce on the device, two flags and the loss: a preemption signal arrived
+(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job, the
+process exits 0) and a loss was not finite (then all ranks stop with a `Diverged` error before any
+later save can overwrite good state). The host reads the sums, which waits for the device, only
+every `log.every_steps` steps, before every save and at the end of an epoch: the same steps on
+every rank, so the ranks still agree, and a signal is acted on at most `log.every_steps` steps
+late. Every end leaves RUN_DIR/outcome.json (vitc/engine/outcome.py).
 """
 
 import json
@@ -115,10 +118,11 @@ class Trainer:
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
         init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
-        model = model.to(self.rt.device)
-        if self.rt.channels_last:
-            model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
-        return model
+        # the parameters stay contiguous (DeepSpeed broadcasts each as `p.data.view(torch.uint8)`,
+        # and under ZeRO-1/2 they become views into its flat buffers): `_prepare` makes only the
+        # input NHWC, and cuDNN then runs the convs in NHWC (ATen ConvUtils.h
+        # `cudnn_conv_suggest_memory_format` follows the input's or the weight's format)
+        return model.to(self.rt.device)
 
     def _write_run_files(self, lr: float) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +165,7 @@ class Trainer:
         self.loader.set_epoch(self.epoch)  # the epoch a resumed loader is in keeps its position
         batches, window = iter(self.loader), Window()
         loss_sum = torch.zeros((), device=self.rt.device)
+        flags = torch.zeros(3, device=self.rt.device)  # summed over ranks and the steps not yet read
         while self.micro_in_epoch < self.steps_per_epoch * self.accum:
             waited = time.perf_counter()
             batch = next(batches, None)
@@ -173,19 +178,25 @@ class Trainer:
             if self.micro_in_epoch % self.accum:
                 continue
             self.step += 1
-            preempted, loss = self._agree_on_flags(loss_sum)
+            flags += self._step_flags(loss_sum)
             self._count_skipped()
-            window.add(len(images) * self.accum * self.dist.world_size, loss)
+            window.add(len(images) * self.accum * self.dist.world_size, 0.0)  # its loss when read
             loss_sum.zero_()
             if self.ema is not None:
                 self.ema.update(self.engine.module, self.step)
+            save = self._stop_reason(False) or self.step % self.cfg.checkpoint.every_steps == 0
+            if not save and self.step % self.cfg.log.every_steps:
+                continue
+            stop = self._stop_reason(self._agree_on_flags(flags, window))
             if self.step % self.cfg.log.every_steps == 0:
                 window = self._log(window)
-            stop = self._stop_reason(preempted)
-            if stop or self.step % self.cfg.checkpoint.every_steps == 0:
+            if stop or save:
                 self._save()
             if stop:
                 return stop
+        if self._agree_on_flags(flags, window):  # before the epoch's save
+            self._save()
+            return self._stop_reason(True)
         return "finished"
 
     def _micro_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -201,21 +212,29 @@ class Trainer:
         fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
         return images.to(self.rt.device, dtype, non_blocking=True, memory_format=fmt)
 
-    def _agree_on_flags(self, loss_sum: torch.Tensor) -> tuple[bool, float]:
-        """One all_reduce over [preemption requested, loss not finite, loss]: every rank learns
-        whether any rank was signalled or diverged, and the mean loss. Raises on a non-finite loss
-        before anything is saved. Every rank."""
-        flags = torch.stack([torch.tensor(float(self.preempt.requested), device=self.rt.device),
+    def _step_flags(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """[preemption requested, loss not finite, loss] summed over ranks by one all_reduce, left
+        on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies nothing from the
+        host). Every rank."""
+        flags = torch.stack([torch.full((), float(self.preempt.requested), device=self.rt.device),
                              (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum])
         tdist.all_reduce(flags)
-        preempted, diverged, loss = (float(v) for v in flags)
+        return flags
+
+    def _agree_on_flags(self, flags: torch.Tensor, window: Window) -> bool:
+        """Read the flags summed since the last read (this waits for the device) and zero them:
+        whether any rank was signalled; the mean loss goes to `window`. Raises on a non-finite loss
+        before anything is saved. Every rank, at the same steps."""
+        preempted, diverged, loss = flags.tolist()
+        flags.zero_()
+        window.loss_sum += loss / self.dist.world_size
         if diverged > 0:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
             raise Diverged(
                 f"loss is not finite (mean over ranks {loss:.4g}) at epoch {self.epoch + 1}, "
                 f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
                 "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
-        return preempted > 0, loss / self.dist.world_size
+        return preempted > 0
 
     def _count_skipped(self) -> None:
         """DeepSpeed skips an optimizer step whose gradients are not finite (ZeRO >= 1, fp16 loss

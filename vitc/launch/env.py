@@ -15,6 +15,9 @@ from dataclasses import dataclass, replace
 from vitc.errors import VitcError
 
 DEFAULT_PORT = 29500
+# Slurm jobs: a port below Linux's ephemeral range (32768-60999, net.ipv4.ip_local_port_range),
+# where an outgoing connection of any process on the node could already hold it.
+SLURM_PORTS = range(10000, 30000)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,35 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
+def slurm_master_port(job_id: int) -> int:
+    """The rendezvous port of Slurm job `job_id`: the same on every node, different for two jobs
+    sharing a node unless their ids differ by a multiple of 20000 (slurm/launch.sh computes the same)."""
+    return SLURM_PORTS.start + job_id % len(SLURM_PORTS)
+
+
+def wants_cuda(device: str, cuda_available: bool) -> bool:
+    """Whether `train.device` (auto | cpu | cuda) puts this process on a GPU: the trainer's choice
+    (vitc.engine.runtime), and the loader's for pinning and GPU decode."""
+    return device == "cuda" or (device == "auto" and cuda_available)
+
+
+def gpu_index(local_rank: int, local_world_size: int, visible_gpus: int) -> int:
+    """Which of the GPUs this process sees it trains on.
+
+    Two ways a site hands GPUs to tasks: every task sees the node's GPUs (torchrun, plain
+    `srun --gpus-per-node`) and takes the one at its local rank; or each task is bound to one GPU
+    (`--gpus-per-task=1`, `--gpu-bind=single:1`/`map_gpu`, CUDA_VISIBLE_DEVICES set per task) and
+    sees only that one, as device 0.
+    """
+    if visible_gpus == 1:
+        return 0
+    if visible_gpus >= local_world_size and local_rank < visible_gpus:
+        return local_rank
+    raise VitcError(f"local rank {local_rank} of {local_world_size} tasks on this node sees {visible_gpus} "
+                    "GPU(s): expected each task to see one GPU, or every task all of the node's GPUs "
+                    "(check --gpus-per-task / --gpu-bind / CUDA_VISIBLE_DEVICES)")
+
+
 def slurm_job(env: Mapping[str, str]) -> str | None:
     """The id `scontrol` knows this job by: '<array job>_<task>' for an array task, else the job id."""
     if env.get("SLURM_ARRAY_JOB_ID"):
@@ -81,7 +113,7 @@ def _launcher(env: Mapping[str, str]) -> DistEnv:
         # script exports MASTER_ADDR as the first node's address; the node name is a fallback.
         master = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         if "MASTER_PORT" not in env and "SLURM_JOB_ID" in env:
-            port = 20000 + _int(env, "SLURM_JOB_ID") % 20000  # same on every node, differs per job
+            port = slurm_master_port(_int(env, "SLURM_JOB_ID"))
         # SLURM_NTASKS_PER_NODE reads like '4' or '4(x16)'
         per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
         local_world = int(per_node) if per_node.isdigit() else 1

@@ -29,6 +29,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 # sbatch --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_MEM = re.compile(r"^\d+[KMGT]?$")  # sbatch --mem: an integer, megabytes unless suffixed
 
 
 @dataclasses.dataclass
@@ -77,6 +78,13 @@ def check_slurm_config(slurm: SlurmConfig) -> None:
     if not 0 < slurm.signal_seconds < limit:
         raise VitcError(f"slurm.signal_seconds: the preemption signal must come after the start and "
                         f"before the time limit ({slurm.time} = {limit} s), got {slurm.signal_seconds}")
+    if slurm.mem is not None and not _MEM.match(slurm.mem):
+        raise VitcError(f"slurm.mem / --mem: expected memory per node like 500G, 64000M or 0 (all), got {slurm.mem!r}")
+    for key in ("cpu_bind", "gpu_bind"):
+        value = getattr(slurm, key)
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise VitcError(f"slurm.{key}: expected one srun --{key.replace('_', '-')} value like 'cores' "
+                            f"or 'single:1', got {value!r}")
     bad = [a for a in slurm.sbatch_args if not a.startswith("--")]
     if bad:
         raise VitcError(f"slurm.sbatch_args: expected long sbatch options like '--exclusive', got {bad}")
@@ -90,6 +98,7 @@ def sbatch_options(slurm: SlurmConfig, log_pattern: str) -> str:
                f"--output={log_pattern}", f"--signal=B:USR1@{slurm.signal_seconds}"]
     if slurm.gpus_per_node:
         options.append(f"--gpus-per-node={slurm.gpus_per_node}")
+    options += [f"--mem={slurm.mem}"] * (slurm.mem is not None)
     options += [f"--partition={slurm.partition}"] * bool(slurm.partition)
     options += [f"--account={slurm.account}"] * bool(slurm.account)
     options += slurm.sbatch_args
@@ -108,7 +117,15 @@ def _launch_body(slurm: SlurmConfig, workdir: Path) -> str:
     exports = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in sorted(slurm.env.items()))
     return render(_template("launch.sh"), {
         "workdir": shlex.quote(str(workdir)), "env_exports": exports,
-        "exit_wait_s": str(slurm.exit_wait_s), "python": shlex.quote(sys.executable)})
+        "exit_wait_s": str(slurm.exit_wait_s), "python": shlex.quote(sys.executable),
+        "srun_binding": srun_binding(slurm)})
+
+
+def srun_binding(slurm: SlurmConfig) -> str:
+    """srun's --cpu-bind/--gpu-bind options for the training step ('' for the site's defaults)."""
+    options = [f"--{key.replace('_', '-')}={value}" for key in ("cpu_bind", "gpu_bind")
+               if (value := getattr(slurm, key)) is not None]
+    return "".join(f"{shlex.quote(o)} " for o in options)
 
 
 def job_name(cfg: Config) -> str:

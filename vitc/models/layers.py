@@ -1,11 +1,39 @@
 """Transformer pieces: pre-norm block = LN -> MHSA -> residual, LN -> MLP(GELU) -> residual, built
-from its description (structure.BlockShape) that cost.py counts."""
+from its description (structure.BlockShape) that cost.py counts; and the conv stem's BatchNorm,
+which computes in fp32 whatever precision the model trains in."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vitc.models.structure import BlockShape
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm computed in fp32: the input is cast up, the output back to the input's dtype.
+
+    Under bf16/fp16 DeepSpeed casts each parameter (`p.data = p.data.to(dtype)`, deepspeed 0.19
+    runtime/engine.py `_cast_module_mixed_precision`) and flattens them into its own buffers, but
+    leaves buffers alone: weight and bias arrive in bf16 while the running statistics stay fp32,
+    and PyTorch's BN kernels refuse that mix (CPU on the forward, CUDA's NCHW backward). So the
+    statistics are kept fp32 (also through `module.half()`/`.bfloat16()`, see `_apply`), the
+    affine parameters are cast up exactly for the computation (their fp32 masters live in the
+    optimizer, like every parameter's), and normalisation runs in fp32. State-dict keys are
+    nn.BatchNorm2d's. Always affine, tracking statistics with a fixed momentum.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        y = F.batch_norm(x.float(), self.running_mean, self.running_var, self.weight.float(),
+                         self.bias.float(), self.training, self.momentum, self.eps)
+        return y.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("running_mean", "running_var"):
+            setattr(self, name, getattr(self, name).float())
+        return self
 
 
 class MultiheadSelfAttention(nn.Module):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vitc.models.layers import BatchNorm2d
 from vitc.models.structure import ConvLayer
 
 
@@ -28,6 +29,8 @@ class PatchifyStem(nn.Module):
 class ConvStem(nn.Module):
     """Stacked 3×3 convs (no bias, BN + ReLU after each), then a 1×1 conv with bias to the width.
 
+    BN computes in fp32 under every precision (layers.BatchNorm2d).
+
     Its invariants (lengths, strides, total stride) are checked once, by `ViTSpec.validate`.
     """
 
@@ -36,7 +39,7 @@ class ConvStem(nn.Module):
         *convs, last = layers
         modules: list[nn.Module] = []
         for layer in convs:
-            modules += [_conv(layer), nn.BatchNorm2d(layer.c_out), nn.ReLU(inplace=True)]
+            modules += [_conv(layer), BatchNorm2d(layer.c_out), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*modules)
         self.proj = _conv(last)
 

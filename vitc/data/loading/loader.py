@@ -46,7 +46,7 @@ from vitc.data.processes import follow_parent
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
-from vitc.launch.env import DistEnv
+from vitc.launch.env import DistEnv, wants_cuda
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -65,10 +65,12 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        self.gpu = gpu or GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
-        pin = d.pin_memory if d.pin_memory != "auto" else torch.cuda.is_available()
+        on_cuda = wants_cuda(cfg.train.device, torch.cuda.is_available())  # as the trainer resolves it
+        self.gpu = gpu or (GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
+                           if on_cuda else None)
+        pin = d.pin_memory if d.pin_memory != "auto" else on_cuda
         self._pin = bool(pin) and self.gpu is None
-        self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None)
+        self.batch_on_cuda = on_cuda and _batch_on_cuda(d.batch_device, self.gpu is not None)
         self._bad = [0] * self.workers
         self.bad_samples_before = 0
         self.stream: BatchStream  # set by the subclass
