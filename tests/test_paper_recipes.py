@@ -42,6 +42,7 @@ def resolved_recipe(entry: dict) -> dict:
         "label_smoothing": d.label_smoothing, "augment": d.auto_augment, "random_erasing": d.random_erasing,
         "drop_path": spec.drop_path, "train_size": spec.image_size,
         "test_resize": round(spec.image_size / d.eval_crop_ratio), "test_crop": spec.image_size,
+        "frozen": cfg.train.freeze,
     }
 
 
@@ -82,3 +83,25 @@ def test_where_the_paper_and_the_released_files_disagree_the_paper_wins():
 def test_every_released_config_is_pinned():
     assert len(PINNED) == 14
     assert sum(name.startswith("IN21k_") for name in PINNED) == 6
+
+
+def test_the_72gf_stem_loads_and_freezes_exactly_the_layers_it_shares_with_the_36gf_stem():
+    entry = PINNED["IN21k_ViT-C-72GF_adamw_128gpus.yaml"]
+    cfg = load_config(REPO / entry["config"], ["data.train_shards=null"])
+    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["vitc"]
+    assert cfg.finetune.init_from == load_config(REPO / "configs/in21k/vit_c_36gf.yaml").train.run_dir
+    shapes = {name: layer_shapes(name) for name in ("vit_c_36gf", "vit_c_72gf")}
+    layers = {k.rsplit(".", 1)[0] for k in shapes["vit_c_72gf"] if k.startswith("stem.")}
+    shared = [layer for layer in layers if all(shapes["vit_c_36gf"].get(k) == shape for k, shape in
+                                               shapes["vit_c_72gf"].items() if k.startswith(layer + "."))]
+    assert sorted(shared) == sorted(cfg.train.freeze)
+
+
+def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    from vitc.models.spec import get_spec
+    from vitc.models.vit import VisionTransformer
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in VisionTransformer(get_spec(name)).state_dict().items()}
