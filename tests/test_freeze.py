@@ -127,3 +127,25 @@ def test_a_prefix_that_names_no_key_is_refused_at_load(override, message):
 def test_init_keys_without_init_from_is_refused_at_load():
     with pytest.raises(VitcError, match="finetune.init_keys selects keys of finetune.init_from, which is unset"):
         load_config(None, ["finetune.init_keys=[stem]"])
+
+
+def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(digits_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    from engine_runs import TINY_CONV, digit_shards, exported, vitc, write_config
+
+    source = tiny(seed=1)
+    source.train()(torch.randn(16, 3, 32, 32))  # BatchNorm statistics of its own, not 0 and 1
+    given = snapshot(source)
+    save_file(given, str(tmp_path / "given.safetensors"))
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.yaml", digit_shards(digits_folder, tmp_path / "shards"), run_dir,
+                          model={**TINY_CONV, "num_classes": 10},
+                          finetune={"init_from": str(tmp_path / "given.safetensors"), "init_keys": ["stem"]},
+                          train={"freeze": ["stem"], "max_steps": 4, "zero_stage": 2}, optim={"weight_decay": 0.5})
+
+    vitc("train", str(config))  # ZeRO-2: at stage 1 DeepSpeed's fp32 consolidation drops frozen parameters
+
+    trained = exported(run_dir, tmp_path)
+    assert all(torch.equal(trained[k], given[k]) for k in given if k.startswith("stem.")), "the stem moved"
+    assert not torch.equal(trained["blocks.0.mlp.fc1.weight"], given["blocks.0.mlp.fc1.weight"])
