@@ -18,6 +18,7 @@ import yaml
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.models.spec import MODELS, ViTSpec, get_spec
+from vitc.models.structure import block_shape, stem_layers
 from vitc.schema import Config, ModelConfig
 
 BASE_KEY = "_base_"
@@ -56,6 +57,30 @@ def check_relations(cfg: Config) -> None:
     if model.stem_strides and model.patch_size is None and spec.patch_size != MODELS[model.name].patch_size:
         log.info("model.patch_size is %d: the product of model.stem_strides %s", spec.patch_size,
                  model.stem_strides)
+    _check_key_prefixes(cfg, spec)
+
+
+def _check_key_prefixes(cfg: Config, spec: ViTSpec) -> None:
+    """finetune.init_keys and train.freeze name prefixes of this model's state dict keys."""
+    keys = state_keys(spec)
+    for name, prefixes in (("finetune.init_keys", cfg.finetune.init_keys), ("train.freeze", cfg.train.freeze)):
+        for prefix in prefixes:
+            if not any(matches_prefix(k, [prefix]) for k in keys):
+                tops = sorted({k.split(".")[0] for k in keys})
+                raise VitcError(f"{name}: '{prefix}' is no prefix of a key of model {spec.name} "
+                                f"(its keys start with {', '.join(tops)})")
+    ft = cfg.finetune
+    if ft.init_keys and not ft.init_from:
+        raise VitcError("finetune.init_keys selects keys of finetune.init_from, which is unset")
+    if ft.init_keys and ft.head == "map" and not any(matches_prefix("head.weight", ft.init_keys)):
+        raise VitcError("finetune.head=map maps the pretrained head, but finetune.init_keys does not "
+                        "select it: add 'head' to finetune.init_keys or set finetune.head=keep")
+
+
+def matches_prefix(key: str, prefixes: list[str]) -> bool:
+    """`key` is one of `prefixes` or lies under one: `stem` (or `stem.`) covers `stem.proj.weight`,
+    `stem.convs.1` covers `stem.convs.1.weight` but not `stem.convs.10.weight`."""
+    return any(key == p.rstrip(".") or key.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
 def config_from_dict(data: dict, origin: str = "config") -> Config:
@@ -311,3 +336,20 @@ def model_spec(model: ModelConfig, num_classes: int | None = None) -> ViTSpec:
 
 def _show(value) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def state_keys(spec: ViTSpec) -> list[str]:
+    """The state dict keys of `VisionTransformer(spec)` (vitc/models/vit.py), torch-free, so that a
+    key prefix in a config is checked at load (a test holds them equal to the built model's)."""
+    *convs, last = stem_layers(spec)
+    keys = []
+    for i, layer in enumerate(convs):  # stem.convs is [conv, BN, ReLU] per 3×3 conv
+        keys += [f"stem.convs.{3 * i}.weight"] + [f"stem.convs.{3 * i + 1}.{k}" for k in _BN_KEYS]
+    keys += ["stem.proj.weight"] + (["stem.proj.bias"] if last.bias else [])
+    keys += (["cls_token"] if spec.classifier == "token" else []) + ["pos_embed"]
+    layers = ["norm1", *block_shape(spec).linears, "norm2"]
+    keys += [f"blocks.{b}.{layer}.{w}" for b in range(spec.depth) for layer in layers for w in ("weight", "bias")]
+    return keys + ["norm.weight", "norm.bias", "head.weight", "head.bias"]

@@ -126,6 +126,10 @@ class TrainConfig:
     seed: int = 0
     # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
     max_steps: int | None = bounded(None, ge=0)
+    # Parameters kept fixed: key prefixes (`stem` covers `stem.convs.0.weight`, not `stem_x`). They
+    # leave the optimizer and weight decay, and a BatchNorm whose parameters are all frozen keeps its
+    # running statistics (eval mode) while the rest trains. Paper Appendix C: ViT_C-72GF's stem.
+    freeze: list[str] = field(default_factory=list)
     # Under ZeRO >= 1 (and fp16 loss scaling) DeepSpeed skips an optimizer step whose gradients are
     # not finite, without an error; more than this many skipped in a row end the run as diverged.
     max_skipped_steps: int = bounded(10, ge=0)
@@ -233,6 +237,9 @@ class FinetuneConfig:
 
     # A .safetensors file from `vitc export`, or a run directory (its newest complete checkpoint).
     init_from: str | None = None
+    # Load only the keys under these prefixes (as train.freeze reads them); the model's other keys
+    # keep their initialisation and init_from's other keys are ignored. Empty: every key.
+    init_keys: list[str] = field(default_factory=list)
     # keep: load the head as is (same classes); reinit: keep this model's fresh head;
     # map: the rows of the pretrained head whose class names are this dataset's classes.
     head: Literal["keep", "reinit", "map"] = "keep"

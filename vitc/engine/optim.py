@@ -1,5 +1,6 @@
 """Optimizer: AdamW or SGD over parameter groups asked of the model: decay and no-decay, or, when
 finetuning with `finetune.layer_decay`, one pair per layer with a layer-wise lr scale (BEiT).
+Parameters frozen by `train.freeze` (`freeze`) are in no group.
 
 No weight decay on biases, norm parameters, position embedding and class token: the authors'
 code keeps them in their own groups (pycls branch `vitconfigs`, commit 206d0db,
@@ -11,6 +12,7 @@ import re
 import torch
 from torch import nn
 
+from vitc.config import matches_prefix
 from vitc.errors import VitcError
 from vitc.schema import Config, OptimConfig
 
@@ -24,10 +26,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     unknown = no_decay - {n for n, _ in model.named_parameters()}
     if unknown:
         raise ValueError(f"no_weight_decay_params() names unknown parameters: {sorted(unknown)}")
-    return [
+    groups = [
         {"params": [p for n, p in named if n not in no_decay], "weight_decay": weight_decay},
         {"params": [p for n, p in named if n in no_decay], "weight_decay": 0.0},
     ]
+    return [g for g in groups if g["params"]]  # a frozen stem can empty a group
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Keep the parameters under `prefixes` (`train.freeze`) fixed; returns their names. They stop
+    requiring gradients, so the groups above leave them out of the optimizer and of weight decay;
+    a BatchNorm whose parameters are all frozen stays in eval mode while the model trains, so its
+    running statistics stay those it was given (paper Appendix C: ViT_C-72GF's stem "frozen")."""
+    frozen = [n for n, p in model.named_parameters() if matches_prefix(n, prefixes)]
+    for name in frozen:
+        model.get_parameter(name).requires_grad_(False)
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, nn.BatchNorm2d) and params and not any(p.requires_grad for p in params):
+            module.register_forward_pre_hook(_keep_eval)
+    return frozen
+
+
+def _keep_eval(module: nn.Module, _inputs) -> None:
+    module.eval()  # model.train() sets training on every module; a frozen BN goes back before use
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitc.config import matches_prefix
 from vitc.errors import VitcError
 from vitc.models.spec import ViTSpec
 from vitc.models.vit import adapt_state_dict
@@ -113,9 +114,15 @@ def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
 def apply_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str = "keep",
                      source_classes: dict[str, int] | None = None,
                      target_classes: dict[str, int] | None = None, allow_missing: list[str] = (),
-                     allow_unexpected: list[str] = (), source: str = "state dict") -> LoadReport:
+                     allow_unexpected: list[str] = (), source: str = "state dict",
+                     keys: list[str] = ()) -> LoadReport:
     """Load `state` into `model` (a VisionTransformer): head handling, position-embedding
-    interpolation to `model.spec.image_size`, strict key check; returns what was done."""
+    interpolation to `model.spec.image_size`, strict key check; returns what was done. `keys`
+    (`finetune.init_keys`): only the keys under these prefixes, strictly; the others are untouched."""
+    expected = model.state_dict()
+    if keys:
+        state = {k: v for k, v in state.items() if matches_prefix(k, keys)}
+        expected = {k: v for k, v in expected.items() if matches_prefix(k, keys)}
     if head == "reinit":
         # the model's own fresh head stays: its rows are not a missing-key error
         state = {k: v for k, v in state.items() if k not in HEAD_KEYS}
@@ -129,7 +136,7 @@ def apply_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str
         raise VitcError(f"finetune.head: expected one of keep, reinit, map, got {head!r}")
     adapted = adapt_state_dict(state, model.spec)
     resized = [k for k in adapted if adapted[k] is not state[k]]
-    missing, unexpected = check_keys(adapted, model.state_dict(), allow_missing, allow_unexpected)
+    missing, unexpected = check_keys(adapted, expected, allow_missing, allow_unexpected)
     model.load_state_dict({k: v for k, v in adapted.items() if k not in unexpected}, strict=False)
     return LoadReport(source, head, len(adapted) - len(unexpected), missing, unexpected, resized)
 
@@ -145,7 +152,8 @@ def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
         source_classes = source_class_map(ft)
         target_classes = _train_classes(cfg.data.train_shards, cfg.data.train_manifest, "data.train_shards")
     report = apply_pretrained(model, load_pretrained(ft.init_from, model.spec), ft.head, source_classes,
-                              target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from)
+                              target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from,
+                              ft.init_keys)
     log.info("finetune: %s", report.describe())
     return report
 

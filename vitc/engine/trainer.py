@@ -31,6 +31,7 @@ from vitc.engine.checkpoint import CheckpointInfo
 from vitc.engine.ema import EMA_FILE, ModelEMA
 from vitc.engine.evaluate import evaluate
 from vitc.engine.meters import MetricsLog, Window, console_line
+from vitc.engine.optim import freeze
 from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
 from vitc.engine.pretrained import init_model
 from vitc.engine.runtime import (Runtime, environment_summary, resolve_runtime,
@@ -118,6 +119,7 @@ class Trainer:
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
         init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
+        freeze(model, self.cfg.train.freeze)  # before the optimizer groups and the EMA copy are made
         # the parameters stay contiguous (DeepSpeed broadcasts each as `p.data.view(torch.uint8)`,
         # and under ZeRO-1/2 they become views into its flat buffers): `_prepare` makes only the
         # input NHWC, and cuDNN then runs the convs in NHWC (ATen ConvUtils.h

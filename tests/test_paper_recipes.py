@@ -1,0 +1,107 @@
+"""The shipped paper configs are the paper's runs: each config that reproduces one of the authors' 14
+released configs resolves, at the released GPU count, to every value pinned with its source in
+tests/data/paper_recipes.json (the paper where it states a value, else the released file)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitc.config import load_config, model_spec
+from vitc.run import resolve_run
+
+REPO = Path(__file__).resolve().parents[1]
+PINNED = json.loads((REPO / "tests/data/paper_recipes.json").read_text())["configs"]
+
+
+def expected(entry: dict, key: str):
+    """What vitc's config must hold for `key`: the pinned value, or vitc's stated replacement."""
+    return entry[key].get("vitc", entry[key]["value"])
+
+
+def resolve(entry: dict):
+    """(config, run) of `entry['config']` on the released number of GPUs. Where the data lies is no
+    part of the recipe: unset, `model.num_classes: auto` stays unresolved instead of reading it."""
+    cfg = load_config(REPO / entry["config"], ["data.train_shards=null"])
+    return cfg, resolve_run(cfg, entry["num_gpus"]["value"], "gpu", shards=())
+
+
+def resolved_recipe(entry: dict) -> dict:
+    """The recipe values of `entry['config']` resolved on the released number of GPUs."""
+    cfg, run = resolve(entry)
+    o, s, d, m = cfg.optim, cfg.schedule, cfg.data, cfg.model
+    spec = run.model or model_spec(m, entry["num_classes"]["value"])  # `auto`: the released count
+    return {
+        "model": spec.name, "num_classes": m.num_classes if m.num_classes == "auto" else run.num_classes,
+        "global_batch": run.global_batch, "optimizer": o.name, "betas": o.betas,
+        "base_lr_at_2048": o.base_lr if o.reference_batch == 2048 else None,
+        "lr_at_global_batch": run.lr, "weight_decay": o.weight_decay,
+        "epochs": s.epochs, "warmup_epochs": s.warmup_epochs, "warmup_factor": s.warmup_factor,
+        "min_lr_factor": s.min_lr_factor, "ema_alpha": o.ema_alpha, "ema_update_period": o.ema_update_period,
+        "norm_eps": spec.norm_eps, "mixup_alpha": d.mixup_alpha, "cutmix_alpha": d.cutmix_alpha,
+        "label_smoothing": d.label_smoothing, "augment": d.auto_augment, "random_erasing": d.random_erasing,
+        "drop_path": spec.drop_path, "train_size": spec.image_size,
+        "test_resize": round(spec.image_size / d.eval_crop_ratio), "test_crop": spec.image_size,
+        "frozen": cfg.train.freeze,
+    }
+
+
+@pytest.mark.parametrize("released", sorted(PINNED))
+def test_each_paper_config_resolves_to_the_pinned_recipe(released):
+    entry = PINNED[released]
+    recipe = resolved_recipe(entry)
+    for key, value in recipe.items():
+        assert value == pytest.approx(expected(entry, key)), f"{entry['config']}: {key}"
+
+
+@pytest.mark.parametrize("released", sorted(PINNED))
+def test_the_released_gpu_count_needs_no_accumulation(released):
+    # each config's micro-batch is the released per-GPU batch: the authors' step, image for image
+    assert resolve(PINNED[released])[1].grad_accum == 1
+
+
+def test_every_pinned_value_names_its_source_and_every_disagreement_is_explained():
+    for released, entry in PINNED.items():
+        assert (REPO / entry["config"]).is_file(), released
+        for key, item in entry.items():
+            if key == "config":
+                continue
+            assert item["source"], f"{released}: {key}"
+            if "released" in item or "vitc" in item:
+                assert item.get("note"), f"{released}: {key} differs without a note"
+
+
+def test_where_the_paper_and_the_released_files_disagree_the_paper_wins():
+    c36 = PINNED["ViT-C-36GF_adamw_32gpus.yaml"]
+    assert (c36["base_lr_at_2048"]["value"], c36["weight_decay"]["value"]) == (6.0e-4, 0.28)
+    assert (c36["base_lr_at_2048"]["released"], c36["weight_decay"]["released"]) == (7.0e-4, 0.24)
+    c72 = PINNED["IN21k_ViT-C-72GF_adamw_128gpus.yaml"]
+    assert (c72["weight_decay"]["value"], c72["weight_decay"]["released"]) == (0.15, 0.28)
+    assert PINNED["IN21k_ViT-P-36GF_adamw_64gpus.yaml"]["lr_at_global_batch"]["value"] == pytest.approx(1.2e-3)
+
+
+def test_every_released_config_is_pinned():
+    assert len(PINNED) == 14
+    assert sum(name.startswith("IN21k_") for name in PINNED) == 6
+
+
+def test_the_72gf_stem_loads_and_freezes_exactly_the_layers_it_shares_with_the_36gf_stem():
+    entry = PINNED["IN21k_ViT-C-72GF_adamw_128gpus.yaml"]
+    cfg = load_config(REPO / entry["config"], ["data.train_shards=null"])
+    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["vitc"]
+    assert cfg.finetune.init_from == load_config(REPO / "configs/in21k/vit_c_36gf.yaml").train.run_dir
+    shapes = {name: layer_shapes(name) for name in ("vit_c_36gf", "vit_c_72gf")}
+    layers = {k.rsplit(".", 1)[0] for k in shapes["vit_c_72gf"] if k.startswith("stem.")}
+    shared = [layer for layer in layers if all(shapes["vit_c_36gf"].get(k) == shape for k, shape in
+                                               shapes["vit_c_72gf"].items() if k.startswith(layer + "."))]
+    assert sorted(shared) == sorted(cfg.train.freeze)
+
+
+def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    from vitc.models.spec import get_spec
+    from vitc.models.vit import VisionTransformer
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in VisionTransformer(get_spec(name)).state_dict().items()}
