@@ -146,6 +146,9 @@ class EvalConfig:
 
     every_epochs: int = bounded(1, ge=0)  # 0 = never
     weights: str | None = None  # `vitc eval`: a .safetensors file from `vitc export`
+    # Before every evaluation, BatchNorm statistics of the model and its EMA are re-estimated over
+    # this many training images (pycls BN.USE_PRECISE_STATS / NUM_SAMPLES_PRECISE); 0 = off.
+    precise_bn_samples: int = bounded(8192, ge=0)
 
 
 @dataclass
