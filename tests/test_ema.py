@@ -68,4 +68,6 @@ def test_zero3_keeps_on_each_rank_the_ema_of_its_partition_as_the_plan_counts(di
         assert 0 <= rank["shard_bytes"] - planned <= 4 * rank["tensors"]
         assert rank["buffer_bytes"] < 0.05 * planned  # the BatchNorm statistics, kept whole
         assert rank["swapped"] and rank["restored"]  # evaluation swaps the EMA in and back exactly
+        assert rank["joined"]  # the saved shards of both ranks join into the EMA the engine gathers
+        assert rank["sliced"]  # and each rank slices its own back out (a resume on another world size)
     assert model_states(ranks[0]["params"], ZeroSetup(2, "fp32", 2, ema=True)).ema == 4 * ranks[0]["params"]

@@ -196,7 +196,7 @@ def full_ema_state(tag_dir: Path) -> dict[str, torch.Tensor]:
     (on the CPU, one tensor at a time)."""
     if (tag_dir / EMA_FILE).is_file():
         return load_file(str(tag_dir / EMA_FILE))
-    files = sorted(tag_dir.glob(SHARD_FILE.replace("{rank:05d}", "*").replace("{world:05d}", "*")))
+    files = _shard_files(tag_dir)
     if not files:
         raise VitcError(f"{tag_dir} has no EMA weights: the run trained with optim.ema_alpha=0")
     world = int(files[0].stem.rsplit("_", 1)[1])
@@ -210,3 +210,12 @@ def full_ema_state(tag_dir: Path) -> dict[str, torch.Tensor]:
         flat = torch.cat([h.get_tensor(f"param.{key}") for h in handles])
         state[key] = flat[:torch.Size(shape).numel()].reshape(shape)
     return state
+
+
+def ema_saved(tag_dir: Path) -> bool:
+    """Whether a checkpoint holds an EMA (a run may turn it on when it resumes)."""
+    return (tag_dir / EMA_FILE).is_file() or bool(_shard_files(tag_dir))
+
+
+def _shard_files(tag_dir: Path) -> list[Path]:
+    return sorted(tag_dir.glob(SHARD_FILE.replace("{rank:05d}", "*").replace("{world:05d}", "*")))

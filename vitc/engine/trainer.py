@@ -25,7 +25,7 @@ from vitc.config import config_to_dict, save_config
 from vitc.engine import checkpoint
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.checkpoint import CheckpointInfo
-from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
+from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule, ema_saved
 from vitc.engine.evaluate import evaluate
 from vitc.engine.precise_bn import batches_per_rank, has_batchnorm, precise_bn, precise_bn_loader
 from vitc.engine.meters import MetricsLog, Window, console_line
@@ -355,7 +355,7 @@ class Trainer:
             self.loader.load_state_dict(ranks[self.dist.rank]["loader"])
         else:
             self._restore_resized(client)
-        if self.ema is not None:
+        if self.ema is not None and ema_saved(root / info.tag):  # else: the EMA starts here
             self.ema.load(root / info.tag, self.dist.rank, self.dist.world_size)
         self.last_saved = info
         self._restore_evaluations()
