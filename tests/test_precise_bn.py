@@ -5,13 +5,17 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
 
 from engine_runs import ROOT
 from precise_bn_probe import rank_batches, small_convnet
+from vitc.config import load_config
+from vitc.engine.precise_bn import batches_per_rank
 from vitc.engine.runtime import free_port
+from vitc.errors import VitcError
 
 
 def direct_statistics(batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -45,3 +49,13 @@ def test_precise_bn_on_two_ranks_equals_the_statistics_of_all_their_images(tmp_p
         assert sorted(recomputed.keys()) == sorted(expected)
         for key, value in expected.items():
             torch.testing.assert_close(recomputed.get_tensor(key).double(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_precise_bn_uses_the_authors_8192_images_by_default_and_0_turns_it_off():
+    assert load_config(None).eval.precise_bn_samples == 8192  # pycls BN.NUM_SAMPLES_PRECISE
+    assert load_config(None, ["eval.precise_bn_samples=0"]).eval.precise_bn_samples == 0
+    with pytest.raises(VitcError, match="eval.precise_bn_samples"):
+        load_config(None, ["eval.precise_bn_samples=-1"])
+    # pycls: int(8192 / batch per GPU / GPUs) batches per rank, at most one epoch
+    assert batches_per_rank(8192, 64, 8, available=1000) == 16
+    assert batches_per_rank(8192, 8, 1, available=25) == 25

@@ -85,7 +85,8 @@ class OptimConfig:
     nesterov: bool = True  # SGD only
     # Fused AdamW kernel: `auto` = on when training on a GPU.
     fused: bool | Literal["auto"] = "auto"
-    # EMA of weights (pycls OPTIM.EMA_ALPHA / EMA_UPDATE_PERIOD: 1e-5 every 32 iterations); 0 = off.
+    # EMA of weights (pycls OPTIM.EMA_ALPHA / EMA_UPDATE_PERIOD: 1e-5 every 32 iterations of an
+    # epoch, a copy during warmup; vitc/engine/ema.py); 0 = off.
     ema_alpha: float = bounded(0.0, ge=0)
     ema_update_period: int = bounded(32, ge=1)
 
