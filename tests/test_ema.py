@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine_runs import ROOT, TINY_CONV, digit_shards, write_config
+from engine_runs import ROOT, digit_shards, exported, metrics, vitc, write_config
 from vitc.engine.ema import EMARule, ModelEMA
 from vitc.engine.runtime import free_port
 from vitc.plan.memory import ZeroSetup, model_states
@@ -52,7 +52,7 @@ def test_ema_follows_the_authors_rule_across_the_warmup_boundary():
 
 
 @pytest.mark.slow
-def test_zero3_keeps_on_each_rank_the_ema_of_its_partition_as_the_plan_counts(digits_folder, tmp_path):
+def test_zero3_keeps_each_ranks_partition_of_the_ema_as_planned_and_exports_what_it_evaluated(digits_folder, tmp_path):
     shards = digit_shards(digits_folder, tmp_path / "shards")
     config = write_config(tmp_path / "z3.yaml", shards, tmp_path / "run", train={"micro_batch": 4, "zero_stage": 3},
                           optim={"ema_alpha": 1e-3, "ema_update_period": 4}, schedule={"epochs": 1},
@@ -71,3 +71,7 @@ def test_zero3_keeps_on_each_rank_the_ema_of_its_partition_as_the_plan_counts(di
         assert rank["joined"]  # the saved shards of both ranks join into the EMA the engine gathers
         assert rank["sliced"]  # and each rank slices its own back out (a resume on another world size)
     assert model_states(ranks[0]["params"], ZeroSetup(2, "fp32", 2, ema=True)).ema == 4 * ranks[0]["params"]
+    # `vitc export --ema` joins the shards into the EMA that was evaluated (BN statistics included)
+    exported(tmp_path / "run", tmp_path, "--ema")
+    out = vitc("eval", str(config), f"--weights={tmp_path / 'run.safetensors'}").stdout
+    assert f"top-1 {metrics(tmp_path / 'run', 'eval')[-1]['ema_top1']:.2f}%" in out

@@ -68,7 +68,7 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, prepare: Callable) -
     sums = [torch.zeros(1 + 2 * n.num_features, dtype=torch.float64, device=n.running_mean.device)
             for n in norms]
     hooks = [n.register_forward_pre_hook(_accumulate_into(s)) for n, s in zip(norms, sums)]
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored one by one (a frozen BN stays in eval)
     model.train()
     dtype, images = next(model.parameters()).dtype, 0
     try:
@@ -79,7 +79,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, prepare: Callable) -
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     total = torch.cat([*sums, torch.tensor([float(images)], dtype=torch.float64, device=sums[0].device)])
     if tdist.is_initialized():
         tdist.all_reduce(total)  # one collective for every layer's sums and the image count
