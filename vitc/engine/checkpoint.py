@@ -3,8 +3,9 @@
 A save is a collective: every rank writes its ZeRO partitions through `engine.save_checkpoint`,
 with its own files (a ZeRO-3 EMA shard); then, after a barrier, rank 0 alone writes the shared
 files and the completeness marker, atomically, last. Resume takes the newest tag with a marker, so
-a save cut short by a kill -9 is never chosen. A tag saved on another number of ranks is first converted by DeepSpeed's
-universal-checkpoint tool (SPEC §4), which needs `universal_checkpoint_info` in the client state.
+a save cut short by a kill -9 is never chosen. A tag saved on another number of ranks is first
+converted by DeepSpeed's universal-checkpoint tool (`deepspeed.checkpoint.ds_to_universal`), which
+needs `universal_checkpoint_info` in the client state.
 """
 
 import json
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 MARKER = "vitc_complete.json"
 UNIVERSAL_SUFFIX = "_universal"
-# Required by ds_to_universal (SPEC §4); 0.2 is the version DeepSpeed's own trainers write.
+# Required by deepspeed.checkpoint.ds_to_universal; 0.2 is the version DeepSpeed's own trainers write.
 UNIVERSAL_INFO = {"universal_checkpoint_version": 0.2}
 
 
