@@ -44,6 +44,9 @@ def write_config(path: Path, shards: Path, run_dir: Path, model: dict = TINY_CON
         "schedule": {"epochs": 3, "warmup_epochs": 0.5},
         "log": {"every_steps": 1, "tensorboard": False},
         "checkpoint": {"every_steps": 1000},
+        # precise BN off: these runs test the engine's mechanics with thresholds set without it;
+        # tests/test_precise_bn.py and tests/test_ema.py turn it on
+        "eval": {"precise_bn_samples": 0},
     }
     for key, values in sections.items():
         cfg[key] = {**cfg.get(key, {}), **values}

@@ -85,7 +85,8 @@ class OptimConfig:
     nesterov: bool = True  # SGD only
     # Fused AdamW kernel: `auto` = on when training on a GPU.
     fused: bool | Literal["auto"] = "auto"
-    # EMA of weights (pycls OPTIM.EMA_ALPHA / EMA_UPDATE_PERIOD: 1e-5 every 32 iterations); 0 = off.
+    # EMA of weights (pycls OPTIM.EMA_ALPHA / EMA_UPDATE_PERIOD: 1e-5 every 32 iterations of an
+    # epoch, a copy during warmup; vitc/engine/ema.py); 0 = off.
     ema_alpha: float = bounded(0.0, ge=0)
     ema_update_period: int = bounded(32, ge=1)
 
@@ -150,6 +151,9 @@ class EvalConfig:
 
     every_epochs: int = bounded(1, ge=0)  # 0 = never
     weights: str | None = None  # `vitc eval`: a .safetensors file from `vitc export`
+    # Before every evaluation, BatchNorm statistics of the model and its EMA are re-estimated over
+    # this many training images (pycls BN.USE_PRECISE_STATS / NUM_SAMPLES_PRECISE); 0 = off.
+    precise_bn_samples: int = bounded(8192, ge=0)
 
 
 @dataclass

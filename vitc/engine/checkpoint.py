@@ -1,10 +1,11 @@
 """DeepSpeed checkpoints in RUN_DIR/checkpoints/step_XXXXXXXX, trusted only when complete.
 
 A save is a collective: every rank writes its ZeRO partitions through `engine.save_checkpoint`,
-then, after a barrier, rank 0 alone writes the shared files (EMA weights, then the completeness
-marker, atomically, last). Resume takes the newest tag with a marker, so a save cut short by a
-kill -9 is never chosen. A tag saved on another number of ranks is first converted by DeepSpeed's
-universal-checkpoint tool (SPEC §4), which needs `universal_checkpoint_info` in the client state.
+with its own files (a ZeRO-3 EMA shard); then, after a barrier, rank 0 alone writes the shared
+files and the completeness marker, atomically, last. Resume takes the newest tag with a marker, so
+a save cut short by a kill -9 is never chosen. A tag saved on another number of ranks is first
+converted by DeepSpeed's universal-checkpoint tool (`deepspeed.checkpoint.ds_to_universal`), which
+needs `universal_checkpoint_info` in the client state.
 """
 
 import json
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 MARKER = "vitc_complete.json"
 UNIVERSAL_SUFFIX = "_universal"
-# Required by ds_to_universal (SPEC §4); 0.2 is the version DeepSpeed's own trainers write.
+# Required by deepspeed.checkpoint.ds_to_universal; 0.2 is the version DeepSpeed's own trainers write.
 UNIVERSAL_INFO = {"universal_checkpoint_version": 0.2}
 
 
@@ -67,9 +68,11 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
 
 
 def save(engine, run_dir: Path, info: CheckpointInfo, client_state: dict, rank: int,
-         keep_last: int, shared_files: dict[str, Callable[[Path], None]] | None = None) -> None:
+         keep_last: int, shared_files: dict[str, Callable[[Path], None]] | None = None,
+         rank_files: Callable[[Path], None] | None = None) -> None:
     """Save one checkpoint. Every rank calls this; `shared_files` (name -> writer(path)) are
-    written by rank 0 into the tag directory before the marker."""
+    written by rank 0 into the tag directory before the marker, `rank_files(tag_dir)` by every
+    rank (its own files, e.g. its EMA shard) before the marker too."""
     root = checkpoint_root(run_dir)
     if rank == 0 and (root / info.tag).exists():
         # never complete (resume takes the newest complete tag): a save cut short, whose stray
@@ -78,6 +81,8 @@ def save(engine, run_dir: Path, info: CheckpointInfo, client_state: dict, rank: 
     tdist.barrier()
     state = {**client_state, "universal_checkpoint_info": UNIVERSAL_INFO}
     engine.save_checkpoint(str(root), tag=info.tag, client_state=state, save_latest=False)
+    if rank_files is not None:
+        rank_files(root / info.tag)
     tdist.barrier()  # every rank's partitions are on disk before the marker says so
     if rank == 0:
         for name, write in (shared_files or {}).items():

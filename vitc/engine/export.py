@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitc.engine import checkpoint
-from vitc.engine.ema import EMA_FILE
+from vitc.engine.ema import full_ema_state
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
         raise VitcError(f"no complete checkpoint in {checkpoint.checkpoint_root(run_dir)} "
                         "(train with `vitc train` first)")
     tag_dir = checkpoint.checkpoint_root(run_dir) / info.tag
-    if ema:
-        if not (tag_dir / EMA_FILE).is_file():
-            raise VitcError(f"{tag_dir} has no EMA weights: the run trained with optim.ema_alpha=0")
-        return load_file(str(tag_dir / EMA_FILE)), info
+    if ema:  # one file (ZeRO 0-2) or one shard per rank (ZeRO-3), joined
+        return full_ema_state(tag_dir), info
     if any(tag_dir.glob("bf16_zero_pp_rank_*optim_states.pt")):
         state = bf16_optimizer_masters(tag_dir)
     elif any(tag_dir.glob("*optim_states.pt")):

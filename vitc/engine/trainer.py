@@ -17,19 +17,20 @@ import logging
 import math
 import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from vitc.config import config_to_dict, save_config
 from vitc.engine import checkpoint
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.checkpoint import CheckpointInfo
-from vitc.engine.ema import EMA_FILE, ModelEMA
+from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule, ema_saved
 from vitc.engine.evaluate import evaluate
+from vitc.engine.precise_bn import batches_per_rank, has_batchnorm, precise_bn, precise_bn_loader
 from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import freeze
 from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
@@ -98,10 +99,11 @@ class Trainer:
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.global_batch = self.run.global_batch
         model = self._build_model()
-        self.ema = None
-        if cfg.optim.ema_alpha > 0:
-            self.ema = ModelEMA(model, cfg.optim.ema_alpha, cfg.optim.ema_update_period,
-                                self.global_batch, cfg.schedule.epochs)
+        self.bn_loader = self._precise_bn_loader(model)
+        rule = ema_rule(cfg, self.global_batch)
+        sharded = rule is not None and self.run.zero_stage == 3
+        # ZeRO 0-2: a full fp32 copy, taken before deepspeed.initialize converts or partitions the model
+        self.ema = ModelEMA(model, rule) if rule is not None and not sharded else None
         self.step = self.epoch = self.micro_in_epoch = 0
         self.last_saved: CheckpointInfo | None = None
         resume = checkpoint.newest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
@@ -109,6 +111,8 @@ class Trainer:
                                                   self.run.zero_stage, dist.rank)
                           if resume else (None, False))
         self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, universal)
+        if sharded:  # ZeRO-3: this rank's partitions, as deepspeed.initialize made them
+            self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
         if resume:
             self._restore(resume, tag)
@@ -151,11 +155,13 @@ class Trainer:
                 if stopped != "finished":
                     break
                 self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+                if self._eval_due():
+                    self._precise_bn()  # before the save: the checkpoint holds what is evaluated
                 self._save()
                 if self._eval_due():
                     self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
-            for loader in (self.loader, self.eval_loader):
+            for loader in (self.loader, self.eval_loader, self.bn_loader):
                 if loader is not None:
                     loader.close()
             if self.metrics is not None:
@@ -184,8 +190,8 @@ class Trainer:
             self._count_skipped()
             window.add(len(images) * self.accum * self.dist.world_size, 0.0)  # its loss when read
             loss_sum.zero_()
-            if self.ema is not None:
-                self.ema.update(self.engine.module, self.step)
+            if self.ema is not None:  # pycls counts the iteration within the epoch (vitc/engine/ema.py)
+                self.ema.update(self.engine.module, self.epoch, self.micro_in_epoch // self.accum - 1)
             save = self._stop_reason(False) or self.step % self.cfg.checkpoint.every_steps == 0
             if not save and self.step % self.cfg.log.every_steps:
                 continue
@@ -286,6 +292,23 @@ class Trainer:
         last = self.epoch == self.cfg.schedule.epochs
         return self.eval_loader is not None and every > 0 and (self.epoch % every == 0 or last)
 
+    def _precise_bn_loader(self, model: torch.nn.Module):
+        """Training images for precise BN statistics, when they are on and the model has BatchNorm."""
+        on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(model)
+        return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes) if on else None
+
+    def _precise_bn(self) -> None:
+        """Re-estimate BN statistics of the model and of its EMA over eval.precise_bn_samples training
+        images, as pycls does before every evaluation (vitc/engine/precise_bn.py). Every rank."""
+        if self.bn_loader is None:
+            return
+        models = {"model": lambda: nullcontext(self.engine)}
+        if self.ema is not None:
+            models["EMA"] = lambda: self.ema.applied(self.engine)
+        batches = batches_per_rank(self.cfg.eval.precise_bn_samples, self.run.micro_batch,
+                                   self.dist.world_size, len(self.bn_loader))
+        precise_bn(models, self.bn_loader, self.epoch, batches, self._prepare)
+
     def _sync_buffers(self) -> None:
         """Average BatchNorm running statistics over ranks. Each rank's statistics follow its own
         data (DeepSpeed, unlike DDP, does not broadcast buffers), so without this the evaluated
@@ -303,7 +326,9 @@ class Trainer:
         accuracy = evaluate(self.engine, self.eval_loader, lambda x: self._prepare(x, dtype))
         ema_accuracy = None
         if self.ema is not None:
-            ema_accuracy = evaluate(self.ema.model, self.eval_loader, lambda x: self._prepare(x, torch.float32))
+            with self.ema.applied(self.engine) as ema_model:  # ZeRO-3: swapped into the engine
+                ema_dtype = next(ema_model.parameters()).dtype
+                ema_accuracy = evaluate(ema_model, self.eval_loader, lambda x: self._prepare(x, ema_dtype))
         if self.metrics is not None:
             values = {"epoch": self.epoch, "top1": accuracy.top1, "top5": accuracy.top5, "count": accuracy.count}
             if ema_accuracy is not None:
@@ -323,9 +348,10 @@ class Trainer:
         self._sync_buffers()
         info = CheckpointInfo(checkpoint.tag_for(self.step), self.step, self.epoch,
                               self.dist.world_size, self.run.zero_stage)
-        shared = {EMA_FILE: self.ema.save} if self.ema is not None else {}
+        ema_files = (None if self.ema is None else
+                     lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
         checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
-                        self.cfg.checkpoint.keep_last, shared)
+                        self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info
 
     def _client_state(self) -> dict:
@@ -350,8 +376,8 @@ class Trainer:
             self.loader.load_state_dict(ranks[self.dist.rank]["loader"])
         else:
             self._restore_resized(client)
-        if self.ema is not None and (root / info.tag / EMA_FILE).is_file():
-            self.ema.load_state_dict(load_file(str(root / info.tag / EMA_FILE), device=str(self.rt.device)))
+        if self.ema is not None and ema_saved(root / info.tag):  # else: the EMA starts here
+            self.ema.load(root / info.tag, self.dist.rank, self.dist.world_size)
         self.last_saved = info
         self._restore_evaluations()
         log.info("resumed from %s: epoch %d, step %d", root / tag, self.epoch + 1, self.step)

@@ -14,6 +14,11 @@ DeepSpeed 0.19 allocates them with a torch AdamW (8 bytes of moments; SGD: 4) an
 | bf16  | 2 | 2   | 2/N | 4/N | 4/N | 8/N | reduce bucket (bf16) |
 | bf16  | 3 | 2/N | -   | 4/N | 4/N | 8/N | reduce bucket (+ its flat copy) + gathered params |
 
+The EMA of the weights (optim.ema_alpha > 0; vitc/engine/ema.py) is fp32 and lives through the
+run: 4 bytes per parameter at ZeRO 0-2 (a full copy on every rank), 4/N at ZeRO-3 (each rank
+keeps the EMA of its own partition; DeepSpeed pads each tensor's partition to a whole element per
+rank, and the BatchNorm buffers, a few KB, are kept whole: neither is counted).
+
 The optimizer's step adds temporaries when it is not fused (torch's AdamW on CPU; the engine
 fuses it on GPU): AdamW builds sqrt(v) and the denominator, SGD-Nesterov one update, each the
 size of the tensor it steps; at ZeRO >= 1 that tensor is the whole flat fp32 partition.
@@ -54,6 +59,7 @@ class ZeroSetup:
     overlap_comm: bool = True  # DeepSpeed double-buffers the reduce bucket when on (GPU)
     fused_optimizer: bool = True  # one kernel, no temporaries (the engine's choice on GPU)
     buckets_reserved: bool = True  # GPU: the caching allocator keeps them; CPU: pages come and go
+    ema: bool = False  # an fp32 EMA of the weights (optim.ema_alpha > 0)
 
     def __post_init__(self) -> None:
         if self.stage not in (0, 1, 2, 3):
@@ -78,6 +84,7 @@ class ModelStates:
     step_temporaries: int  # an unfused optimizer's intermediates during its step
     grads_persist: bool  # ZeRO-3 allocates its gradient partition once, up front
     buckets_reserved: bool  # a GPU's caching allocator keeps the buckets reserved between steps
+    ema: int = 0  # the fp32 EMA of the weights: whole at ZeRO 0-2, this rank's partition at ZeRO-3
 
     @property
     def states(self) -> int:
@@ -89,7 +96,7 @@ class ModelStates:
         """Held from one step to the next, under the activations as well."""
         grads = self.grads + self.fp32_grads if self.grads_persist else 0
         buckets = self.buckets if self.buckets_reserved else 0
-        return self.params + self.master + self.optimizer + self.gathered + grads + buckets
+        return self.params + self.master + self.optimizer + self.gathered + grads + buckets + self.ema
 
     @property
     def transient(self) -> int:
@@ -122,7 +129,15 @@ def model_states(params: int, setup: ZeroSetup) -> ModelStates:
     gathered = stage3_gathered_bytes(params, setup) if stage == 3 else 0
     return ModelStates(param_bytes, grad_bytes, master, fp32_grads, optimizer, bucket_bytes(params, setup),
                        gathered, temporaries, grads_persist=stage == 3,
-                       buckets_reserved=setup.buckets_reserved and stage >= 1)  # stage 0: a temporary copy
+                       buckets_reserved=setup.buckets_reserved and stage >= 1,  # stage 0: a temporary copy
+                       ema=ema_bytes(params, setup))
+
+
+def ema_bytes(params: int, setup: ZeroSetup) -> int:
+    """The fp32 EMA per rank: a full copy at ZeRO 0-2, 4Ψ/N at ZeRO-3 (vitc/engine/ema.py)."""
+    if not setup.ema:
+        return 0
+    return 4 * params // setup.world_size if setup.stage == 3 else 4 * params
 
 
 def stage3_gathered_bytes(params: int, setup: ZeroSetup) -> int:

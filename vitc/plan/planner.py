@@ -38,6 +38,7 @@ class RunSetup:
     reduce_bucket_size: int
     allgather_bucket_size: int
     lr: float  # optim.base_lr scaled to the global batch (vitc.run.scaled_lr)
+    ema: bool = False  # optim.ema_alpha > 0: an fp32 EMA of the weights
 
     def __post_init__(self) -> None:
         for key in ("nodes", "gpus_per_node", "micro_batch", "grad_accum", "epochs"):
@@ -60,7 +61,8 @@ class RunSetup:
         on_gpu = self.gpu.kind == "gpu"  # the engine's `auto` choices (vitc.engine.runtime, optim)
         return ZeroSetup(self.zero_stage, self.precision, self.world_size, self.optimizer,
                          self.reduce_bucket_size, self.allgather_bucket_size, overlap_comm=on_gpu,
-                         fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu)
+                         fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu,
+                         ema=self.ema)
 
 
 @dataclass(frozen=True)

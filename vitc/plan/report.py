@@ -69,6 +69,7 @@ def _memory_lines(plan: Plan) -> list[str]:
         ("DeepSpeed gradient buckets / all-reduce copy", st.buckets),
         ("ZeRO-3 gathered parameters (+ all-gather staging)", st.gathered),
         ("unfused optimizer step temporaries", st.step_temporaries),
+        (f"EMA of the weights, fp32{share(s.zero_stage == 3)}", st.ema),
         (f"activations saved, micro-batch {s.micro_batch}", m.activations.saved),
         ("activations recomputed (one block)", m.activations.recomputed),
         ("gradients in flight during backward", m.activations.working),

@@ -1,0 +1,61 @@
+"""Precise BatchNorm statistics (pycls BN.USE_PRECISE_STATS, branch `vitconfigs`, commit 206d0db):
+on two ranks, each over its own images, the recomputed statistics are those of all the images."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from engine_runs import ROOT
+from precise_bn_probe import rank_batches, small_convnet
+from vitc.config import load_config
+from vitc.engine.precise_bn import batches_per_rank
+from vitc.engine.runtime import free_port
+from vitc.errors import VitcError
+
+
+def direct_statistics(batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each BatchNorm's inputs over all batches (forward in training mode, as pycls), concatenated,
+    then torch's own mean and unbiased variance per channel."""
+    model = small_convnet()
+    inputs: dict[str, list[torch.Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_pre_hook(lambda _m, x, name=name: inputs.setdefault(name, []).append(x[0].double()))
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    stats = {}
+    for name, seen in inputs.items():
+        channels_last = torch.cat(seen).transpose(0, 1).reshape(seen[0].shape[1], -1)
+        stats[f"{name}.running_mean"] = channels_last.mean(dim=1)
+        stats[f"{name}.running_var"] = channels_last.var(dim=1)
+    return stats
+
+
+def test_precise_bn_on_two_ranks_equals_the_statistics_of_all_their_images(tmp_path):
+    out = tmp_path / "bn.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(ROOT / "tests" / "precise_bn_probe.py"), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = direct_statistics([images for rank in (0, 1) for images, _ in rank_batches(rank)])
+    with safe_open(str(out), "pt") as recomputed:
+        assert int(recomputed.metadata()["images"]) == 2 * 3 * 4
+        assert sorted(recomputed.keys()) == sorted(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(recomputed.get_tensor(key).double(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_precise_bn_uses_the_authors_8192_images_by_default_and_0_turns_it_off():
+    assert load_config(None).eval.precise_bn_samples == 8192  # pycls BN.NUM_SAMPLES_PRECISE
+    assert load_config(None, ["eval.precise_bn_samples=0"]).eval.precise_bn_samples == 0
+    with pytest.raises(VitcError, match="eval.precise_bn_samples"):
+        load_config(None, ["eval.precise_bn_samples=-1"])
+    # pycls: int(8192 / batch per GPU / GPUs) batches per rank, at most one epoch
+    assert batches_per_rank(8192, 64, 8, available=1000) == 16
+    assert batches_per_rank(8192, 8, 1, available=25) == 25
