@@ -117,7 +117,7 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
-        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
+        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
         model = model.to(self.rt.device)
         if self.rt.channels_last:
             model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
