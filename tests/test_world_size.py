@@ -65,7 +65,16 @@ def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_p
     # 2 ranks x 4 images: global batch 8, 25 steps per epoch; then 1 rank: global batch 4, 50 steps
     config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run", train={"micro_batch": 4, "zero_stage": 2})
     saved = probe(2, tmp_path / "saved.pt", "train", str(config), f"train.max_steps={SAVED_AT}")
+    root = checkpoint.checkpoint_root(tmp_path / "run")
+    half = root / ".convert-step_00000003" / "step_00000003_universal"  # a conversion cut short
+    half.mkdir(parents=True)
     resumed = probe(1, tmp_path / "resumed.pt", "resume", str(config))
+    assert not half.parent.exists() and (root / "step_00000003_universal" / "zero").is_dir()
+    # a finished conversion is kept: resuming again loads it as it is
+    (root / "step_00000003_universal" / "kept").touch()
+    info = checkpoint.newest_checkpoint(tmp_path / "run")
+    assert checkpoint.loadable_tag(tmp_path / "run", info, 1, 2, rank=0) == ("step_00000003_universal", True)
+    assert (root / "step_00000003_universal" / "kept").exists()
     for key in ("epoch_position", "schedule_fraction"):
         assert resumed["state"][key].item() == pytest.approx(saved["state"][key].item(), abs=1 / 50)
     # the new world's schedule and lr (linear scaling: base_lr 1e-3 at reference batch 8 -> 5e-4 at 4)

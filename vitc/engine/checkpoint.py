@@ -4,7 +4,8 @@ A save is a collective: every rank writes its ZeRO partitions through `engine.sa
 then, after a barrier, rank 0 alone writes the shared files (EMA weights, then the completeness
 marker, atomically, last). Resume takes the newest tag with a marker, so a save cut short by a
 kill -9 is never chosen. A tag saved on another number of ranks is first converted by DeepSpeed's
-universal-checkpoint tool (deepspeed/checkpoint/ds_to_universal.py), which needs `universal_checkpoint_info` in the client state.
+universal-checkpoint tool (deepspeed/checkpoint/ds_to_universal.py), which needs
+`universal_checkpoint_info` in the client state; buffers travel in the client state beside it.
 """
 
 import copy

@@ -170,7 +170,8 @@ def init_model(model: nn.Module, cfg: Config, rank: int = 0) -> LoadReport | Non
     if ft.head == "map":
         source_classes = source_class_map(ft)
         target_classes = _train_classes(cfg.data.train_shards, cfg.data.train_manifest, "data.train_shards")
-    report = apply_pretrained(model, load_pretrained(ft.init_from, model.spec, Path(cfg.train.run_dir) / INIT_CACHE, rank), ft.head, source_classes,
+    state = load_pretrained(ft.init_from, model.spec, Path(cfg.train.run_dir) / INIT_CACHE, rank)
+    report = apply_pretrained(model, state, ft.head, source_classes,
                               target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from)
     log.info("finetune: %s", report.describe())
     return report

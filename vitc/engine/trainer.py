@@ -117,7 +117,7 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
-        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
+        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from (vitc/engine/pretrained.py)
         model = model.to(self.rt.device)
         if self.rt.channels_last:
             model.stem.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
@@ -316,8 +316,8 @@ class Trainer:
         ranks: list = [None] * self.dist.world_size
         tdist.all_gather_object(ranks, mine)
         return {"epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
-                "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks, "config": config_to_dict(self.cfg),
-                "buffers": checkpoint.buffer_state(self.engine.module)}
+                "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks,
+                "config": config_to_dict(self.cfg), "buffers": checkpoint.buffer_state(self.engine.module)}
 
     def _restore(self, info: CheckpointInfo, tag: str) -> None:
         """Load weights, optimizer, schedule, position, RNG, loader and EMA. Every rank."""
