@@ -231,6 +231,22 @@ def test_largest_micro_batch_fills_the_gpu():
     assert memory.max_micro_batch_other > memory.max_micro_batch  # checkpointing fits more
 
 
+def test_a_cpu_rank_keeps_freed_memory_so_its_phases_add_up_beside_the_loader_buffers():
+    def memory(gpu: str, workers: int):
+        setup = run_setup(load_run_config("vit_c_1gf", ["train.micro_batch=8", f"data.workers={workers}"]),
+                          Cluster(1, 1, gpu=gpu))
+        return plan_memory(setup, model_cost(setup.spec).params)
+
+    cpu, gpu = memory("cpu", 2), memory("a100-40gb", 2)
+    # vitc's heap retention (vitc/heap.py) keeps the freed activations resident through the step
+    states = cpu.states.persistent + cpu.activations.total + cpu.states.transient
+    assert cpu.total - cpu.runtime == states
+    assert gpu.total - gpu.runtime == gpu.states.persistent + max(gpu.activations.total, gpu.states.transient)
+    # 2 workers x 4 shared uint8 buffers of 8 images at 224 px, mapped by the training process
+    assert cpu.runtime - memory("cpu", 0).runtime == 2 * 4 * 8 * 3 * 224**2
+    assert gpu.runtime == memory("a100-40gb", 0).runtime
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 
