@@ -21,9 +21,9 @@ probe: dict = {}
 build_model, micro_step = Trainer._build_model, Trainer._micro_step
 
 
-def probed_build_model(self, num_classes):
+def probed_build_model(self):
     probe["rss"] = RssProbe.start()
-    return build_model(self, num_classes)
+    return build_model(self)
 
 
 def probed_micro_step(self, images, targets):

@@ -1,10 +1,15 @@
 """Two processes (torchrun, gloo on CPU): ZeRO-2 and ZeRO-3 train, save and consolidate; a ZeRO-2
-run saved on two ranks resumes on one through DeepSpeed's universal checkpoint."""
+run saved on two ranks resumes on one through DeepSpeed's universal checkpoint; a fine-tune from a
+run directory consolidates it once."""
 
 import pytest
+import torch
 
 from engine_runs import digit_shards, exported, loss_fell, metrics, torchrun, vitc, write_config
+from vitc.config import load_config, model_spec
 from vitc.engine import checkpoint
+from vitc.engine.pretrained import INIT_CACHE, init_model
+from vitc.models.vit import VisionTransformer
 
 # 2 ranks × 4 images: global batch 8, 25 steps per epoch, as in the one-process tests
 TWO_RANKS = {"micro_batch": 4}
@@ -45,3 +50,21 @@ def test_zero2_saved_on_two_ranks_resumes_on_one(shards, tmp_path):
     assert steps[-6:] == [30, 31, 32, 33, 34, 35]
     assert (checkpoint.checkpoint_root(tmp_path / "run") / "step_00000030_universal").is_dir()
     assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 1
+
+
+@pytest.mark.slow
+def test_init_from_a_run_directory_is_consolidated_once_by_rank_0_and_read_by_the_others(shards, tmp_path):
+    config = write_config(tmp_path / "pre.yaml", shards, tmp_path / "pre", train={"zero_stage": 2})
+    vitc("train", str(config), "train.max_steps=2")
+    cfg = load_config(config, [f"finetune.init_from={tmp_path / 'pre'}", f"train.run_dir={tmp_path / 'ft'}"])
+    model = VisionTransformer(model_spec(cfg.model, 10))
+    init_model(model, cfg, rank=0)
+    cached = list((tmp_path / "ft" / INIT_CACHE).glob("*.safetensors"))
+    assert [p.name for p in cached] == ["pre-step_00000002.safetensors"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in exported(tmp_path / "pre", tmp_path).items())
+    # another rank reads the consolidated file: the ZeRO optimizer partitions are not read again
+    for partition in (tmp_path / "pre" / "checkpoints" / "step_00000002").glob("*optim_states.pt"):
+        partition.unlink()
+    other = VisionTransformer(model_spec(cfg.model, 10))
+    init_model(other, cfg, rank=1)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())

@@ -13,6 +13,7 @@ The functions below it take plain arguments (model, state dict, class maps) for 
 import fnmatch
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from vitc.schema import Config, FinetuneConfig
 log = logging.getLogger(__name__)
 
 HEAD_KEYS = ("head.weight", "head.bias")
+INIT_CACHE = "init_from"  # RUN_DIR/init_from/: finetune.init_from's run directory, consolidated once
+CACHE_POLL_S = 2.0
 
 
 @dataclass
@@ -50,10 +53,12 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None) -> dict[str, torch.Tensor]:
+def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None, cache_dir: Path | None = None,
+                    rank: int = 0) -> dict[str, torch.Tensor]:
     """fp32 weights from a `vitc export` .safetensors file or from a run directory's newest complete
-    checkpoint (consolidated by DeepSpeed), or a timm checkpoint, whose architecture must be `spec`.
-    Never unpickles: safetensors, or weights_only loads."""
+    checkpoint (consolidated by DeepSpeed; once into `cache_dir` when given, see `consolidated_once`),
+    or a timm checkpoint, whose architecture must be `spec`. Never unpickles: safetensors, or
+    weights_only loads."""
     from vitc.engine.export import consolidated_state_dict, load_weights
     from vitc.engine.timm_format import is_timm_checkpoint, load_timm_checkpoint
 
@@ -61,11 +66,31 @@ def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None) -> d
     if spec is not None and is_timm_checkpoint(path):
         return load_timm_checkpoint(path, spec)
     if path.is_dir():
-        return consolidated_state_dict(path)[0]
+        return load_weights(consolidated_once(path, cache_dir, rank)) if cache_dir else consolidated_state_dict(path)[0]
     if path.suffix != ".safetensors":
         raise VitcError(f"finetune.init_from: expected a .safetensors file from `vitc export` or a run "
                         f"directory, got '{source}'")
     return load_weights(path)
+
+
+def consolidated_once(run_dir: Path, cache_dir: Path, rank: int) -> Path:
+    """The newest complete checkpoint of `run_dir` as cache_dir/RUN-TAG.safetensors, consolidated by
+    rank 0 alone through `vitc export`'s code path (written atomically), once per tag; the other
+    ranks wait for the file on the filesystem and then read it. Consolidating in every process would
+    read the whole ZeRO optimizer state once per process (8 per node); waiting on a file rather
+    than in a barrier keeps a long consolidation outside the collective timeout. Every rank."""
+    from vitc.engine.checkpoint import newest_checkpoint
+    from vitc.engine.export import export_weights
+
+    info = newest_checkpoint(run_dir)
+    if info is None:
+        raise VitcError(f"finetune.init_from: no complete checkpoint in {run_dir} (train it with `vitc train` first)")
+    cache = cache_dir / f"{run_dir.name}-{info.tag}.safetensors"
+    if rank == 0 and not cache.is_file():
+        export_weights(run_dir, cache)
+    while not cache.is_file():  # a failure on rank 0 ends the job (torchrun, srun --kill-on-bad-exit)
+        time.sleep(CACHE_POLL_S)
+    return cache
 
 
 def map_head_rows(state: dict[str, torch.Tensor], source_classes: dict[str, int],
@@ -141,9 +166,10 @@ def apply_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str
     return LoadReport(source, head, len(adapted) - len(unexpected), missing, unexpected, resized)
 
 
-def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
+def init_model(model: nn.Module, cfg: Config, rank: int = 0) -> LoadReport | None:
     """The trainer's hook, called on every rank right after the model is built and before
-    `deepspeed.initialize`: load `cfg.finetune.init_from` into `model`. None when it is unset."""
+    `deepspeed.initialize`: load `cfg.finetune.init_from` into `model`. None when it is unset.
+    A run directory is consolidated once, by rank 0, into RUN_DIR/init_from/ (`consolidated_once`)."""
     ft = cfg.finetune
     if not ft.init_from:
         return None
@@ -151,7 +177,8 @@ def init_model(model: nn.Module, cfg: Config) -> LoadReport | None:
     if ft.head == "map":
         source_classes = source_class_map(ft)
         target_classes = _train_classes(cfg.data.train_shards, cfg.data.train_manifest, "data.train_shards")
-    report = apply_pretrained(model, load_pretrained(ft.init_from, model.spec), ft.head, source_classes,
+    state = load_pretrained(ft.init_from, model.spec, Path(cfg.train.run_dir) / INIT_CACHE, rank)
+    report = apply_pretrained(model, state, ft.head, source_classes,
                               target_classes, ft.allow_missing, ft.allow_unexpected, ft.init_from,
                               ft.init_keys)
     log.info("finetune: %s", report.describe())

@@ -56,6 +56,9 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     try:
         rt = resolve_runtime(cfg.train, dist)
         run = run_on(cfg, dist, rt)  # before anything heavy starts
+        saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
+        if saved is not None:  # a world-size change converts here, before any collective can time out
+            checkpoint.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
         with engine_session(dist, rt, cfg.train.dist_timeout_s):
             try:
@@ -122,7 +125,7 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
-        init_model(model, self.cfg)  # finetune.init_from: pretrained weights (vitc/engine/pretrained.py)
+        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from (vitc/engine/pretrained.py)
         freeze(model, self.cfg.train.freeze)  # before the optimizer groups and the EMA copy are made
         # the parameters stay contiguous (DeepSpeed broadcasts each as `p.data.view(torch.uint8)`,
         # and under ZeRO-1/2 they become views into its flat buffers): `_prepare` makes only the
@@ -360,22 +363,26 @@ class Trainer:
         ranks: list = [None] * self.dist.world_size
         tdist.all_gather_object(ranks, mine)
         return {"epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
-                "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks, "config": config_to_dict(self.cfg)}
+                "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks,
+                "config": config_to_dict(self.cfg), "buffers": checkpoint.buffer_state(self.engine.module)}
 
     def _restore(self, info: CheckpointInfo, tag: str) -> None:
         """Load weights, optimizer, schedule, position, RNG, loader and EMA. Every rank."""
         root = checkpoint.checkpoint_root(self.run_dir)
+        fresh = checkpoint.schedule_before_load(self.engine.lr_scheduler)
         path, client = self.engine.load_checkpoint(str(root), tag=tag)
         if path is None or not client:
             raise VitcError(f"could not load checkpoint {root / tag}: DeepSpeed found no loadable state")
         self.step, self.epoch = client["step"], client["epoch"]
+        if "buffers" in client:  # absent from checkpoints written before buffers travelled there
+            checkpoint.restore_buffers(self.engine.module, client["buffers"])
         ranks = client["ranks"]
         if len(ranks) == self.dist.world_size:
             self.micro_in_epoch = client["micro_in_epoch"]
             set_rng_state(ranks[self.dist.rank]["rng"])
             self.loader.load_state_dict(ranks[self.dist.rank]["loader"])
         else:
-            self._restore_resized(client)
+            self._restore_resized(client, fresh)
         if self.ema is not None and ema_saved(root / info.tag):  # else: the EMA starts here
             self.ema.load(root / info.tag, self.dist.rank, self.dist.world_size)
         self.last_saved = info
@@ -391,13 +398,21 @@ class Trainer:
                     for s in (previous.evaluation, previous.ema_evaluation)]
             self.evaluation, self.ema_evaluation = kept
 
-    def _restore_resized(self, client: dict) -> None:
+    def _restore_resized(self, client: dict, fresh: checkpoint.FreshSchedule) -> None:
         """Another world size: weights and optimizer state came through the universal checkpoint;
         the loader resumes the epoch at the same fraction (per-rank positions do not map onto a
-        new sharding) and the RNG is re-seeded per rank from (seed, step)."""
+        new sharding) and the RNG is re-seeded per rank from (seed, step). The lr schedule is this
+        run's, continued at the same epoch position: with train.global_batch set that is the saved
+        schedule itself; without it the global batch, its lr and the steps per epoch are the new
+        world's, and the run ends after the steps that remain of the new schedule."""
         fraction = client["micro_in_epoch"] / client["micro_per_epoch"]
-        log.warning("checkpoint saved on %d rank(s), resuming on %d: epoch %d continues at %.0f %%",
-                    client["world_size"], self.dist.world_size, self.epoch + 1, 100 * fraction)
         self.micro_in_epoch = int(fraction * self.steps_per_epoch) * self.accum
         self.loader.load_state_dict(client["ranks"][0]["loader"])
         seed_everything(self.cfg.train.seed + 1_000_003 * self.step + self.dist.rank)
+        position = self.epoch * self.steps_per_epoch + self.micro_in_epoch // self.accum
+        lr = checkpoint.continue_schedule(self.engine.lr_scheduler, fresh, position)
+        self.total_steps = self.step + self.total_steps - position  # the optimizer step the run ends at
+        log.warning("checkpoint saved on %d rank(s), resuming on %d: epoch %d continues at %.0f %%, "
+                    "schedule step %d of %d at global batch %d (next lr %.3g)", client["world_size"],
+                    self.dist.world_size, self.epoch + 1, 100 * fraction, position,
+                    self.cfg.schedule.epochs * self.steps_per_epoch, self.global_batch, lr)

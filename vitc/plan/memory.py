@@ -31,6 +31,12 @@ the optimizer step, together with its temporaries.
 fp32 ZeRO-1/2 clone the partition into a separate "fp32" master even though it is already fp32;
 fp32 ZeRO-3 aliases it (stage3.py `_create_fp32_partitions`). For bf16/fp16 at stages 2 and 3 the
 total is DeepSpeed's own estimate (`deepspeed_model_states_bytes`), which this table reproduces.
+
+A CPU run is planned as vitc runs it (`HostProcess`): vitc keeps freed memory in the process's heap
+(vitc/heap.py), so the memory backward frees (activations) stays resident while the gradients,
+buckets and the optimizer's temporaries are allocated beside it - the phases add up instead of
+peaking apart - and the training process maps every loader worker's shared batch buffers
+(vitc/data/loading/slots.py).
 """
 
 from dataclasses import dataclass
@@ -181,3 +187,29 @@ def deepspeed_model_states_bytes(params: int, largest_layer_params: int, stage: 
     if stage == 3:
         return 4 * largest_layer_params + partitioned
     return None
+
+
+SLOTS_PER_WORKER = 4  # vitc/data/loading/slots.py PER_WORKER
+
+
+@dataclass(frozen=True)
+class HostProcess:
+    """How a CPU rank's process holds memory besides the model states and activations."""
+
+    heap_retained: bool  # vitc.heap.retain_freed_memory: freed blocks stay resident
+    loader_buffers: int  # bytes of the loader workers' shared uint8 batch buffers
+
+
+def host_process(on_cpu: bool, workers: int, micro_batch: int, image_size: int) -> HostProcess:
+    """The CPU training process as `vitc train` sets it up; a GPU plan counts device memory only."""
+    if not on_cpu:
+        return HostProcess(False, 0)
+    return HostProcess(True, workers * SLOTS_PER_WORKER * micro_batch * 3 * image_size**2)
+
+
+def step_peak(states: ModelStates, activations: int, host: HostProcess) -> int:
+    """Model states + activations at the step's peak: backward frees activations as it makes the
+    gradients, so the phases peak apart, unless the heap keeps what was freed (a CPU run)."""
+    if host.heap_retained:
+        return states.persistent + activations + states.transient
+    return states.persistent + max(activations, states.transient)

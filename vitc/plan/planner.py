@@ -13,7 +13,8 @@ from vitc.models.spec import ViTSpec
 from vitc.plan.activations import Activations, activation_memory
 from vitc.plan.comm import CommVolume, comm_time, zero_comm_volume
 from vitc.plan.gpus import GpuSpec
-from vitc.plan.memory import ModelStates, ZeroSetup, deepspeed_model_states_bytes, model_states
+from vitc.plan.memory import (HostProcess, ModelStates, ZeroSetup, deepspeed_model_states_bytes, host_process,
+                              model_states, step_peak)
 from vitc.plan.throughput import RunTime, compute_time, run_time, step_time, train_flops_per_step
 
 
@@ -39,6 +40,11 @@ class RunSetup:
     allgather_bucket_size: int
     lr: float  # optim.base_lr scaled to the global batch (vitc.run.scaled_lr)
     ema: bool = False  # optim.ema_alpha > 0: an fp32 EMA of the weights
+    loader_workers: int = 0  # data.workers
+
+    @property
+    def host(self) -> HostProcess:
+        return host_process(self.gpu.kind == "cpu", self.loader_workers, self.micro_batch, self.spec.image_size)
 
     def __post_init__(self) -> None:
         for key in ("nodes", "gpus_per_node", "micro_batch", "grad_accum", "epochs"):
@@ -67,7 +73,7 @@ class RunSetup:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    runtime: int  # CUDA context, NCCL, DeepSpeed's own (the GPU table's runtime_gib)
+    runtime: int  # CUDA context, NCCL, DeepSpeed's own (the GPU table's runtime_gib); a CPU's loader buffers
     states: ModelStates
     activations: Activations
     activations_other: Activations  # the same micro-batch with checkpointing switched the other way
@@ -75,10 +81,11 @@ class MemoryPlan:
     capacity: int
     max_micro_batch: int
     max_micro_batch_other: int
+    host: HostProcess = HostProcess(False, 0)
 
     @property
     def total(self) -> int:
-        return _peak(self.runtime, self.states, self.activations.total)
+        return self.runtime + step_peak(self.states, self.activations.total, self.host)
 
     @property
     def fits(self) -> bool:
@@ -104,26 +111,23 @@ class Plan:
 
 
 def plan_memory(setup: RunSetup, params: int) -> MemoryPlan:
-    states = model_states(params, setup.zero)
+    states, host = model_states(params, setup.zero), setup.host
     acts = activation_memory(setup.spec, setup.micro_batch, setup.precision, setup.act_checkpoint)
     other = activation_memory(setup.spec, setup.micro_batch, setup.precision, not setup.act_checkpoint)
-    runtime = int(setup.gpu.runtime_gib * 2**30)
+    runtime = int(setup.gpu.runtime_gib * 2**30) + host.loader_buffers
     capacity = setup.gpu.memory_bytes
     return MemoryPlan(runtime, states, acts, other, _deepspeed_estimate(setup, params), capacity,
-                      _fit(capacity, runtime, states, acts.total // setup.micro_batch),
-                      _fit(capacity, runtime, states, other.total // setup.micro_batch))
+                      _fit(capacity, runtime, states, acts.total // setup.micro_batch, host),
+                      _fit(capacity, runtime, states, other.total // setup.micro_batch, host), host)
 
 
-def _peak(runtime: int, states: ModelStates, activations: int) -> int:
-    """Backward frees activations as it makes gradients: the two phases peak apart (memory.py)."""
-    return runtime + states.persistent + max(activations, states.transient)
-
-
-def _fit(capacity: int, runtime: int, states: ModelStates, per_image: int) -> int:
-    """The most images whose activations fit beside the states (0 when the states alone do not)."""
-    if _peak(runtime, states, 0) > capacity:
+def _fit(capacity: int, runtime: int, states: ModelStates, per_image: int, host: HostProcess) -> int:
+    """The most images whose activations fit beside the states (0 when the states alone do not);
+    the loader buffers, which grow with the micro-batch too, are small beside the activations."""
+    if runtime + step_peak(states, 0, host) > capacity:
         return 0
-    return (capacity - runtime - states.persistent) // per_image
+    beside = states.persistent + (states.transient if host.heap_retained else 0)
+    return (capacity - runtime - beside) // per_image
 
 
 def _deepspeed_estimate(setup: RunSetup, params: int) -> int | None:

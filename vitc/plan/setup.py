@@ -59,4 +59,4 @@ def run_setup(cfg: Config, cluster: Cluster) -> RunSetup:
         overlap=cluster.overlap and bool(run.zero.get("overlap_comm", run.on_gpu)),
         reduce_bucket_size=int(run.zero.get("reduce_bucket_size", cfg.train.reduce_bucket_size)),
         allgather_bucket_size=int(run.zero.get("stage3_prefetch_bucket_size", cfg.train.allgather_bucket_size)),
-        lr=run.lr, ema=cfg.optim.ema_alpha > 0)
+        lr=run.lr, ema=cfg.optim.ema_alpha > 0, loader_workers=cfg.data.workers)

@@ -1,0 +1,85 @@
+"""A run saved on one number of ranks resumes on another without losing state: every parameter,
+buffer (the conv stem's BatchNorm statistics), Adam moment and EMA weight is restored exactly through
+DeepSpeed's universal checkpoint, and the lr schedule continues at the same epoch position
+(tests/world_size_probe.py gathers the trainer's full state on each side)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine_runs import ROOT, digit_shards, write_config
+from vitc.engine import checkpoint
+from vitc.engine.runtime import free_port
+from vitc.engine.schedule import warmup_cosine
+from vitc.schema import ScheduleConfig
+
+PROBE = str(ROOT / "tests" / "world_size_probe.py")
+SAVED_AT = 3  # optimizer steps before the checkpoint
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory):
+    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
+
+
+def probe(nproc: int, out, mode: str, *args: str) -> dict:
+    """The trainer's full state after `vitc train ARGS` on `nproc` ranks (gloo on CPU); and its log."""
+    launch = [sys.executable]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
+    result = subprocess.run([*launch, PROBE, str(out), mode, *args], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out.with_suffix(".log").write_text(result.stderr)
+    assert result.returncode == 0, f"see {out.with_suffix('.log')}: {result.stderr[-2000:]}"
+    return {"state": torch.load(out), "log": result.stderr}
+
+
+def assert_same_state(restored: dict, saved: dict) -> None:
+    assert restored.keys() == saved.keys()
+    differ = [k for k in saved if not torch.equal(restored[k], saved[k])]
+    assert not differ, f"restored state differs from the saved one in {differ[:8]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+@pytest.mark.parametrize("saved_on,resumed_on", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_world_size_with_its_full_state(shards, tmp_path, zero_stage,
+                                                                         saved_on, resumed_on):
+    # train.global_batch fixes the run: accumulation adapts to the ranks, the schedule is the same
+    config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run",
+                          train={"micro_batch": 4, "global_batch": 8, "zero_stage": zero_stage},
+                          optim={"ema_alpha": 1e-3, "ema_update_period": 1})
+    saved = probe(saved_on, tmp_path / "saved.pt", "train", str(config), f"train.max_steps={SAVED_AT}")
+    resumed = probe(resumed_on, tmp_path / "resumed.pt", "resume", str(config))
+    assert "universal" in resumed["log"]
+    assert_same_state(resumed["state"], saved["state"])
+    buffers = {k: v for k, v in saved["state"].items() if k.startswith("buffer/") and k.endswith("running_var")}
+    assert buffers and not any(torch.equal(v, torch.ones_like(v)) for v in buffers.values())  # trained statistics
+
+
+@pytest.mark.slow
+def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_position(shards, tmp_path):
+    # 2 ranks x 4 images: global batch 8, 25 steps per epoch; then 1 rank: global batch 4, 50 steps
+    config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run", train={"micro_batch": 4, "zero_stage": 2})
+    saved = probe(2, tmp_path / "saved.pt", "train", str(config), f"train.max_steps={SAVED_AT}")
+    root = checkpoint.checkpoint_root(tmp_path / "run")
+    half = root / ".convert-step_00000003" / "step_00000003_universal"  # a conversion cut short
+    half.mkdir(parents=True)
+    resumed = probe(1, tmp_path / "resumed.pt", "resume", str(config))
+    assert not half.parent.exists() and (root / "step_00000003_universal" / "zero").is_dir()
+    # a finished conversion is kept: resuming again loads it as it is
+    (root / "step_00000003_universal" / "kept").touch()
+    info = checkpoint.newest_checkpoint(tmp_path / "run")
+    assert checkpoint.loadable_tag(tmp_path / "run", info, 1, 2, rank=0) == ("step_00000003_universal", True)
+    assert (root / "step_00000003_universal" / "kept").exists()
+    for key in ("epoch_position", "schedule_fraction"):
+        assert resumed["state"][key].item() == pytest.approx(saved["state"][key].item(), abs=1 / 50)
+    # the new world's schedule and lr (linear scaling: base_lr 1e-3 at reference batch 8 -> 5e-4 at 4)
+    schedule = warmup_cosine(ScheduleConfig(epochs=3, warmup_epochs=0.5), steps_per_epoch=50)
+    position = round(resumed["state"]["schedule_fraction"].item() * 150)
+    assert resumed["state"]["next_lr"][0].item() == pytest.approx(5e-4 * schedule(position))
+    assert "schedule step 6 of 150 at global batch 4" in resumed["log"]
+    assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 2
