@@ -83,11 +83,11 @@ def time_in_processes(contenders: list[Contender], warmup: int, iters: int, roun
     """Each contender in a fresh spawned process; started one after another (no two warm up at
     once), then `rounds` rounds of `iters` steps each, interleaved; medians per contender."""
     ctx = multiprocessing.get_context("spawn")
-    children, startup = {}, {}
+    children, startup, details = {}, {}, {}
     try:
         for c in contenders:
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=_child, args=(child, c.factory, c.kwargs, warmup), daemon=True)
+            process = ctx.Process(target=_child, args=(child, c.factory, c.kwargs, warmup))
             process.start()
             children[c.name] = (parent, process)
             startup[c.name] = _receive(parent, process, c.name)
@@ -96,13 +96,12 @@ def time_in_processes(contenders: list[Contender], warmup: int, iters: int, roun
             for name, (conn, process) in children.items():
                 conn.send(iters)
                 samples[name].append(_receive(conn, process, name))
-        details = {}
         for name, (conn, process) in children.items():
             conn.send(None)
             details[name] = _receive(conn, process, name)
-    finally:
+    finally:  # after an error the other children wait for a round that will not come
         for conn, process in children.values():
-            process.join(timeout=30)
+            process.join(timeout=30 if len(details) == len(children) else 0)
             if process.is_alive():
                 process.terminate()
     return {name: Timing(statistics.median(s[0] for s in samples[name]),
