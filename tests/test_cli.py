@@ -10,8 +10,8 @@ from vitc.cli import build_parser, main
 
 SURFACE = {
     "audit": ["--format", "--num-classes", "--parity", "--resolution"],
-    "plan": ["--dataset-size", "--format", "--gpu", "--gpus-file", "--gpus-per-node", "--mfu",
-             "--no-overlap", "--nodes", "--sweep-nodes"],
+    "plan": ["--dataset-size", "--format", "--gpu", "--gpus-file", "--gpus-per-node", "--loader-rate", "--mfu",
+             "--no-overlap", "--node-cores", "--nodes", "--sweep-nodes"],
     "config show": ["--device", "--format", "--world"],
     "bench model": ["--batch", "--iters", "--model", "--rounds"],
     "bench data": ["--auto-augment", "--batch", "--images", "--no-shard-build", "--random-erasing",

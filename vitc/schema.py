@@ -124,6 +124,10 @@ class TrainConfig:
     reduce_bucket_size: int = bounded(500_000_000, ge=1)
     allgather_bucket_size: int = bounded(500_000_000, ge=1)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC stem input: `auto` = on GPU
+    # torch.compile the model (inductor; on the CPU it needs a C++ compiler) through DeepSpeed's
+    # `engine.compile()`, which compiles the module in place: state-dict keys stay unchanged, so
+    # checkpoints and exports load with compile on or off. The first steps pay the compile time.
+    compile: bool = False
     seed: int = 0
     # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
     max_steps: int | None = bounded(None, ge=0)

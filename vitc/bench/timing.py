@@ -1,21 +1,110 @@
-"""Interleaved timing: candidates measured in one run, round-robin, so drift hits all alike."""
+"""Contenders timed alike: each in its own fresh process, rounds interleaved A B A B.
 
+A contender shares nothing with another: not a global patch (ZeRO-3 replaces
+`torch.nn.functional.linear` for its whole process), not an allocator's state, not a thread pool.
+Each child sets vitc's heap settings (`vitc.heap`), builds its step, warms up, then waits; the
+parent asks the children for one round each in turn, so only one runs at a time and a shared
+machine's drift hits all alike. A round is timed inside its child, by wall clock and by the CPU
+time of the child and every process under it (a loader's workers), the same accounting for all.
+"""
+
+import importlib
+import multiprocessing
+import resource
 import statistics
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from vitc.errors import VitcError
+from vitc.heap import retain_freed_memory
 
 
-def interleaved_rates(steps: dict[str, Callable[[], None]], items_per_step: int, warmup: int,
-                      iters: int, rounds: int) -> dict[str, float]:
-    """Median items/s of each step function over `rounds` round-robin rounds of `iters` calls."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                step()
-            samples[name].append(items_per_step * iters / (time.perf_counter() - start))
-    return {name: statistics.median(rates) for name, rates in samples.items()}
+@dataclass(frozen=True)
+class Contender:
+    """`factory` ('module:function') called with `kwargs` in the child returns the step: a callable
+    returning how many items (images) it processed; its optional `details()` returns extra floats."""
+
+    name: str
+    factory: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Timing:
+    """Medians over the rounds: items per wall-clock second and per CPU-second (per core)."""
+
+    rate: float
+    per_core: float
+    startup_s: float  # building the step and its warm-up (torch.compile's compile time lands here)
+    details: dict[str, float]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and all its children: the finished ones (reaped) and the live ones
+    (persistent DataLoader workers), whose time the kernel adds to RUSAGE_CHILDREN only once reaped."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:  # ended between listing and reading
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _child(conn, factory: str, kwargs: dict, warmup: int) -> None:
+    retain_freed_memory()  # vitc's heap settings, in every contender alike
+    start = time.perf_counter()
+    module, function = factory.split(":")
+    step = getattr(importlib.import_module(module), function)(**kwargs)
+    for _ in range(warmup):
+        step()
+    conn.send(time.perf_counter() - start)
+    while (iters := conn.recv()) is not None:
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        items = sum(step() for _ in range(iters))
+        conn.send((items / (time.perf_counter() - wall), items / max(cpu_seconds() - cpu, 1e-9)))
+    conn.send(step.details() if hasattr(step, "details") else {})
+
+
+def _receive(conn, process, name: str):
+    """The child's next message; a child that died (an exception, out of memory) ends the bench."""
+    while not conn.poll(1.0):
+        if not process.is_alive():
+            raise VitcError(f"benchmark contender '{name}' exited with code {process.exitcode} "
+                            "(its traceback is above)")
+    return conn.recv()
+
+
+def time_in_processes(contenders: list[Contender], warmup: int, iters: int, rounds: int) -> dict[str, Timing]:
+    """Each contender in a fresh spawned process; started one after another (no two warm up at
+    once), then `rounds` rounds of `iters` steps each, interleaved; medians per contender."""
+    ctx = multiprocessing.get_context("spawn")
+    children, startup, details = {}, {}, {}
+    try:
+        for c in contenders:
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_child, args=(child, c.factory, c.kwargs, warmup))
+            process.start()
+            children[c.name] = (parent, process)
+            startup[c.name] = _receive(parent, process, c.name)
+        samples: dict[str, list[tuple[float, float]]] = {c.name: [] for c in contenders}
+        for _ in range(rounds):
+            for name, (conn, process) in children.items():
+                conn.send(iters)
+                samples[name].append(_receive(conn, process, name))
+        for name, (conn, process) in children.items():
+            conn.send(None)
+            details[name] = _receive(conn, process, name)
+    finally:  # after an error the other children wait for a round that will not come
+        for conn, process in children.values():
+            process.join(timeout=30 if len(details) == len(children) else 0)
+            if process.is_alive():
+                process.terminate()
+    return {name: Timing(statistics.median(s[0] for s in samples[name]),
+                         statistics.median(s[1] for s in samples[name]), startup[name], details[name])
+            for name in samples}
+

@@ -10,19 +10,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from vitc.plan.report import format_json, format_plan, format_sweep
     from vitc.plan.gpus import DEFAULT_GPUS_FILE
     from vitc.plan.setup import Cluster, load_run_config, run_setup
+    from vitc.plan.throughput import loader_need
 
     if len(args.targets) != 1:
         raise VitcError(f"vitc plan takes one config or model name, got {args.targets}")
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu, args.mfu, args.dataset_size,
                       not args.no_overlap, args.gpus_file or DEFAULT_GPUS_FILE)
-    setup = run_setup(load_run_config(args.targets[0], args.overrides), cluster)
+    cfg = load_run_config(args.targets[0], args.overrides)
+    setup = run_setup(cfg, cluster)
     nodes = _node_list(args.sweep_nodes) if args.sweep_nodes else None
     plan = plan_run(setup) if nodes else check_fits(plan_run(setup))
     swept = sweep(setup, nodes) if nodes else None
+    loader = None
+    if cfg.data.decode_device == "cpu":
+        loader = loader_need(plan.run.images_per_s / setup.nodes, setup.gpu.name, setup.spec.image_size,
+                             cfg.data.auto_augment, args.loader_rate, args.node_cores)
     if args.format == "json":
-        print(format_json(plan, swept))
+        print(format_json(plan, swept, loader))
     else:
-        print(format_sweep(swept, nodes, setup) if nodes else format_plan(plan))
+        print(format_sweep(swept, nodes, setup) if nodes else format_plan(plan, loader))
     return 0
 
 
@@ -53,6 +59,10 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                       help="scale-out table at these node counts, global batch held fixed")
     plan.add_argument("--no-overlap", action="store_true",
                       help="assume communication is not overlapped with compute")
+    plan.add_argument("--loader-rate", type=float, metavar="IMAGES_PER_S",
+                      help="train loader images/s per CPU core: row (a) of your `vitc bench data` "
+                           "(default: configs/loader_rates.yaml for the run's resolution and recipe)")
+    plan.add_argument("--node-cores", type=int, help="CPU cores per node (default: configs/loader_rates.yaml)")
     plan.add_argument("--format", choices=("table", "json"), default="table")
     plan.set_defaults(func=cmd_plan, split="targets")
 

@@ -50,11 +50,15 @@ def build_engine(model: torch.nn.Module, cfg: Config, run: Run, rt: Runtime,
                  steps_per_epoch: int | None = None, load_universal: bool = False):
     """(engine, DeepSpeed config) of `model` trained as `cfg` resolved to `run` says: the optimizer
     over the model's parameter groups at the run's lr, the warmup + cosine schedule when
-    `steps_per_epoch` is given (else a constant lr, as benchmarks want), wrapped once. Every rank."""
+    `steps_per_epoch` is given (else a constant lr, as benchmarks want), wrapped once, compiled
+    when `train.compile` says so. Every rank."""
     ds_config = deepspeed_config(run, load_universal=load_universal)
     lr = run.lr
     optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
     scheduler = None
     if steps_per_epoch is not None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, steps_per_epoch))
-    return wrap(model, optimizer, scheduler, ds_config), ds_config
+    engine = wrap(model, optimizer, scheduler, ds_config)
+    if cfg.train.compile:
+        engine.compile()  # `nn.Module.compile` in place: no `_orig_mod.` prefix in any state dict
+    return engine, ds_config

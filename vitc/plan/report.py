@@ -6,6 +6,7 @@ import math
 
 from vitc.plan.comm import link_bandwidth
 from vitc.plan.planner import Plan, RunSetup
+from vitc.plan.throughput import LoaderNeed
 
 GIB = 2**30
 
@@ -121,14 +122,33 @@ def _run_lines(plan: Plan) -> list[str]:
     ]
 
 
-def format_plan(plan: Plan) -> str:
+def _loader_lines(need: LoaderNeed | None, s: RunSetup) -> list[str]:
+    if need is None:
+        return ["data loading", "  data.decode_device: cuda: the GPUs decode (nvJPEG), the workers only read "
+                "and plan crops; no CPU rate is assumed"]
+    has = f"a node has {need.node_cores}" if need.node_cores is not None else \
+        f"cores per node of a {s.gpu.name} server unknown (--node-cores)"
+    lines = ["data loading (CPU decode and augmentation)",
+             f"  GPUs consume {need.gpu_images_per_s:,.0f} images/s per node "
+             f"({s.gpus_per_node} × {s.gpu.name} at MFU {s.mfu:g})",
+             f"  loader: {need.per_core:,.0f} images/s per core ({need.source})",
+             f"  loader CPU cores needed per node: {need.cores:,.1f}; {has}"]
+    if not need.enough:
+        lines.append(f"  NOT ENOUGH CPU: the loader would hold the GPUs to {need.node_cores * need.per_core:,.0f} "
+                     "images/s per node; decode on the GPUs (data.decode_device: cuda) or lower the CPU cost")
+    return lines
+
+
+def format_plan(plan: Plan, loader: LoaderNeed | None = None) -> str:
+    """The plan as text; `loader` adds the CPU cores the data loader needs (None: GPU decode)."""
     s = plan.setup
     ranks = f"{s.world_size} {'processes' if s.gpu.kind == 'cpu' else 'GPUs'}"
     head = [f"vitc plan: {s.spec.name} on {s.nodes} × {s.gpus_per_node} {s.gpu.name} ({ranks}), "
             f"ZeRO-{s.zero_stage}, {s.precision}, activation checkpointing {'on' if s.act_checkpoint else 'off'}",
             f"model: {plan.params / 1e6:.1f} M params, {plan.forward_flops / 1e9:.2f} GFLOPs forward per "
             f"image at {s.spec.image_size}px (audit, closed form)", ""]
-    body = [*_memory_lines(plan), "", *_step_lines(plan), "", *_run_lines(plan), "", "assumptions"]
+    body = [*_memory_lines(plan), "", *_step_lines(plan), "", *_run_lines(plan), "",
+            *_loader_lines(loader, s), "", "assumptions"]
     return "\n".join(head + body + [f"  - {a}" for a in assumptions(s)])
 
 
@@ -182,8 +202,10 @@ def _finite(value):
     return value
 
 
-def format_json(plan: Plan, sweep: list[Plan | None] | None = None) -> str:
+def format_json(plan: Plan, sweep: list[Plan | None] | None = None, loader: LoaderNeed | None = None) -> str:
     out = {"plan": to_json(plan)}
+    if loader is not None:
+        out["loader"] = {**dataclasses.asdict(loader), "cores": loader.cores, "enough": loader.enough}
     if sweep is not None:
         out["sweep"] = [to_json(p) for p in sweep]
     return json.dumps(out, indent=1)

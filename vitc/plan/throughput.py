@@ -1,4 +1,5 @@
-"""Time of a training step and of a run, from the audit's flops at a stated MFU.
+"""Time of a training step and of a run, from the audit's flops at a stated MFU; the CPU cores
+the train loader needs to keep up (configs/loader_rates.yaml).
 
 The audit counts one multiply-add as one flop (the paper's convention); GPU datasheets count it as
 two. A training step costs 3× the forward (backward ≈ 2× forward), so one image costs
@@ -8,6 +9,9 @@ recomputed forward lowers the MFU a run reaches, it is not added here.
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from vitc.errors import VitcError
 
@@ -62,3 +66,61 @@ def run_time(step_s: float, global_batch: int, world_size: int, dataset_size: in
     epoch_s = steps * step_s
     total_s = epochs * epoch_s
     return RunTime(images_per_s, steps, epoch_s, total_s, total_s / 3600 * world_size)
+
+
+DEFAULT_LOADER_FILE = Path(__file__).resolve().parents[2] / "configs" / "loader_rates.yaml"
+
+
+@dataclass(frozen=True)
+class LoaderNeed:
+    """CPU cores per node the train loader needs to keep the node's GPUs fed."""
+
+    gpu_images_per_s: float  # per node, what the GPUs consume at the planned step time
+    per_core: float  # loader images/s per CPU core
+    source: str  # where `per_core` comes from
+    node_cores: int | None  # cores a node has (None: not known for this GPU)
+
+    @property
+    def cores(self) -> float:
+        return self.gpu_images_per_s / self.per_core
+
+    @property
+    def enough(self) -> bool:
+        return self.node_cores is None or self.cores <= self.node_cores
+
+
+def _rates_table(path: Path) -> dict:
+    if not path.is_file():
+        raise VitcError(f"loader rate table not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise VitcError(f"{path}: not valid YAML: {e}")
+    if not isinstance(data, dict) or not isinstance(data.get("images_per_core"), dict) \
+            or not isinstance(data.get("node_cores", {}), dict):
+        raise VitcError(f"{path}: expected 'images_per_core: {{IMAGE_SIZE: {{RECIPE: IMAGES_PER_S}}}}', "
+                        "'node_cores: {GPU: CORES}' and 'source'")
+    return data
+
+
+def loader_need(gpu_images_per_s: float, gpu: str, image_size: int, recipe: str,
+                per_core: float | None = None, node_cores: int | None = None,
+                path: str | Path = DEFAULT_LOADER_FILE) -> LoaderNeed:
+    """Cores per node for `gpu_images_per_s` (per node) at the loader's measured rate for the run's
+    resolution and augmentation recipe, or at the user's own `per_core` (`vitc bench data`)."""
+    path = Path(path)
+    table = _rates_table(path)
+    cores = node_cores if node_cores is not None else table.get("node_cores", {}).get(gpu)
+    if per_core is not None:
+        if per_core <= 0:
+            raise VitcError(f"--loader-rate must be a positive images/s per core, got {per_core}")
+        return LoaderNeed(gpu_images_per_s, per_core, "--loader-rate (your `vitc bench data`)", cores)
+    sizes = table["images_per_core"]
+    size = min(sizes, key=lambda s: abs(int(s) - image_size))  # the nearest measured resolution
+    rates = sizes[size] or {}
+    if recipe not in rates:
+        raise VitcError(f"{path}: no measured loader rate for data.auto_augment={recipe} "
+                        f"(measured: {', '.join(rates)}); pass --loader-rate with your `vitc bench data` figure")
+    where = f"{size} px" if int(size) == image_size else f"{size} px (nearest to the run's {image_size} px)"
+    return LoaderNeed(gpu_images_per_s, float(rates[recipe]),
+                      f"{path.name}: {recipe} at {where}, {table.get('source', 'source not given')}", cores)

@@ -1,0 +1,69 @@
+"""Benchmarks measure honestly, and the planner uses what they measure: the loader's images/s per
+core against the images/s the GPUs consume."""
+
+import json
+
+import pytest
+
+from vitc.bench.timing import Contender, time_in_processes
+from vitc.cli import main
+from vitc.data.shards.embedded import photo_imagefolder
+from vitc.errors import VitcError
+from vitc.plan.throughput import loader_need
+
+
+def plan_json(capsys, *args: str) -> dict:
+    assert main(["plan", *args, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eight_h100s_need_more_loader_cores_than_a_node_has_and_the_plan_says_so(capsys):
+    for model in ("vit_c_1gf", "vit_c_4gf"):
+        assert main(["plan", model, "--nodes", "1", "--gpus-per-node", "8"]) == 0
+        out = capsys.readouterr().out
+        assert "loader CPU cores needed per node" in out and "a node has 112" in out
+        assert "NOT ENOUGH CPU" in out and "data.decode_device: cuda" in out
+
+
+def test_cores_needed_are_the_gpus_images_per_s_over_the_loaders_rate_per_core(capsys):
+    out = plan_json(capsys, "vit_c_1gf", "--nodes", "2", "--gpus-per-node", "8", "--loader-rate", "1000")
+    per_node = out["plan"]["run"]["images_per_s"] / 2
+    assert out["loader"]["gpu_images_per_s"] == pytest.approx(per_node)
+    assert out["loader"]["cores"] == pytest.approx(per_node / 1000)
+    assert "--loader-rate" in out["loader"]["source"]
+
+
+def test_a_users_own_rate_and_node_size_can_say_the_cpus_keep_up(capsys):
+    out = plan_json(capsys, "vit_c_1gf", "--nodes", "1", "--gpus-per-node", "8",
+                    "--loader-rate", "1e6", "--node-cores", "64")
+    assert out["loader"]["enough"] and out["loader"]["node_cores"] == 64
+
+
+def test_gpu_decode_needs_no_loader_cpu_rate(capsys):
+    out = plan_json(capsys, "vit_c_1gf", "--nodes", "1", "--gpus-per-node", "8", "data.decode_device=cuda")
+    assert "loader" not in out
+
+
+def test_a_recipe_without_a_measured_rate_asks_for_the_users_figure():
+    with pytest.raises(VitcError, match="auto_augment=randaugment.*--loader-rate"):
+        loader_need(1000.0, "h100", 224, "randaugment")
+
+
+def test_a_resolution_without_a_measured_rate_uses_the_nearest_and_says_so():
+    need = loader_need(1000.0, "h100", 384, "autoaugment")
+    assert "224 px (nearest to the run's 384 px)" in need.source
+
+
+def test_every_contender_is_timed_in_its_own_process_by_the_same_rules(tmp_path):
+    folder = photo_imagefolder(tmp_path / "photos", classes=2, per_class=2)
+    contenders = [Contender(name, "vitc.bench.data:decode_pass", {"folder": str(folder)}) for name in "ab"]
+    timings = time_in_processes(contenders, warmup=1, iters=2, rounds=2)
+    assert set(timings) == {"a", "b"}
+    for t in timings.values():
+        assert t.rate > 0 and t.per_core > 0 and t.startup_s > 0 and t.details == {}
+
+
+def test_a_contender_that_fails_ends_the_bench_with_its_name(tmp_path):
+    with pytest.raises(VitcError, match="contender 'broken' exited"):
+        time_in_processes([Contender("broken", "vitc.bench.data:decode_pass", {"folder": str(tmp_path),
+                                                                                "no_such": 1})], 1, 1, 1)
