@@ -42,6 +42,15 @@ optimizers:
 epochs: [1, 2]
 """
 
+ONE_MODEL_SPEC = """
+seed: %(seed)d
+samples: %(samples)d
+models: {vit_c_tiny: vit_c.yaml}
+epochs: [1]
+optimizers:
+  adamw: {lr: [1.0e-3, 1.0e-3], weight_decay: [0.05, 0.05]}
+"""
+
 
 @pytest.fixture(scope="module")
 def shards(digits_folder, tmp_path_factory) -> Path:
@@ -175,14 +184,7 @@ def test_run_retries_every_run_without_a_final_outcome(shards, tmp_path):
 
 
 def test_a_crashed_run_is_retried_the_set_number_of_times_then_counted_apart(shards, tmp_path, capsys):
-    spec = write_spec(tmp_path / "spec", shards, samples=1, body="""
-seed: %(seed)d
-samples: %(samples)d
-models: {vit_c_tiny: vit_c.yaml}
-optimizers:
-  adamw: {lr: [1.0e-3, 1.0e-3], weight_decay: [0.05, 0.05]}
-epochs: [1]
-""")
+    spec = write_spec(tmp_path / "spec", shards, samples=1, body=ONE_MODEL_SPEC)
     sweep = tmp_path / "sweep"
     (run,) = make_sweep(spec, sweep, [f"data.train_shards={tmp_path / 'lost'}"])  # every start crashes
 
@@ -198,15 +200,8 @@ epochs: [1]
 @pytest.mark.slow
 def test_run_collect_plot_a_sweep_where_one_run_diverges(shards, tmp_path, capsys):
     # one model, two settings: AdamW at a sane lr finishes; SGD at lr 1e30 overflows to a non-finite loss
-    spec = write_spec(tmp_path / "spec", shards, samples=1, body="""
-seed: %(seed)d
-samples: %(samples)d
-models: {vit_c_tiny: vit_c.yaml}
-optimizers:
-  adamw: {lr: [1.0e-3, 1.0e-3], weight_decay: [0.05, 0.05]}
-  sgd: {lr: [1.0e+30, 1.0e+30], weight_decay: [1.0e-4, 1.0e-4]}
-epochs: [1]
-""")
+    spec = write_spec(tmp_path / "spec", shards, samples=1,
+                      body=ONE_MODEL_SPEC + "  sgd: {lr: [1.0e+30, 1.0e+30], weight_decay: [1.0e-4, 1.0e-4]}\n")
     sweep = tmp_path / "sweep"
     assert main(["sweep", "make", str(spec), str(sweep)]) == 0
 
