@@ -111,7 +111,8 @@ def edf_figure(curves: list[Curve], delta: bool):
 
 def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: float = 10.0):
     """(lr, wd) of every run coloured by its Δerror (clipped at `clip` points), one panel per model
-    (columns) and optimizer (rows), diverged runs as red crosses; the dashed box is the good range
+    (columns) and optimizer (rows), diverged runs as red crosses, runs without an error as grey
+    rings; the dashed box is the good range
     and the black cross its best point (analysis.good_range). The authors' `plot_values_2d`
     colours by rank instead; Δerror keeps a scale in points."""
     plt = pyplot()
@@ -130,6 +131,11 @@ def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: floa
                              c=[min(r.error - c.model_best, clip) for r in counted], cmap="viridis",
                              vmin=0.0, vmax=clip)
         ax.scatter([r.lr for r in diverged], [r.weight_decay for r in diverged], marker="x", s=18, color="tab:red")
+        # runs without an error (crashed, not run yet) as grey rings: where the sweep has no answer,
+        # and log axes that always hold a point (a partial sweep's curve may have no result yet)
+        uncounted = [r for r in c.runs if r.error is None]
+        ax.scatter([r.lr for r in uncounted], [r.weight_decay for r in uncounted], s=18, facecolors="none",
+                   edgecolors="tab:gray")
         if (good := ranges.get(c.label)) is not None:
             (lr_lo, lr_mid, lr_hi), (wd_lo, wd_mid, wd_hi) = good["lr"], good["wd"]
             ax.add_patch(plt.Rectangle((10**lr_lo, 10**wd_lo), 10**lr_hi - 10**lr_lo, 10**wd_hi - 10**wd_lo,
