@@ -27,7 +27,7 @@ SURFACE = {
     "demo": ["--epochs", "--out"],
     "pipeline": ["--run-dir"],
     "sweep make": [],
-    "sweep run": ["--dry-run", "--parallel", "--slurm"],
+    "sweep run": ["--dry-run", "--max-concurrent", "--retries", "--slurm"],
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
     "sweep report": [],

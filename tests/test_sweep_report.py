@@ -170,3 +170,20 @@ def test_the_report_renders_in_a_headless_browser(tmp_path, capsys):
     colours = image.getcolors(maxcolors=1 << 20) or []
     painted = sum(n for n, rgb in colours if rgb != (255, 255, 255)) / (image.width * image.height)
     assert painted > 0.05 and len(colours) > 100  # text, tables and the plots' colour maps, not a blank page
+
+
+def test_plot_counts_the_runs_the_report_counts(tmp_path):
+    sweep = write_results(tmp_path / "sweep", [run("vit_c_1gf", "adamw", 0, "finished", 70.0),
+                                               run("vit_c_1gf", "adamw", 1, "diverged"),
+                                               run("vit_c_1gf", "adamw", 2, "failed"),
+                                               run("vit_c_1gf", "adamw", 3, "preempted")])
+
+    assert main(["sweep", "plot", str(sweep), "--step", "10"]) == 0
+
+    with open(sweep / "edf.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    (curve,) = curves(load_runs(sweep))
+    assert list(rows[0])[1:] == [f"vit_c_1gf adamw (n={len(curve.errors)})"] == ["vit_c_1gf adamw (n=2)"]
+    assert [row["vit_c_1gf adamw (n=2)"] for row in rows if row["error"] in ("30.0", "40.0", "100.0")] == \
+           ["0.0000", "0.5000", "0.5000"]  # the crashed and preempted runs are in neither
+    assert (sweep / "edf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -48,10 +48,11 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from vitc.sweep.run import run_local, slurm_array
 
     if args.slurm or args.dry_run:
-        script, job_id = slurm_array(args.sweep_dir, args.parallel, args.dry_run)
-        print(script if args.dry_run else f"submitted job array {job_id}", end="\n" if job_id else "")
+        script, job_id, count = slurm_array(args.sweep_dir, args.max_concurrent, args.dry_run)
+        print(script if args.dry_run else f"submitted job array {job_id}: {count} runs, at most "
+              f"{args.max_concurrent} at once", end="\n" if job_id else "")
         return 0
-    outcomes = run_local(args.sweep_dir)
+    outcomes = run_local(args.sweep_dir, args.retries)
     counts = {s: sum(o.status == s for o in outcomes.values()) for s in {o.status for o in outcomes.values()}}
     print(f"{args.sweep_dir}: trained {len(outcomes)} runs: "
           + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing left to train"))
@@ -59,11 +60,12 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_collect(args: argparse.Namespace) -> int:
-    from vitc.sweep.collect import collect, summarize
+    from vitc.sweep.analysis import curves, load_runs, summary_line
+    from vitc.sweep.collect import collect
 
-    path, results = collect(args.sweep_dir)
-    print(summarize(results))
+    path, _ = collect(args.sweep_dir)
     print(f"wrote {path}")
+    print("\n".join(summary_line(c) for c in curves(load_runs(args.sweep_dir))))
     return 0
 
 
@@ -97,22 +99,28 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     run = sweep_sub.add_parser(
         "run", help="train the runs locally in sequence, or submit a Slurm job array",
         description="Locally: train each run not yet finished or diverged, one `vitc train` "
-                    "process after another. --slurm: submit them as one job array instead.")
+                    "process after another; a crashed run is retried (--retries), a diverged one "
+                    "never. --slurm: submit them as one job array instead; re-running submits "
+                    "only the runs still without a finished or diverged outcome.")
     run.add_argument("sweep_dir", metavar="SWEEP_DIR")
     run.add_argument("--slurm", action="store_true", help="submit a Slurm job array")
-    run.add_argument("--parallel", type=int, default=8, help="array tasks running at once (default 8)")
+    run.add_argument("--max-concurrent", type=int, default=8,
+                     help="array tasks running at once: --array=0-N%%K (default 8)")
+    run.add_argument("--retries", type=int, default=3,
+                     help="local runs: times a crashed run is retried (default 3, as the authors' tooling)")
     run.add_argument("--dry-run", action="store_true", help="print the job array script; submit nothing")
     run.set_defaults(func=cmd_sweep_run)
     collect = sweep_sub.add_parser(
-        "collect", help="final top-1 errors of every run -> SWEEP_DIR/results.csv",
-        description="Diverged and failed runs count as 100%% error (as in the paper); runs with "
-                    "no outcome yet are listed as incomplete and left out of the EDF.")
+        "collect", help="every run's status and its EMA model's best top-1 -> SWEEP_DIR/results.csv",
+        description="Status (finished, diverged, failed, incomplete) from each run's outcome.json; "
+                    "best_ema_top1 from its metrics.jsonl. In the EDFs diverged runs count as 100%% "
+                    "error (as in the paper); crashed runs and runs with no outcome yet are left out.")
     collect.add_argument("sweep_dir", metavar="SWEEP_DIR")
     collect.set_defaults(func=cmd_sweep_collect)
     plot = sweep_sub.add_parser(
         "plot", help="EDF curves per model and optimizer -> PNG + CSV",
         description="EDF(e) = fraction of runs with top-1 error below e, one curve per model and "
-                    "optimizer, from SWEEP_DIR/results.csv.")
+                    "optimizer, from SWEEP_DIR/results.csv, by the rules of `vitc sweep report`.")
     plot.add_argument("sweep_dir", metavar="SWEEP_DIR")
     plot.add_argument("--out", help="directory for edf.png and edf.csv (default: SWEEP_DIR)")
     plot.add_argument("--name", default="edf", help="file name stem of the PNG and CSV (default: edf)")

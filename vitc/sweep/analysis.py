@@ -157,3 +157,12 @@ def good_range(runs: list[SweepRun], seed: int = 0, alpha: float = 5.0, sample: 
         low, mid, high = np.percentile(values, [alpha / 2, 50, 100 - alpha / 2])
         out[name] = (float(low), float(mid), float(high))
     return out
+
+
+def summary_line(curve: Curve) -> str:
+    """One line of `vitc sweep collect`'s output: the curve's runs by status, best and median error."""
+    s = summarize(curve)
+    counts = {"finished": s.finished, "diverged": s.diverged, "crashed": s.crashed, "no outcome yet": s.incomplete}
+    errors = f"best {s.best:.1f}%, median {s.median:.1f}%" if s.best is not None else "no results"
+    return (f"{curve.model:>16} {curve.optimizer:<6} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+            + f"; error {errors}")

@@ -1,10 +1,10 @@
-"""Sweep figures: `vitc sweep plot` (EDF curves per (model, optimizer): PNG and CSV) and the
+"""Sweep figures: `vitc sweep plot` (the EDF of error per (model, optimizer): PNG and CSV) and the
 figures of `vitc sweep report` (EDFs of error and Δerror, lr-wd scatter with the good range).
 
 Conv-stem models are drawn in one colour family and patchify ones in another; AdamW solid, SGD
-dashed. `vitc sweep plot` leaves runs without an outcome (incomplete) out; diverged and failed
-ones are in the count at 100 % error, so they keep a curve below 1. The report's figures follow
-the rules of vitc/sweep/analysis.py.
+dashed. Both commands count runs by the rules of vitc/sweep/analysis.py (`curves(load_runs(...))`),
+so the plot and the report cannot disagree: diverged runs are in at 100 % error (they keep a
+curve below 1), crashed runs and runs without an outcome yet are left out.
 """
 
 import csv
@@ -16,48 +16,46 @@ import numpy as np
 
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.sweep.analysis import DIVERGED_ERROR, Curve
-from vitc.sweep.collect import RunResult, read_results
+from vitc.sweep.analysis import DIVERGED_ERROR, Curve, curves, load_runs
 from vitc.sweep.edf import edf, error_thresholds
 
 COLOURS = {"conv": ("tab:blue", "tab:cyan", "tab:purple"), "patchify": ("tab:red", "tab:orange", "tab:brown")}
 LINESTYLES = {"adamw": "-", "sgd": "--"}
 
 
-def curves(results: list[RunResult], thresholds: list[float]) -> dict[str, tuple[RunResult, list[float], int]]:
-    """Curve label -> (a run of that curve, EDF values, number of runs counted)."""
-    out = {}
-    for key in sorted({(r.model, r.optimizer) for r in results}):
-        group = [r for r in results if (r.model, r.optimizer) == key and r.error is not None]
-        if group:
-            out[f"{key[0]} {key[1]}"] = (group[0], edf([r.error for r in group], thresholds), len(group))
-    return out
-
-
-def edf_csv(thresholds: list[float], found: dict) -> str:
+def edf_csv(found: list[Curve], thresholds: list[float]) -> str:
+    """The EDF of each curve's errors on a grid of error thresholds, one column per curve."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["error", *(f"{label} (n={n})" for label, (_, _, n) in found.items())])
+    writer.writerow(["error", *(f"{c.label} (n={len(c.errors)})" for c in found)])
+    columns = [edf(c.errors, thresholds) for c in found]
     for i, e in enumerate(thresholds):
-        writer.writerow([e, *(f"{values[i]:.4f}" for _, values, _ in found.values())])
+        writer.writerow([e, *(f"{values[i]:.4f}" for values in columns)])
     return out.getvalue()
 
 
 def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: float = 0.5,
              name: str = "edf") -> tuple[Path, Path]:
-    """Write <name>.png and <name>.csv (error threshold, EDF of each curve) into `out_dir`
-    (default: the sweep directory); returns their paths."""
-    results = read_results(sweep_dir)
-    thresholds = error_thresholds(step)
-    found = curves(results, thresholds)
+    """Write <name>.png (the report's EDF of error) and <name>.csv (error threshold, EDF of each
+    curve) into `out_dir` (default: the sweep directory); returns their paths."""
+    found = [c for c in curves(load_runs(sweep_dir)) if c.errors]
     if not found:
-        raise VitcError(f"{sweep_dir}: no run has a result yet (all incomplete): nothing to plot")
+        raise VitcError(f"{sweep_dir}: no run has finished or diverged yet: nothing to plot")
     out_dir = Path(out_dir or sweep_dir)
     csv_path, png_path = out_dir / f"{name}.csv", out_dir / f"{name}.png"
-    atomic_write_text(csv_path, edf_csv(thresholds, found))
-    where = "/".join(Path(sweep_dir).resolve().parts[-2:])
-    _draw(found, thresholds, png_path, f"{sum(n for _, _, n in found.values())} runs of {where}")
+    atomic_write_text(csv_path, edf_csv(found, error_thresholds(step)))
+    save_png(edf_figure(found, False), png_path)
     return png_path, csv_path
+
+
+def save_png(fig, path: Path) -> None:
+    """Write the figure to PATH atomically (temp name + rename) and close it."""
+    plt = pyplot()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def model_colours(stems: dict[str, str]) -> dict[str, str]:
@@ -80,29 +78,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _draw(found: dict, thresholds: list[float], path: Path, title: str) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    colours = model_colours({run.model: run.stem for run, _, _ in found.values()})
-    for label, (run, values, n) in found.items():
-        ax.step(thresholds, values, where="post", color=colours[run.model],
-                linestyle=LINESTYLES.get(run.optimizer, ":"), label=f"{label} (n={n})")
-    first = next((e for i, e in enumerate(thresholds) if any(v[i] > 0 for _, v, _ in found.values())), 0.0)
-    ax.set_xlim(max(first - 5.0, 0.0), 100.0)  # start just left of the best run
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("top-1 error (%)")
-    ax.set_ylabel("cumulative prob. (fraction of runs with error < e)")
-    ax.set_title(f"EDF of top-1 error: {title}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def edf_figure(curves: list[Curve], delta: bool):
@@ -136,7 +111,8 @@ def edf_figure(curves: list[Curve], delta: bool):
 
 def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: float = 10.0):
     """(lr, wd) of every run coloured by its Δerror (clipped at `clip` points), one panel per model
-    (columns) and optimizer (rows), diverged runs as red crosses; the dashed box is the good range
+    (columns) and optimizer (rows), diverged runs as red crosses, runs without an error as grey
+    rings; the dashed box is the good range
     and the black cross its best point (analysis.good_range). The authors' `plot_values_2d`
     colours by rank instead; Δerror keeps a scale in points."""
     plt = pyplot()
@@ -155,6 +131,11 @@ def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: floa
                              c=[min(r.error - c.model_best, clip) for r in counted], cmap="viridis",
                              vmin=0.0, vmax=clip)
         ax.scatter([r.lr for r in diverged], [r.weight_decay for r in diverged], marker="x", s=18, color="tab:red")
+        # runs without an error (crashed, not run yet) as grey rings: where the sweep has no answer,
+        # and log axes that always hold a point (a partial sweep's curve may have no result yet)
+        uncounted = [r for r in c.runs if r.error is None]
+        ax.scatter([r.lr for r in uncounted], [r.weight_decay for r in uncounted], s=18, facecolors="none",
+                   edgecolors="tab:gray")
         if (good := ranges.get(c.label)) is not None:
             (lr_lo, lr_mid, lr_hi), (wd_lo, wd_mid, wd_hi) = good["lr"], good["wd"]
             ax.add_patch(plt.Rectangle((10**lr_lo, 10**wd_lo), 10**lr_hi - 10**lr_lo, 10**wd_hi - 10**wd_lo,
