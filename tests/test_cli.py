@@ -31,7 +31,8 @@ SURFACE = {
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
     "sweep report": [],
-    "slurm submit": ["--account", "--dry-run", "--gpus-per-node", "--nodes", "--partition", "--time"],
+    "slurm submit": ["--account", "--cpu-bind", "--dry-run", "--gpu-bind", "--gpus-per-node", "--mem", "--nodes",
+                     "--partition", "--time"],
     "slurm status": [],
 }
 
