@@ -17,10 +17,10 @@ from pathlib import Path
 from vitc.engine.outcome import FAILURES, read_outcome
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.sweep.make import RunPlan, RunSetting, read_runs
+from vitc.sweep.make import RESULTS_CSV, RunPlan, RunSetting, read_runs
 from vitc.sweep.run import run_dir
 
-RESULTS_CSV = "results.csv"
+
 FAILED_ERROR = 100.0  # the paper counts a run that diverged or failed as 100 % error
 
 
