@@ -124,7 +124,8 @@ class TrainConfig:
     allgather_bucket_size: int = bounded(500_000_000, ge=1)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC stem input: `auto` = on GPU
     seed: int = 0
-    # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
+    # Stop once the run has made this many optimizer steps in total, counted over every
+    # invocation (a resumed run at or past it stops at once); the schedule still spans `epochs`.
     max_steps: int | None = bounded(None, ge=0)
     # Under ZeRO >= 1 (and fp16 loss scaling) DeepSpeed skips an optimizer step whose gradients are
     # not finite, without an error; more than this many skipped in a row end the run as diverged.
