@@ -6,14 +6,13 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from engine_runs import ROOT, TINY_CONV, TINY_PATCHIFY, digit_shards, metrics, vitc, write_config
+from engine_runs import (TINY_CONV, TINY_PATCHIFY, digit_shards, metrics, training_in_progress, vitc,
+                         write_config)
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine import checkpoint
@@ -151,12 +150,7 @@ def test_resuming_a_run_directory_with_another_model_names_both(shards, tmp_path
 
 def test_a_second_training_in_a_run_directory_is_refused_and_ctrl_c_saves_and_exits_130(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
-    first = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics_file = tmp_path / "run" / "metrics.jsonl"
-    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3):
-        assert first.poll() is None, first.stderr.read()[-2000:]
-        time.sleep(0.05)
+    first = training_in_progress(config, tmp_path / "run")
     second = vitc("train", str(config), check=False)
     line = error_line(second)
     assert second.returncode == 2 and f"pid {first.pid}" in line and str(tmp_path / "run") in line
