@@ -184,3 +184,15 @@ def test_shards_build_names_an_empty_class_folder(digits_folder, tmp_path, caplo
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(source / "2") in warnings[0] and "no samples" in warnings[0]
     assert summary.manifest.classes == {"0": 0, "1": 1, "2": 2}
+
+
+def test_shards_build_onto_a_full_disk_is_one_line_keeps_no_temp_file_and_resumes(digits_folder, tmp_path, small_disk):
+    disk = small_disk(64 * 1024)
+    command = ("shards", "build", str(digits_folder), str(disk / "shards"), "--samples-per-shard", "50")
+    result = vitc(*command, check=False)
+    line = error_line(result)
+    assert result.returncode == 2 and "no space left" in line and str(disk / "shards") in line
+    assert not [p for p in (disk / "shards").iterdir() if p.name.endswith(".tmp")]
+    subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)  # space freed
+    vitc(*command)
+    assert len(list((disk / "shards").glob("train-*.tar"))) == 4

@@ -166,18 +166,17 @@ def save(engine, run_dir: Path, info: CheckpointInfo, client_state: dict, rank: 
         for stale in (root / info.tag, work):  # a save cut short, whose files must not mix with this one's
             integrity.remove(stale)
     tdist.barrier()
-    needed = _expected_size(run_dir, engine)
     state = {**client_state, "universal_checkpoint_info": UNIVERSAL_INFO}
     failed = _agree(_attempt(lambda: engine.save_checkpoint(str(root), tag=work.name, client_state=state,
                                                             save_latest=False)))
     if failed is None:  # every rank's partitions are on disk before the marker says so
-        failed = _agree(_attempt(lambda: _seal(work, root / info.tag, info, client_state, engine,
-                                               shared_files)) if rank == 0 else None)
+        failed = _agree(_attempt(lambda: _seal(work, root / info.tag, info, client_state, shared_files))
+                        if rank == 0 else None)
     if failed is not None:
         if rank == 0:
             integrity.remove(work)
         what = f"checkpoint {info.tag}"
-        raise VitcError(integrity.space_line(what, work, needed) if failed == "ENOSPC"
+        raise VitcError(integrity.space_line(what, work, _expected_size(run_dir, engine)) if failed == "ENOSPC"
                         else f"saving {what} into {work} failed: {failed}; the previous checkpoints are kept")
     if rank == 0:
         prune(run_dir, keep_last)
@@ -201,7 +200,7 @@ def _agree(mine: str | None) -> str | None:
     return next((r for r in ranks if r is not None), None)
 
 
-def _seal(work: Path, final: Path, info: CheckpointInfo, client_state: dict, engine,
+def _seal(work: Path, final: Path, info: CheckpointInfo, client_state: dict,
           shared_files: dict[str, Callable[[Path], None]] | None) -> None:
     """Rank 0: shared files, check every rank's files are in, marker (sizes + CRC-32), rename."""
     for name, write in (shared_files or {}).items():
