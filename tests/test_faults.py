@@ -65,11 +65,13 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_intact_one_is_use
                      f"weights={tmp_path / 'm.safetensors'}", check=False)
     assert evaluated.returncode == 2 and "class '3' has label 0, but 3 in training" in error_line(evaluated)
 
+    checkpoint.prune(run, keep_last=1)  # keep_last counts intact checkpoints: step 4 is the one kept
+    assert tags(run) == ["step_00000004", "step_00000008"]
+
     resumed = vitc("train", str(config), "train.max_steps=10")
     assert sum(" damaged (" in line for line in resumed.stderr.splitlines()) == 1
     assert [r["step"] for r in metrics(run)] == [*range(1, 9), *range(5, 11)]  # steps 5-8 trained again
-    # keep_last=2 counts intact checkpoints only: step 4 stays, the damaged step 8 goes
-    assert tags(run) == ["step_00000004", "step_00000010"]
+    assert tags(run) == ["step_00000008", "step_00000010"]  # step 8 saved again, intact
 
 
 def folder_of(digits: Path, out: Path, classes: dict[str, str | None]) -> Path:
