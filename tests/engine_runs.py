@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -75,6 +76,17 @@ def vitc(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProces
     if check and result.returncode != 0:
         raise AssertionError(f"vitc {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def training_in_progress(config: Path, run_dir: Path, steps: int = 3) -> subprocess.Popen:
+    """`vitc train CONFIG` started in a process and returned once it has logged `steps` steps."""
+    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    return proc
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

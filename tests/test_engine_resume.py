@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from engine_runs import ROOT, TINY_PATCHIFY, digit_shards, exported, metrics, write_config
+from engine_runs import (ROOT, TINY_PATCHIFY, digit_shards, exported, metrics, training_in_progress,
+                         write_config)
 from vitc.cli import main
 from vitc.engine import checkpoint
 from vitc.engine.outcome import read_outcome
@@ -73,12 +74,7 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(shard
 
 def test_preemption_signal_saves_at_the_current_step_and_exits_zero(shards, tmp_path):
     config = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
-    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics_file = tmp_path / "run" / "metrics.jsonl"
-    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3):
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
+    proc = training_in_progress(config, tmp_path / "run")
     proc.send_signal(signal.SIGUSR1)  # what Slurm sends before the time limit
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]

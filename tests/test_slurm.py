@@ -246,9 +246,10 @@ def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, digit
 
 @pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster, digit_shards, tmp_path):
-    # 180 steps: time to signal mid-run. A loader worker process: Slurm signals every process of
-    # the step, and the preemption signal must not kill the workers.
-    config = tiny_run_config(tmp_path, digit_shards, epochs=15, workers=1)
+    # 1000 epochs (12,000 steps): the job cannot end before it is signalled, however fast the
+    # machine; the resumed job gets a step budget while Slurm holds it. A loader worker process:
+    # Slurm signals every process of the step, and the preemption signal must not kill the workers.
+    config = tiny_run_config(tmp_path, digit_shards, epochs=1000, workers=1)
     job_id, log_file = submit_two_node_cpu_job(cluster, config)
     wait_for_step(cluster, tmp_path / "run", 2)
 
@@ -257,19 +258,23 @@ def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster
     held = cluster.wait_for("the requeued job to be held",
                             lambda: (j := cluster.job(job_id))["JobState"] == "PENDING" and j["Reason"] != "None"
                             and j, JOB_TIMEOUT_S)
+    ranks_saving = dict(re.findall(r"^(\d): .*USR1 signal: saving at step (\d+)", log_file.read_text(), re.M))
+    assert set(ranks_saving) == {"0", "1"} and len(set(ranks_saving.values())) == 1
+    signalled = int(ranks_saving["0"])
+    job_config = tmp_path / "run" / "config.yaml"  # what the job script trains (vitc slurm submit wrote it)
+    settings = yaml.safe_load(job_config.read_text())
+    settings["train"]["max_steps"] = signalled + 12  # one more epoch's worth after the restart
+    job_config.write_text(yaml.safe_dump(settings))
     cluster.release(job_id)
     job = cluster.wait_for_job_end(job_id, JOB_TIMEOUT_S)
 
     log = log_file.read_text()
     assert held["Restarts"] == "1" and held["Reason"] == "BeginTime"
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", f"{job}\n{log}"
-    ranks_saving = dict(re.findall(r"^(\d): .*USR1 signal: saving at step (\d+)", log, re.M))
-    assert set(ranks_saving) == {"0", "1"} and len(set(ranks_saving.values())) == 1
-    signalled = int(ranks_saving["0"])
-    assert 0 < signalled < 180
+    assert 0 < signalled < 12_000
     assert f"vitc: job {job_id} restart 1 on node[1-2]" in log
     assert re.search(rf"resumed from \S+step_{signalled:08d}: epoch \d+, step {signalled}\n", log)
-    assert "finished at epoch 15, step 180" in log
+    assert re.search(rf"max_steps at epoch \d+, step {signalled + 12} ", log)
     assert "requeues:  1" in vitc(cluster, "slurm", "status", str(tmp_path / "run")).stdout
 
 

@@ -13,7 +13,7 @@ import pytest
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.outcome import RunOutcome, Score, write_outcome
+from vitc.engine.outcome import RunOutcome, write_outcome
 from vitc.errors import VitcError
 from vitc.run import scaled_lr
 from vitc.sweep.analysis import load_runs
@@ -107,8 +107,28 @@ def test_make_samples_each_setting_once_for_every_model_within_the_ranges(shards
 
 def test_make_refuses_a_different_sweep_in_the_same_directory(shards, tmp_path):
     make_sweep(write_spec(tmp_path / "s0", shards, seed=0), tmp_path / "sweep")
-    with pytest.raises(VitcError, match="already holds another sweep"):
+    with pytest.raises(VitcError, match="was made with other settings: run \\S+ would change"):
         make_sweep(write_spec(tmp_path / "s1", shards, seed=1), tmp_path / "sweep")
+
+
+def test_re_making_with_other_overrides_is_refused_unless_forced_which_drops_the_changed_runs(shards, tmp_path, capsys):
+    spec, sweep = write_spec(tmp_path / "spec", shards, samples=1), tmp_path / "sweep"
+    runs = make_sweep(spec, sweep)
+    for plan in runs:  # as if trained and collected
+        (sweep / "runs" / plan.id).mkdir(parents=True)
+    (sweep / "results.csv").write_text("id,top1\n" + "".join(f"{p.id},50.0\n" for p in runs))
+    before = {p.id: (sweep / p.config).read_text() for p in runs}
+
+    assert main(["sweep", "make", str(spec), str(sweep), "data.workers=2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitc:")]
+    assert len(err) == 1 and f"run {runs[0].id} would change" in err[0] and "--force" in err[0]
+    assert {p.id: (sweep / p.config).read_text() for p in runs} == before  # nothing rewritten
+
+    assert main(["sweep", "make", str(spec), str(sweep), "data.workers=2", "--force"]) == 0
+    assert all("workers: 2" in (sweep / p.config).read_text() for p in runs)
+    assert not any((sweep / "runs" / p.id).exists() for p in runs)
+    assert (sweep / "results.csv").read_text() == "id,top1\n"
+    assert main(["sweep", "make", str(spec), str(sweep), "data.workers=2"]) == 0  # the same again: a no-op
 
 
 def test_a_spec_typo_names_the_key_and_suggests_the_right_one(shards, tmp_path):

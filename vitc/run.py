@@ -85,6 +85,7 @@ def resolve_run(cfg: Config, world_size: int, device_kind: str = "cpu",
     train = _shard_set(cfg, "train") if "train" in shards or cfg.model.num_classes == "auto" else None
     val = _shard_set(cfg, "val") if "val" in shards else None
     num_classes = class_count(cfg, train)
+    check_classes(cfg, train, val)
     return Run(world_size=world_size, micro_batch=cfg.train.micro_batch, grad_accum=accum,
                global_batch=global_batch, lr=scaled_lr(cfg.optim, global_batch),
                precision=resolve_precision(cfg.train, on_gpu, bf16), on_gpu=on_gpu,
@@ -101,6 +102,37 @@ def class_count(cfg: Config, train: ShardSet | None = None) -> int | None:
         return cfg.model.num_classes
     train = train if train is not None else _shard_set(cfg, "train")
     return train.manifest.num_classes if train is not None else None
+
+
+def check_classes(cfg: Config, train: ShardSet | None, val: ShardSet | None) -> None:
+    """The training manifest is the contract on classes. `model.num_classes` (unless `auto`) is its
+    count: a 1000-class head on 6-class data would train without a word. The validation classes
+    are the training classes by name with the same labels, or a subset of them that keeps the
+    training labels (a held-out subset of classes): top-1 is then computed over the full head.
+    Validation data that names its classes otherwise is refused rather than remapped, since a
+    remapping would silently change what "label 3" means between training and evaluation."""
+    if train is None:
+        return
+    count = train.manifest.num_classes
+    if cfg.model.num_classes != "auto" and cfg.model.num_classes != count:
+        raise VitcError(f"model.num_classes={cfg.model.num_classes} but the training shards "
+                        f"{cfg.data.train_shards} hold {count} classes (their manifest): set "
+                        f"model.num_classes={count} or auto")
+    if val is not None:
+        mismatch = first_class_mismatch(train.manifest.classes, val.manifest.classes)
+        if mismatch:
+            raise VitcError(f"data.val_shards {cfg.data.val_shards}: {mismatch}; validation classes must "
+                            f"be the training classes of {cfg.data.train_shards} (by name and label) or a subset")
+
+
+def first_class_mismatch(reference: dict[str, int], other: dict[str, int]) -> str | None:
+    """The first class of `other` (name -> label) that `reference` lacks or labels otherwise."""
+    for name, label in sorted(other.items(), key=lambda item: item[1]):
+        if name not in reference:
+            return f"class {name!r} (label {label}) is not a training class"
+        if reference[name] != label:
+            return f"class {name!r} has label {label}, but {reference[name]} in training"
+    return None
 
 
 def grad_accum(train: TrainConfig, world_size: int) -> int:

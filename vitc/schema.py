@@ -129,7 +129,8 @@ class TrainConfig:
     # checkpoints and exports load with compile on or off. The first steps pay the compile time.
     compile: bool = False
     seed: int = 0
-    # Stop this invocation after this many optimizer steps (the schedule still spans `epochs`).
+    # Stop once the run has made this many optimizer steps in total, counted over every
+    # invocation (a resumed run at or past it stops at once); the schedule still spans `epochs`.
     max_steps: int | None = bounded(None, ge=0)
     # Parameters kept fixed: key prefixes (`stem` covers `stem.convs.0.weight`, not `stem_x`). They
     # leave the optimizer and weight decay, and a BatchNorm whose parameters are all frozen keeps its

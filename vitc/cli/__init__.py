@@ -1,7 +1,7 @@
 """`vitc` subcommands. Thin: parse arguments, call one function, print its result.
 
-A VitcError (bad input) is printed as one line without a traceback and exits 2; any other
-exception is a bug and keeps its traceback.
+A VitcError (bad input) is printed as one line without a traceback and exits 2; Ctrl-C is one
+line and exit 130; any other exception is a bug and keeps its traceback.
 """
 
 import argparse
@@ -11,6 +11,7 @@ import sys
 from vitc.cli import audit, config, data, engine, pipelines, plan, slurm
 from vitc.cli.args import split_overrides
 from vitc.errors import VitcError
+from vitc.launch.preempt import INTERRUPTED_EXIT, Interrupted
 from vitc.log import setup_logging
 
 # each module adds its subcommands; the work lives in the modules they call
@@ -51,3 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except VitcError as e:
         print(f"vitc: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # Ctrl-C during training: the step is saved
+        print(f"vitc: {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except KeyboardInterrupt:  # Ctrl-C before training started (or in another command): nothing to save
+        print("vitc: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT

@@ -54,6 +54,13 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_startup(args: argparse.Namespace) -> int:
+    from vitc.bench.startup import bench_startup, format_startup
+
+    print(format_startup(*bench_startup(args.out, args.rounds)))
+    return 0
+
+
 def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train a model with DeepSpeed ZeRO (docs/engine.md)",
@@ -96,6 +103,11 @@ def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
     engine.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
     engine.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to time, comma-separated")
     engine.set_defaults(func=cmd_bench_engine)
+    startup = bench_sub.add_parser(
+        "startup", help="seconds from `vitc train` to its first step (the demo model, CPU)")
+    startup.add_argument("--out", default="runs/demo", help="directory for the demo shards and the run")
+    startup.add_argument("--rounds", type=int, default=3, help="fresh processes timed (median taken)")
+    startup.set_defaults(func=cmd_bench_startup)
 
 
 def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:

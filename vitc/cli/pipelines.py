@@ -37,7 +37,7 @@ def cmd_sweep_make(args: argparse.Namespace) -> int:
 
     if len(args.paths) != 2:
         raise VitcError(f"vitc sweep make: expected SPEC and SWEEP_DIR, got {args.paths}")
-    runs = make_sweep(*args.paths, args.overrides)
+    runs = make_sweep(*args.paths, args.overrides, force=args.force)
     print(f"{args.paths[1]}: {len(runs)} run configs ({len({r.model for r in runs})} models × "
           f"{len({(r.optimizer, r.lr, r.weight_decay) for r in runs})} sampled settings); "
           f"train them with: vitc sweep run {args.paths[1]}")
@@ -95,6 +95,9 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                     "every model of the spec, and write SWEEP_DIR/configs/<id>.yaml and "
                     "SWEEP_DIR/runs.csv. key=value overrides apply to every run.")
     make.add_argument("paths", nargs="+", metavar="SPEC SWEEP_DIR [key=value]")
+    make.add_argument("--force", action="store_true",
+                      help="re-make a sweep whose run configs would change, dropping those runs' "
+                           "outputs and results")
     make.set_defaults(func=cmd_sweep_make, split="paths")
     run = sweep_sub.add_parser(
         "run", help="train the runs locally in sequence, or submit a Slurm job array",

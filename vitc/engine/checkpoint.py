@@ -1,11 +1,13 @@
-"""DeepSpeed checkpoints in RUN_DIR/checkpoints/step_XXXXXXXX, trusted only when complete.
+"""DeepSpeed checkpoints in RUN_DIR/checkpoints/step_XXXXXXXX, trusted only when complete and intact.
 
-A save is a collective: every rank writes its ZeRO partitions through `engine.save_checkpoint`,
-with its own files (a ZeRO-3 EMA shard); then, after a barrier, rank 0 alone writes the shared
-files and the completeness marker, atomically, last. Resume takes the newest tag with a marker, so
-a save cut short by a kill -9 is never chosen. A tag saved on another number of ranks is first
-converted by DeepSpeed's universal-checkpoint tool (`deepspeed.checkpoint.ds_to_universal`), which
-needs `universal_checkpoint_info` in the client state; buffers travel in the client state beside it.
+A save is a collective: every rank writes its ZeRO partitions through `engine.save_checkpoint`
+(and its own files, e.g. a ZeRO-3 EMA shard) into .partial-TAG; after a barrier rank 0 alone writes the shared files (EMA weights), checks
+that every rank's files are in, writes the completeness marker (with each file's size and CRC-32,
+vitc/engine/integrity.py) and renames the directory to TAG. Resume and export take the newest tag
+whose files match its marker, so neither a save cut short by a kill -9 nor a file damaged later
+is ever loaded. A tag saved on another number of ranks is first converted by DeepSpeed's
+universal-checkpoint tool (deepspeed.checkpoint.ds_to_universal), which needs
+`universal_checkpoint_info` in the client state. Buffers travel in the client state beside it.
 """
 
 import copy
@@ -17,19 +19,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as tdist
 
+from vitc.engine import integrity
 from vitc.errors import VitcError
+from vitc.models.spec import ViTSpec
 from vitc.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 MARKER = "vitc_complete.json"
+PARTIAL = ".partial-"  # a tag being written: renamed to its name once complete
 UNIVERSAL_SUFFIX = "_universal"
 # Required by deepspeed.checkpoint.ds_to_universal; 0.2 is the version DeepSpeed's own trainers write.
 UNIVERSAL_INFO = {"universal_checkpoint_version": 0.2}
@@ -55,13 +60,22 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _read_marker(marker: Path) -> dict:
+    try:
+        return json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VitcError(f"checkpoint marker {marker} is unreadable ({e}); delete its directory")
+
+
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     """Every complete checkpoint of a run, oldest first; tags without a marker are ignored."""
     found = []
+    names = {f.name for f in fields(CheckpointInfo)}
     for marker in checkpoint_root(run_dir).glob(f"step_*/{MARKER}"):
+        record = _read_marker(marker)
         try:
-            found.append(CheckpointInfo(**json.loads(marker.read_text())))
-        except (json.JSONDecodeError, TypeError) as e:
+            found.append(CheckpointInfo(**{k: v for k, v in record.items() if k in names}))
+        except TypeError as e:
             raise VitcError(f"checkpoint marker {marker} is unreadable ({e}); delete its directory")
     return sorted(found, key=lambda c: c.step)
 
@@ -71,42 +85,169 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     return done[-1] if done else None
 
 
+# (marker path, its mtime) -> what is damaged (None: intact); a tag is read through once per process
+_checked: dict[tuple[str, int], str | None] = {}
+
+
+def damage(run_dir: str | os.PathLike, info: CheckpointInfo) -> str | None:
+    """What is wrong with a complete checkpoint's files against its marker; None when intact.
+    Markers written before files were recorded have nothing to check against: trusted."""
+    marker = checkpoint_root(run_dir) / info.tag / MARKER
+    key = (str(marker), marker.stat().st_mtime_ns)
+    if key not in _checked:
+        files = _read_marker(marker).get("files", {})
+        _checked[key] = integrity.damage(marker.parent, files)
+    return _checked[key]
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """The newest complete checkpoint whose files match its marker. Damaged newer ones are
+    skipped with one warning line naming what is damaged."""
+    damaged = []
+    for info in reversed(complete_checkpoints(run_dir)):
+        problem = damage(run_dir, info)
+        if problem is None:
+            if damaged:
+                log.warning("checkpoint %s damaged (%s): using %s instead", ", ".join(t for t, _ in damaged),
+                            "; ".join(p for _, p in damaged), info.tag)
+            return info
+        damaged.append((info.tag, problem))
+    if damaged:
+        raise VitcError(f"no intact checkpoint in {checkpoint_root(run_dir)}: "
+                        + "; ".join(p for _, p in damaged) + "; delete the damaged directories to start over")
+    return None
+
+
+def recorded(run_dir: str | os.PathLike, info: CheckpointInfo, key: str):
+    """What the marker of `info` records under `key` ("architecture", "classes"); None when it
+    predates the key."""
+    return _read_marker(checkpoint_root(run_dir) / info.tag / MARKER).get(key)
+
+
+def resume_point(run_dir: Path, rank: int) -> CheckpointInfo | None:
+    """newest_intact_checkpoint, read by rank 0 alone and shared with every rank. Every rank."""
+    found: list = [newest_intact_checkpoint(run_dir) if rank == 0 else None]
+    tdist.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+# what a resumed model may change: regularization, not the parameters' shapes or the function
+NOT_ARCHITECTURE = ("drop_path", "act_checkpoint")
+
+
+def architecture(spec: ViTSpec) -> dict:
+    """The model description a checkpoint records (as JSON gives it back: tuples are lists)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(spec).items() if k not in NOT_ARCHITECTURE}))
+
+
+def same_architecture(run_dir: Path, info: CheckpointInfo, spec: ViTSpec) -> None:
+    """Refuse, before DeepSpeed loads anything, to resume a run directory trained with another
+    model (DeepSpeed would fail deep inside with a size mismatch). Checkpoints from before the
+    marker recorded the architecture are not checked."""
+    saved, mine = recorded(run_dir, info, "architecture"), architecture(spec)
+    if saved is None or {k: v for k, v in saved.items() if k != "name"} == {k: v for k, v in mine.items() if k != "name"}:
+        return
+    raise VitcError(f"{run_dir} holds checkpoints of {_describe(saved)}, but this config builds "
+                    f"{_describe(mine)}: set train.run_dir to a new directory, or use the run's model")
+
+
+def _describe(arch: dict) -> str:
+    stem = f"{arch['stem']} stem" + (f" {list(arch['stem_channels'])}" if arch["stem"] == "conv" else "")
+    return (f"{arch.get('name') or 'a ViT'} ({stem}, patch {arch['patch_size']}, width {arch['width']}, "
+            f"depth {arch['depth']}, heads {arch['heads']}, mlp {arch['mlp_ratio']}, {arch['num_classes']} "
+            f"classes, {arch['image_size']} px, {arch['classifier']} classifier)")
+
+
 def save(engine, run_dir: Path, info: CheckpointInfo, client_state: dict, rank: int,
          keep_last: int, shared_files: dict[str, Callable[[Path], None]] | None = None,
          rank_files: Callable[[Path], None] | None = None) -> None:
-    """Save one checkpoint. Every rank calls this; `shared_files` (name -> writer(path)) are
-    written by rank 0 into the tag directory before the marker, `rank_files(tag_dir)` by every
-    rank (its own files, e.g. its EMA shard) before the marker too."""
+    """Save one checkpoint. Every rank calls this. DeepSpeed writes every rank's files into
+    .partial-TAG, with `rank_files(dir)` (a rank's own files, e.g. its EMA shard); rank 0 then
+    writes `shared_files` (name -> writer(path)) and the marker, and renames the directory to TAG:
+    a tag directory exists only once it is complete. A failure (a full disk) on any rank removes
+    .partial-TAG on every rank's word and raises one line."""
     root = checkpoint_root(run_dir)
-    if rank == 0 and (root / info.tag).exists():
-        # never complete (resume takes the newest complete tag): a save cut short, whose stray
-        # files (e.g. another world size's partitions) must not mix with this one's
-        shutil.rmtree(root / info.tag)
+    work = root / (PARTIAL + info.tag)
+    if rank == 0:
+        for stale in (root / info.tag, work):  # a save cut short, whose files must not mix with this one's
+            integrity.remove(stale)
     tdist.barrier()
     state = {**client_state, "universal_checkpoint_info": UNIVERSAL_INFO}
-    engine.save_checkpoint(str(root), tag=info.tag, client_state=state, save_latest=False)
-    if rank_files is not None:
-        rank_files(root / info.tag)
-    tdist.barrier()  # every rank's partitions are on disk before the marker says so
+    failed = _agree(_attempt(lambda: _write_rank_files(engine, root, work, state, rank_files)))
+    if failed is None:  # every rank's partitions are on disk before the marker says so
+        failed = _agree(_attempt(lambda: _seal(work, root / info.tag, info, client_state, shared_files))
+                        if rank == 0 else None)
+    if failed is not None:
+        if rank == 0:
+            integrity.remove(work)
+        what = f"checkpoint {info.tag}"
+        raise VitcError(integrity.space_line(what, work, _expected_size(run_dir, engine)) if failed == "ENOSPC"
+                        else f"saving {what} into {work} failed: {failed}; the previous checkpoints are kept")
     if rank == 0:
-        for name, write in (shared_files or {}).items():
-            write(root / info.tag / name)
-        atomic_write_text(root / info.tag / MARKER, json.dumps(asdict(info)) + "\n")
         prune(run_dir, keep_last)
         log.info("saved checkpoint %s (epoch %d, step %d)", root / info.tag, info.epoch, info.step)
     tdist.barrier()
 
 
+def _attempt(write: Callable[[], None]) -> str | None:
+    """None if `write` succeeded, else "ENOSPC" for a full disk or the error's first line."""
+    try:
+        write()
+    except (OSError, RuntimeError) as e:
+        return "ENOSPC" if integrity.out_of_space(e) else (str(e).splitlines() or [type(e).__name__])[0]
+    return None
+
+
+def _agree(mine: str | None) -> str | None:
+    """The first rank's failure, known to every rank. Every rank."""
+    ranks: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(ranks, mine)
+    return next((r for r in ranks if r is not None), None)
+
+
+def _seal(work: Path, final: Path, info: CheckpointInfo, client_state: dict,
+          shared_files: dict[str, Callable[[Path], None]] | None) -> None:
+    """Rank 0: shared files, check every rank's files are in, marker (sizes + CRC-32), rename."""
+    for name, write in (shared_files or {}).items():
+        write(work / name)
+    names = integrity.tag_files(work)
+    missing = [r for r in range(info.world_size) if info.zero_stage > 0
+               and not any(f"zero_pp_rank_{r}_" in n and n.endswith("optim_states.pt") for n in names)]
+    if missing or not any(n.endswith("model_states.pt") for n in names):
+        raise OSError(f"rank(s) {missing or 'all'} left no files in {work}")
+    files = integrity.describe_files(work, names)
+    record = {**asdict(info), "architecture": client_state.get("architecture"),
+              "classes": client_state.get("classes"), "files": files}
+    atomic_write_text(work / MARKER, json.dumps(record) + "\n")
+    os.replace(work, final)
+    _checked[(str(final / MARKER), (final / MARKER).stat().st_mtime_ns)] = None  # just checksummed
+
+
+def _expected_size(run_dir: Path, engine) -> int:
+    """Bytes the next save needs: the previous checkpoint's, else fp32 weights, master copy and
+    two Adam moments (16 bytes a parameter)."""
+    previous = newest_checkpoint(run_dir)
+    if previous is not None:
+        size = integrity.tree_size(checkpoint_root(run_dir) / previous.tag)
+        if size:
+            return size
+    return 16 * sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints, and any incomplete tag older
-    than the newest complete one (a save that was cut short). Rank 0 only."""
-    done = complete_checkpoints(run_dir)
-    if not done:
+    """Delete all but the newest `keep_last` intact checkpoints (only checkpoints whose files
+    match their marker count), and any other tag, damaged or cut short, older than the newest
+    intact one. Rank 0 only."""
+    kept: list[CheckpointInfo] = []
+    for info in reversed(complete_checkpoints(run_dir)):
+        if len(kept) < max(keep_last, 1) and damage(run_dir, info) is None:
+            kept.append(info)
+    if not kept:
         return
-    keep = {c.tag for c in done[-max(keep_last, 1):]}
-    newest = done[-1].step
-    for path in checkpoint_root(run_dir).glob("step_*"):
-        base = path.name.removesuffix(UNIVERSAL_SUFFIX)
+    keep = {c.tag for c in kept}
+    newest = kept[0].step
+    for path in checkpoint_root(run_dir).glob("*step_*"):
+        base = path.name.removeprefix(PARTIAL).removesuffix(UNIVERSAL_SUFFIX)
         step = int(base.removeprefix("step_")) if base.removeprefix("step_").isdigit() else None
         if base not in keep and step is not None and step <= newest:
             shutil.rmtree(path, ignore_errors=True)
@@ -210,3 +351,11 @@ def continue_schedule(scheduler, fresh: FreshSchedule, position: int) -> float:
         group["lr"] = base * multiplier(position)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
     return scheduler._last_lr[0]
+
+
+def _write_rank_files(engine, root: Path, work: Path, state: dict,
+                      rank_files: Callable[[Path], None] | None) -> None:
+    """This rank's part of a save: its DeepSpeed partitions, then its own files, into `work`."""
+    engine.save_checkpoint(str(root), tag=work.name, client_state=state, save_latest=False)
+    if rank_files is not None:
+        rank_files(work)

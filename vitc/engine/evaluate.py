@@ -11,13 +11,13 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from vitc.engine.export import load_weights
+from vitc.engine.export import load_weights, weight_classes
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.errors import VitcError
 from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer, adapt_state_dict
 from vitc.config import model_spec
-from vitc.run import class_count
+from vitc.run import class_count, first_class_mismatch
 from vitc.schema import Config
 
 
@@ -72,6 +72,7 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")
     rt = resolve_runtime(cfg.train, dist)
+    same_classes(cfg)
     spec = model_spec(cfg.model, class_count(cfg))
     model = VisionTransformer(spec)
     try:
@@ -83,3 +84,18 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
         loader = build_eval_loader(cfg, dist)
         model.to(rt.device)
         return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))
+
+
+def same_classes(cfg: Config) -> None:
+    """The eval data's classes must be those the weights were trained on (recorded by `vitc
+    export`), by name and label, or a subset: else top-1 counts hits on other classes' labels."""
+    trained = weight_classes(cfg.eval.weights)
+    if trained is None or not cfg.data.val_shards:
+        return
+    from vitc.data.shards.manifest import resolve_shards
+
+    _, manifest = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
+    mismatch = first_class_mismatch(trained, manifest.classes)
+    if mismatch:
+        raise VitcError(f"data.val_shards {cfg.data.val_shards} does not fit {cfg.eval.weights}: {mismatch} "
+                        f"of the weights ({len(trained)} classes); evaluate on data with the training classes")

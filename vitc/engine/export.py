@@ -1,4 +1,4 @@
-"""`vitc export`: a run's newest complete checkpoint -> one safetensors file a plain model loads.
+"""`vitc export`: a run's newest intact checkpoint -> one safetensors file a plain model loads.
 
 The weights exported are the fp32 master weights, never the bf16/fp16 working copy in the
 checkpoint's `module`: ZeRO partitions (`zero_pp_rank_*`) are consolidated by DeepSpeed's own
@@ -16,21 +16,22 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from vitc.engine import checkpoint
+from vitc.engine import checkpoint, integrity
 from vitc.engine.ema import full_ema_state
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
 
+CLASSES_KEY = "classes"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tuple[dict[str, torch.Tensor], checkpoint.CheckpointInfo]:
-    """Full fp32 weights (or the EMA weights) of the newest complete checkpoint in `run_dir`."""
-    info = checkpoint.newest_checkpoint(run_dir)
+    """Full fp32 weights (or the EMA weights) of the newest intact checkpoint in `run_dir`."""
+    info = checkpoint.newest_intact_checkpoint(run_dir)
     if info is None:
         raise VitcError(f"no complete checkpoint in {checkpoint.checkpoint_root(run_dir)} "
                         "(train with `vitc train` first)")
@@ -78,6 +79,9 @@ def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: st
     state, info = consolidated_state_dict(run_dir, ema)
     state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     metadata = {"vitc_checkpoint": json.dumps(info.__dict__), "dtype": dtype, "ema": str(ema)}
+    classes = checkpoint.recorded(run_dir, info, "classes")
+    if classes is not None:  # name -> label of the training manifest: `vitc eval` checks its data against it
+        metadata[CLASSES_KEY] = json.dumps(classes)
     if fmt == "timm":
         from vitc.engine.timm_format import write_run_as_timm
 
@@ -85,10 +89,27 @@ def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: st
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+    except (OSError, SafetensorError) as e:
+        integrity.remove(tmp)
+        if not integrity.out_of_space(e):
+            raise VitcError(f"writing {out} failed: {e}") from None
+        raise VitcError(integrity.space_line("the exported weights", out,
+                                             sum(v.numel() * v.element_size() for v in state.values()))) from None
     os.replace(tmp, out)
     log.info("exported %s (step %d, %d tensors, %s) to %s", info.tag, info.step, len(state), dtype, out)
     return out
+
+
+def weight_classes(path: str | os.PathLike) -> dict[str, int] | None:
+    """The class names (name -> label) an exported file was trained on; None if not recorded."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            value = (f.metadata() or {}).get(CLASSES_KEY)
+    except (SafetensorError, OSError):
+        return None  # load_weights reports an unreadable file
+    return json.loads(value) if value else None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -35,12 +35,13 @@ from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import freeze
 from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score, read_outcome
 from vitc.engine.pretrained import init_model
+from vitc.engine.runlock import run_lock
 from vitc.engine.runtime import (Runtime, environment_summary, resolve_runtime,
                                  rng_state, run_on, seed_everything, set_rng_state)
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.launch.env import DistEnv, discover
-from vitc.launch.preempt import PreemptionSignal, requeue_job
+from vitc.launch.preempt import SIGNALS, Interrupted, PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
 from vitc.run import Run
 from vitc.schema import Config
@@ -52,17 +53,21 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
     at every end (vitc/engine/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
+    with run_lock(Path(cfg.train.run_dir), dist.is_main):  # before anything writes the run directory
+        return _train(cfg, dist)
+
+
+def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     ending = RunEnding(Path(cfg.train.run_dir), dist.is_main)
     try:
         rt = resolve_runtime(cfg.train, dist)
         run = run_on(cfg, dist, rt)  # before anything heavy starts
-        saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
-        if saved is not None:  # a world-size change converts here, before any collective can time out
-            checkpoint.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank)
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        convert_before_joining(cfg, dist, run)  # before any collective can time out
+        handlers = {s: signal.getsignal(s) for s in SIGNALS}
         with engine_session(dist, rt, cfg.train.dist_timeout_s):
             try:
-                ending.trainer = Trainer(cfg, dist, rt, PreemptionSignal(), run)
+                preempt = PreemptionSignal()
+                ending.trainer = Trainer(cfg, dist, rt, preempt, run)
                 outcome = ending.record(ending.trainer.fit())
                 tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
             finally:
@@ -71,10 +76,24 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     except BaseException as error:
         ending.record_failure(error)
         raise
+    if outcome.status == "preempted" and preempt.interrupted:
+        raise Interrupted(f"interrupted (SIGINT): {cfg.train.run_dir} saved at step {outcome.step}; "
+                          "`vitc train` with the same config resumes from it")
     if outcome.status == "preempted" and dist.is_main:
         requeue_job(dist.slurm_job)  # ends this Slurm job at once: only after the checkpoint and the outcome
     return outcome
 
+
+
+def convert_before_joining(cfg: Config, dist: DistEnv, run: Run) -> None:
+    """A checkpoint saved on another number of ranks is converted (rank 0; the others wait for the
+    directory on the filesystem) before the process group forms, so no collective timeout bounds
+    the conversion. Only then are the checkpoint's files verified by every rank (the same-size
+    case leaves that to rank 0 in `resume_point`); a damaged newest one falls back as resume does."""
+    saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
+    if saved is not None and saved.world_size != dist.world_size:
+        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir)
+        checkpoint.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank)
 
 class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
@@ -109,7 +128,9 @@ class Trainer:
         self.ema = ModelEMA(model, rule) if rule is not None and not sharded else None
         self.step = self.epoch = self.micro_in_epoch = 0
         self.last_saved: CheckpointInfo | None = None
-        resume = checkpoint.newest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
+        resume = checkpoint.resume_point(self.run_dir, dist.rank) if cfg.checkpoint.resume else None
+        if resume:
+            checkpoint.same_architecture(self.run_dir, resume, self.run.spec)
         tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
                                                   self.run.zero_stage, dist.rank)
                           if resume else (None, False))
@@ -265,11 +286,12 @@ class Trainer:
                            f"train.max_skipped_steps={limit}. Lower optim.base_lr or set train.clip_grad")
 
     def _stop_reason(self, preempted: bool) -> str | None:
-        if preempted:
+        if preempted and not self.preempt.interrupted:
             # SIGUSR1 is Slurm's warning before the time limit; SIGTERM is scancel, not requeued
             name = signal.Signals(self.preempt.received).name if self.preempt.received else "a peer's"
             log.warning("%s signal: saving at step %d; requeued only if Slurm still runs the job",
                         name, self.step)
+        if preempted:
             return "preempted"
         max_steps = self.cfg.train.max_steps
         return "max_steps" if max_steps is not None and self.step >= max_steps else None
@@ -364,7 +386,9 @@ class Trainer:
         tdist.all_gather_object(ranks, mine)
         return {"epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
                 "micro_per_epoch": self.steps_per_epoch * self.accum, "world_size": self.dist.world_size, "ranks": ranks,
-                "config": config_to_dict(self.cfg), "buffers": checkpoint.buffer_state(self.engine.module)}
+                "config": config_to_dict(self.cfg), "buffers": checkpoint.buffer_state(self.engine.module),
+                "architecture": checkpoint.architecture(self.run.spec),
+                "classes": self.run.train.manifest.classes if self.run.train else None}
 
     def _restore(self, info: CheckpointInfo, tag: str) -> None:
         """Load weights, optimizer, schedule, position, RNG, loader and EMA. Every rank."""

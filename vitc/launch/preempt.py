@@ -1,7 +1,9 @@
 """Preemption: a signal before the time limit asks the trainer to checkpoint and requeue.
 
 Slurm sends SIGUSR1 (`--signal=B:USR1@N`; the sbatch script forwards it to every task) and
-SIGTERM on cancellation. The handler only sets a flag: the trainer polls it between steps and
+SIGTERM on cancellation; Ctrl-C sends SIGINT, which is handled alike (the steps since the last
+checkpoint are saved, not lost to a KeyboardInterrupt) except that the job is not requeued and
+`vitc train` exits 130, the shell's code for a process ended by SIGINT. The handler only sets a flag: the trainer polls it between steps and
 all ranks agree (an all_reduce in the trainer) so every rank stops at the same step.
 """
 
@@ -15,10 +17,18 @@ from vitc.errors import VitcError
 log = logging.getLogger(__name__)
 
 
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+INTERRUPTED_EXIT = 128 + signal.SIGINT
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving; `vitc` prints the message and exits 130."""
+
+
 class PreemptionSignal:
     """Installs handlers for `signals`; `requested` turns True once one arrives."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)):
+    def __init__(self, signals: tuple[int, ...] = SIGNALS):
         self.requested = False
         self.received: int | None = None
         for sig in signals:
@@ -27,6 +37,11 @@ class PreemptionSignal:
     def _handle(self, signum: int, frame) -> None:
         self.requested = True
         self.received = signum
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C: saved like a preemption, but neither requeued nor a success (exit 130)."""
+        return self.received == signal.SIGINT
 
 
 def requeue_job(job: str | None) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vitc.errors import VitcError
-from vitc.sweep.collect import RESULTS_CSV
+from vitc.sweep.make import RESULTS_CSV
 from vitc.sweep.make import read_table
 
 COLUMNS = ("id", "model", "stem", "optimizer", "lr", "weight_decay", "status", "best_ema_top1")

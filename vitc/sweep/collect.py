@@ -17,10 +17,9 @@ from pathlib import Path
 
 from vitc.engine.outcome import FAILURES, read_outcome
 from vitc.fileio import atomic_write_text
-from vitc.sweep.make import RunPlan, RunSetting, read_runs
+from vitc.sweep.make import RESULTS_CSV, RunPlan, RunSetting, read_runs
 from vitc.sweep.run import run_dir
 
-RESULTS_CSV = "results.csv"
 METRICS_FILE = "metrics.jsonl"  # the trainer's records (vitc/engine/meters.py)
 
 

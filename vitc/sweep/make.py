@@ -17,19 +17,21 @@ its own global batch (vitc/run.py `scaled_lr`, the trainer's rule), so a run at 
 import csv
 import io
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from vitc.config import load_config, model_spec, save_config
+from vitc.config import dump_config, load_config, model_spec, save_config
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.run import grad_accum, scaled_lr
 from vitc.schema import Config
 
 RUNS_CSV = "runs.csv"
+RESULTS_CSV = "results.csv"  # written by `vitc sweep collect` (vitc/sweep/collect.py)
 SPEC_KEYS = ("seed", "samples", "models", "optimizers", "epochs", "overrides")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -180,9 +182,12 @@ def run_config(spec: SweepSpec, setting: RunSetting, sweep_dir: Path, overrides:
     return cfg
 
 
-def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str] = ()) -> list[RunPlan]:
-    """Write configs/<id>.yaml and runs.csv into `sweep_dir`. Re-making the same sweep is a no-op;
-    a different sweep in the same directory is an error."""
+def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str] = (),
+               force: bool = False) -> list[RunPlan]:
+    """Write configs/<id>.yaml and runs.csv into `sweep_dir`. Re-making the same sweep is a no-op.
+    A re-make that would change a run's config (other overrides, another spec) is refused, since
+    `vitc sweep run` would then skip runs trained under the old settings and report their results
+    as the new ones'; `force` re-makes it and drops the changed runs' outputs and results."""
 
     spec, sweep_dir = load_spec(spec_path), Path(sweep_dir).resolve()
     stems = {label: model_spec(load_config(path, list(spec.overrides)).model, 1).stem
@@ -190,15 +195,47 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
     settings = sample_runs(spec, stems)
     configs = {s.id: run_config(spec, s, sweep_dir, list(overrides)) for s in settings}
     runs = [plan_run(s, configs[s.id]) for s in settings]
-    table = runs_table(runs)
-    index = sweep_dir / RUNS_CSV
-    if index.is_file() and index.read_text() != table:
-        raise VitcError(f"{sweep_dir} already holds another sweep ({index} differs): choose a new "
-                        "directory, or delete it to re-make")
+    changed = changed_runs(sweep_dir, runs, configs)
+    if changed and not force:
+        raise VitcError(f"{sweep_dir} was made with other settings: run {changed[0]} would change "
+                        f"({len(changed)} run(s) in all, whose results would no longer match): choose a "
+                        "new directory, or pass --force to re-make it and drop those runs' outputs and results")
+    drop_runs(sweep_dir, changed)
     for plan in runs:
         save_config(configs[plan.id], sweep_dir / plan.config)
-    atomic_write_text(index, table)  # last: a directory with runs.csv has all its configs
+    atomic_write_text(sweep_dir / RUNS_CSV, runs_table(runs))  # last: a directory with runs.csv has all its configs
     return runs
+
+
+def changed_runs(sweep_dir: Path, runs: list[RunPlan], configs: dict[str, Config]) -> list[str]:
+    """Ids of the runs already in `sweep_dir` whose config would change, or which the re-made
+    sweep no longer has."""
+    changed = [p.id for p in runs if (sweep_dir / p.config).is_file()
+               and (sweep_dir / p.config).read_text() != dump_config(configs[p.id])]
+    if (sweep_dir / RUNS_CSV).is_file():
+        kept = {p.id for p in runs}
+        changed += [r["id"] for r in read_table(sweep_dir / RUNS_CSV, ("id",), "", "re-make the sweep "
+                                                "in a new directory") if r["id"] not in kept]
+    return changed
+
+
+def drop_runs(sweep_dir: Path, ids: list[str]) -> None:
+    """Remove runs/<id>, configs/<id>.yaml and their rows of results.csv."""
+    if not ids:
+        return
+    for run_id in ids:
+        shutil.rmtree(sweep_dir / "runs" / run_id, ignore_errors=True)
+        (sweep_dir / "configs" / f"{run_id}.yaml").unlink(missing_ok=True)
+    results = sweep_dir / RESULTS_CSV
+    if results.is_file():
+        with open(results, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if r["id"] not in ids]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(results, out.getvalue())
 
 
 def runs_table(runs: list[RunPlan]) -> str:

@@ -8,6 +8,7 @@ name and renamed, and the manifest is written last, so a directory with a manife
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import random
 import re
 import signal
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -288,7 +290,15 @@ def build_shards(src: str | os.PathLike, out: str | os.PathLike, prefix: str = "
     log.info("%d inputs of %d classes from %s -> %d shards in %s", len(listing.items),
              len(listing.classes), src, len(plans), out)
     with _stop_on_sigterm():
-        outcomes = {o.record.name: o for o in _run_all(plans, out, options, workers, progress)}
+        try:
+            outcomes = {o.record.name: o for o in _run_all(plans, out, options, workers, progress)}
+        except OSError as e:  # each shard is written under a temp name, removed when its write fails
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            needed = sum(item.size for item in listing.items) - sum(p.stat().st_size for p in _shard_files(out, prefix))
+            raise VitcError(f"no space left on the device of {out} for the shards: about {max(needed, 0) / 2**20:.1f} "
+                            f"MiB more needed, {shutil.disk_usage(out).free / 2**20:.1f} MiB free; free some "
+                            "space and run the same command again (finished shards are kept)") from None
     ordered = [outcomes[plan.name] for plan in plans]
     manifest = _write_manifest(out, prefix, listing, ordered,
                                {**dataclasses.asdict(options), "plan_sha256": fingerprint})

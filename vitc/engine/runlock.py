@@ -1,0 +1,44 @@
+"""One `vitc train` per run directory: an exclusive flock on RUN_DIR/.vitc.lock, held by rank 0.
+
+Two trainings writing one run directory interleave their metrics and overwrite each other's
+checkpoints. flock(2) locks belong to the open file, so the kernel releases this one whenever the
+holder ends, a kill -9 included: a stale lock file never blocks the next run. The file holds the
+holder's host and pid for the error line of the one that is refused.
+"""
+
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vitc.errors import VitcError
+
+LOCK_FILE = ".vitc.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path, held: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock for the block (`held` False: a rank other than 0, no lock).
+    Raises a one-line VitcError naming the holder when another process has it."""
+    if not held:
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VitcError(f"train.run_dir {run_dir} is a file: expected a directory (or a path that does not exist)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise VitcError(f"{run_dir} is in use by another `vitc train` ({holder}, lock {path}): wait "
+                            "for it to end, or set train.run_dir to another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
