@@ -13,7 +13,8 @@ from torch import nn
 from engine_runs import ROOT
 from precise_bn_probe import rank_batches, small_convnet
 from vitc.config import load_config
-from vitc.engine.precise_bn import batches_per_rank
+from vitc.engine.optim import freeze
+from vitc.engine.precise_bn import batches_per_rank, recompute_bn_stats
 from vitc.engine.runtime import free_port
 from vitc.errors import VitcError
 
@@ -59,3 +60,16 @@ def test_precise_bn_uses_the_authors_8192_images_by_default_and_0_turns_it_off()
     # pycls: int(8192 / batch per GPU / GPUs) batches per rank, at most one epoch
     assert batches_per_rank(8192, 64, 8, available=1000) == 16
     assert batches_per_rank(8192, 8, 1, available=25) == 25
+
+
+def test_a_frozen_batchnorm_keeps_its_statistics_through_a_recompute():
+    torch.manual_seed(0)
+    model = small_convnet()
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    frozen, free = norms[0], norms[-1]
+    freeze(model, [frozen])
+    before = {n: model.get_submodule(n).running_mean.clone() for n in norms}
+    with torch.no_grad():
+        recompute_bn_stats(model, [(torch.randn(8, 3, 16, 16) + 3, None)], lambda x, dtype: x.to(dtype))
+    assert torch.equal(model.get_submodule(frozen).running_mean, before[frozen])
+    assert not torch.equal(model.get_submodule(free).running_mean, before[free])

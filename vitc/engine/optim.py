@@ -45,6 +45,7 @@ def freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
         params = list(module.parameters(recurse=False))
         if isinstance(module, nn.BatchNorm2d) and params and not any(p.requires_grad for p in params):
             module.register_forward_pre_hook(_keep_eval)
+            module.frozen_statistics = True  # precise BN leaves them alone too (vitc/engine/precise_bn.py)
     return frozen
 
 

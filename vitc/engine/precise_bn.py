@@ -61,7 +61,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, prepare: Callable) -
     """Set every BatchNorm's running_mean/running_var of `model` to the statistics of its inputs
     over `batches` (images, targets) of every rank; None when the model has no BatchNorm.
     `prepare(images, dtype)` moves a batch to the model's device/layout and `dtype`. Every rank."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and not getattr(m, "frozen_statistics", False)]  # a frozen BN (train.freeze) keeps its own
     if not norms:
         return None  # no collective below: every rank has the same model
     started = time.perf_counter()
