@@ -74,6 +74,9 @@ def run_local(sweep_dir: str | Path, retries: int = RETRIES) -> dict[str, RunOut
         outcomes[plan.id] = outcome = run_with_retries(sweep_dir, plan, retries)
         eta = (time.perf_counter() - start) / k * (len(todo) - k)
         log.info("[%d/%d] %s: %s; eta %.0f s", k, len(todo), plan.id, outcome.describe(), eta)
+        if outcome.status == "preempted":  # the signal was meant for the sweep: the same command resumes it
+            log.warning("sweep %s stopped at %s by a signal; run the same command to continue", sweep_dir, plan.id)
+            break
     return outcomes
 
 
