@@ -166,3 +166,22 @@ def test_every_shipped_run_config_loads():
     assert configs, "no configs shipped"
     for path in configs:
         load_config(path)
+
+
+@pytest.mark.parametrize("command, content", [
+    (["train"], b"model:\n  name: vit_c_1gf\xff\n"),  # not UTF-8
+    (["sweep", "make"], b"models: {a: x.yaml\n"),  # a YAML syntax error in a sweep spec
+    (["config", "show"], b"model: {depth: 3}\nmodel: {width: 64}\n"),  # a section given twice
+])
+def test_every_yaml_file_vitc_reads_fails_with_one_line_naming_it(command, content, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    extra = [str(tmp_path / "sweep")] if command == ["sweep", "make"] else []
+    assert main([*command, str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vitc: error: {path}") and "Traceback" not in err, err
+    if "not valid YAML" in err:  # the line, then the caret under the column
+        first, source, caret = err.strip("\n").splitlines()
+        assert first.startswith(f"vitc: error: {path}:2:1:") and caret.strip() == "^"
+    else:
+        assert len(err.strip().splitlines()) == 1

@@ -132,13 +132,7 @@ def _load_yaml_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     if not path.is_file():
         where = f" (named in _base_ of {chain[-1]})" if chain else ""
         raise VitcError(f"config file not found: {path}{where}")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
-    except _DuplicateKey as e:
-        raise VitcError(f"{path}:{e.line}: key '{e.key}' appears twice (first at line {e.first}); "
-                        "merge the two into one")
-    except yaml.YAMLError as e:
-        raise VitcError(f"{path}: not valid YAML: {e}")
+    data = read_yaml(path, "config file")
     if not isinstance(data, dict):
         raise VitcError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, [])
@@ -150,6 +144,31 @@ def _load_yaml_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     for base in bases:
         merged = merge_dicts(merged, _load_yaml_tree(path.parent / base, (*chain, path)))
     return merge_dicts(merged, data)
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """The data of a YAML file vitc reads (config, sweep spec, GPU table): one VitcError naming the
+    file, and the line and caret PyYAML gives, for a missing file, bytes that are not UTF-8, a
+    syntax error or a key given twice in one mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitcError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise VitcError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except _DuplicateKey as e:
+        raise VitcError(f"{path}:{e.line}: key '{e.key}' appears twice (first at line {e.first}); "
+                        "merge the two into one") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        source = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise VitcError(f"{where}: not valid YAML: {e.problem or e.context}\n  {source}\n  "
+                        f"{' ' * (mark.column if mark else 0)}^") from None
+    except yaml.YAMLError as e:
+        raise VitcError(f"{path}: not valid YAML: {e}") from None
 
 
 class _DuplicateKey(yaml.YAMLError):

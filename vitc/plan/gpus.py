@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
+from vitc.config import read_yaml
 from vitc.errors import VitcError, did_you_mean
 
 DEFAULT_GPUS_FILE = Path(__file__).resolve().parents[2] / "configs" / "gpus.yaml"
@@ -42,12 +42,7 @@ class GpuSpec:
 
 def load_gpus(path: str | Path = DEFAULT_GPUS_FILE) -> dict[str, GpuSpec]:
     path = Path(path)
-    if not path.is_file():
-        raise VitcError(f"GPU table not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise VitcError(f"{path}: not valid YAML: {e}")
+    data = read_yaml(path, "GPU table")
     entries = data.get("gpus") if isinstance(data, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise VitcError(f"{path}: expected a mapping 'gpus:' of GPU name -> {', '.join(_KEYS)}")

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
+from vitc.config import read_yaml
 from vitc.errors import VitcError
 
 TRAIN_FACTOR = 3  # forward + backward (≈ 2× forward)
@@ -90,12 +90,7 @@ class LoaderNeed:
 
 
 def _rates_table(path: Path) -> dict:
-    if not path.is_file():
-        raise VitcError(f"loader rate table not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise VitcError(f"{path}: not valid YAML: {e}")
+    data = read_yaml(path, "loader rate table")
     if not isinstance(data, dict) or not isinstance(data.get("images_per_core"), dict) \
             or not isinstance(data.get("node_cores", {}), dict):
         raise VitcError(f"{path}: expected 'images_per_core: {{IMAGE_SIZE: {{RECIPE: IMAGES_PER_S}}}}', "

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from vitc.config import dump_config, load_config, model_spec, save_config
+from vitc.config import dump_config, load_config, model_spec, read_yaml, save_config
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.run import grad_accum, scaled_lr
@@ -72,9 +71,7 @@ class RunPlan(RunSetting):
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec; model config paths are relative to the spec file."""
     path = Path(path)
-    if not path.is_file():
-        raise VitcError(f"sweep spec not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "sweep spec")
     if not isinstance(data, dict):
         raise VitcError(f"{path}: expected a mapping of {', '.join(SPEC_KEYS)}")
     for key in data:
