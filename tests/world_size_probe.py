@@ -9,11 +9,14 @@ position in the schedule and the epoch.
 """
 
 import sys
+from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
 from vitc.cli import main
+from vitc.engine.ema import full_ema_state
 from vitc.engine.trainer import Trainer
 
 out, mode, train_args = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -33,8 +36,11 @@ def full_state(trainer: Trainer) -> dict:
         for key in ("exp_avg", "exp_avg_sq"):
             state[f"{key}/{name}"] = safe_get_full_optimizer_state(param, key).clone()
     state.update({f"buffer/{k}": v.clone() for k, v in module.named_buffers()})
-    if trainer.ema is not None:
-        state.update({f"ema/{k}": v for k, v in trainer.ema.state_dict().items()})
+    if trainer.ema is not None:  # written as a checkpoint writes it (shards under ZeRO-3), then joined
+        ema_dir = Path(out).with_suffix(".ema")
+        trainer.ema.save(ema_dir, trainer.dist.rank, trainer.dist.world_size)
+        tdist.barrier()
+        state.update({f"ema/{k}": v for k, v in full_ema_state(ema_dir).items()})
     state["next_lr"] = torch.tensor(trainer.engine.get_lr(), dtype=torch.float64)
     state["schedule_fraction"] = torch.tensor(trainer.engine.lr_scheduler.last_epoch / (
         trainer.cfg.schedule.epochs * trainer.steps_per_epoch), dtype=torch.float64)

@@ -75,7 +75,7 @@ class OptimConfig:
 
     name: Literal["adamw", "sgd"] = "adamw"
     # lr = base_lr × scale(global batch / reference_batch); the paper: 1e-3 at batch 2048.
-    base_lr: float = bounded(1e-3, gt=0)
+    base_lr: float = bounded(1e-3, ge=0)  # 0 keeps the weights (e.g. to check what init_from carried)
     reference_batch: int = bounded(2048, ge=1)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     weight_decay: float = bounded(0.24, ge=0)

@@ -10,6 +10,7 @@ timm (1.0.x) discovers no plugin entry points: its registry holds what has been 
 module must be imported before `timm.create_model` names a vitc model or loads a vitc export.
 """
 
+import math
 from functools import partial
 
 import timm  # noqa: F401  (this module's purpose is timm's registry)
@@ -20,7 +21,8 @@ from torch import nn
 
 from vitc.engine.timm_format import MEAN, STD, timm_model_args
 from vitc.models.stems import ConvStem
-from vitc.models.spec import MODELS
+from vitc.models.structure import stem_layers
+from vitc.models.spec import MODELS, ViTSpec
 
 
 def create_vitc_model(variant: str, pretrained: bool = False, stem_channels: list[int] | None = None,
@@ -28,7 +30,9 @@ def create_vitc_model(variant: str, pretrained: bool = False, stem_channels: lis
     """timm's VisionTransformer with vitc's stem and layer-norm eps; `kwargs` are its own arguments."""
     if stem_channels:
         # the 3×3 part of vitc's ConvStem; its 1×1 becomes HybridEmbed's projection
-        backbone = ConvStem(1, list(stem_channels), list(stem_strides)).convs
+        stem = ViTSpec(width=1, depth=1, heads=1, mlp_ratio=1.0, stem="conv", patch_size=math.prod(stem_strides),
+                       stem_channels=tuple(stem_channels), stem_strides=tuple(stem_strides))
+        backbone = ConvStem(stem_layers(stem)).convs
         kwargs = dict(kwargs, embed_layer=partial(HybridEmbed, backbone=backbone), patch_size=1)
     return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 norm_layer=partial(nn.LayerNorm, eps=norm_eps), **kwargs)

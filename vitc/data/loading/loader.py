@@ -66,11 +66,12 @@ class _Loader:
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
         on_cuda = wants_cuda(cfg.train.device, torch.cuda.is_available())  # as the trainer resolves it
+        # select() warns when data.decode_device asks for CUDA and there is none
         self.gpu = gpu or (GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
-                           if on_cuda else None)
+                           if on_cuda or not torch.cuda.is_available() else None)
         pin = d.pin_memory if d.pin_memory != "auto" else on_cuda
         self._pin = bool(pin) and self.gpu is None
-        self.batch_on_cuda = on_cuda and _batch_on_cuda(d.batch_device, self.gpu is not None)
+        self.batch_on_cuda = _batch_on_cuda(d.batch_device, self.gpu is not None) and on_cuda
         self._bad = [0] * self.workers
         self.bad_samples_before = 0
         self.stream: BatchStream  # set by the subclass
