@@ -44,10 +44,13 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=info.tag)
-    module = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-    # frozen parameters (train.freeze) have no optimizer state, and DeepSpeed's ZeRO-1
-    # consolidation leaves them out: they never changed, so the module's copy is theirs
-    state = module | state if any(tag_dir.glob("*optim_states.pt")) else module
+    whole = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 has one partition per rank
+    if whole.is_file():
+        module = torch.load(whole, map_location="cpu", weights_only=True)["module"]
+        # frozen parameters (train.freeze) have no optimizer state, and DeepSpeed's ZeRO-1
+        # consolidation leaves them out: they never changed, so the module's copy is theirs
+        # (zero_to_fp32 restores ZeRO-2/3's frozen parameters itself, from their fragments)
+        state = module | state if any(tag_dir.glob("*optim_states.pt")) else module
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
 
