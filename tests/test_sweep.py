@@ -3,8 +3,10 @@ and the EMA model's best top-1), plot (EDF PNG + CSV by the report's rules) (vit
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.outcome import RunOutcome, write_outcome
+from vitc.engine.outcome import RunOutcome, read_outcome, write_outcome
 from vitc.errors import VitcError
 from vitc.run import scaled_lr
 from vitc.sweep.analysis import load_runs
@@ -218,6 +220,33 @@ def test_a_crashed_run_is_retried_the_set_number_of_times_then_counted_apart(sha
 
 
 @pytest.mark.slow
+def test_a_signal_to_a_sweep_running_two_at_once_checkpoints_both_and_starts_no_other(shards, tmp_path):
+    # three settings of 50 epochs: the signal always comes while the first two train
+    spec = write_spec(tmp_path / "spec", shards, samples=3,
+                      body=ONE_MODEL_SPEC.replace("epochs: [1]", "epochs: [50]").replace(
+                          "lr: [1.0e-3, 1.0e-3]", "lr: [1.0e-4, 1.0e-3]"))
+    sweep = tmp_path / "sweep"
+    first, second, third = make_sweep(spec, sweep)
+    sweeping = subprocess.Popen([sys.executable, "-m", "vitc.cli", "sweep", "run", str(sweep), "--jobs", "2"],
+                                stderr=subprocess.PIPE, text=True)
+    trained = [sweep / "runs" / run.id / "metrics.jsonl" for run in (first, second)]
+    while not all(path.is_file() and '"train"' in path.read_text() for path in trained):
+        assert sweeping.poll() is None, sweeping.stderr.read()
+        time.sleep(0.2)
+
+    sweeping.send_signal(signal.SIGTERM)
+
+    assert sweeping.wait() == 0
+    assert "stopped by a signal; run the same command to continue" in sweeping.stderr.read()
+    for run in (first, second):  # each saved where the signal found it, to resume from
+        outcome = read_outcome(sweep / "runs" / run.id)
+        assert outcome.status == "preempted" and outcome.step > 0
+        assert any((sweep / "runs" / run.id / "checkpoints").glob(f"step_{outcome.step:08d}"))
+    assert not (sweep / "runs" / third.id).exists()
+    assert [p.id for p in pending_runs(sweep)] == [first.id, second.id, third.id]
+
+
+@pytest.mark.slow
 def test_run_collect_plot_a_sweep_where_one_run_diverges(shards, tmp_path, capsys):
     # one model, two settings: AdamW at a sane lr finishes; SGD at lr 1e30 overflows to a non-finite loss
     spec = write_spec(tmp_path / "spec", shards, samples=1,
@@ -225,7 +254,7 @@ def test_run_collect_plot_a_sweep_where_one_run_diverges(shards, tmp_path, capsy
     sweep = tmp_path / "sweep"
     assert main(["sweep", "make", str(spec), str(sweep)]) == 0
 
-    assert main(["sweep", "run", str(sweep)]) == 0
+    assert main(["sweep", "run", str(sweep), "--jobs", "2"]) == 0  # both at once, one core each
     assert "trained 2 runs: 1 diverged, 1 finished" in capsys.readouterr().out
     diverged_log = (sweep / "runs" / "vit_c_tiny-sgd-000" / "train.log").read_text()
     assert diverged_log.count("model.patch_size is 4") == 1  # one start: a diverged run is never retried

@@ -1,7 +1,7 @@
 """The optimizability sweep in miniature on CPU (docs/results/mini_edf.md): digit shards ->
 `vitc sweep make|run|collect|report|plot` on configs/sweeps/mini_edf.yaml -> docs/results/mini_edf*.
 
-    nice -n 10 .venv/bin/python tools/mini_edf.py [--out runs/mini_edf] [--no-train]
+    nice -n 10 .venv/bin/python tools/mini_edf.py [--out runs/mini_edf] [--jobs 2] [--no-train]
 
 Re-running resumes: finished and diverged runs are kept, the others trained. --no-train only
 collects and reports what has run so far (a sweep still training, or stopped part way).
@@ -21,6 +21,7 @@ RESULTS = REPO / "docs" / "results"
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/mini_edf", help="directory for shards and the sweep")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (one core each on 2 cores)")
     parser.add_argument("--no-train", action="store_true", help="collect and report only")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     sweep = str(out / "sweep")
     steps = [["sweep", "make", str(REPO / "configs/sweeps/mini_edf.yaml"), sweep,
               f"data.train_shards={train}", f"data.val_shards={val}"],
-             *([] if args.no_train else [["sweep", "run", sweep]]),
+             *([] if args.no_train else [["sweep", "run", sweep, "--jobs", str(args.jobs)]]),
              ["sweep", "collect", sweep], ["sweep", "report", sweep],
              ["sweep", "plot", sweep, "--out", str(RESULTS), "--name", "mini_edf"]]
     for argv in steps:

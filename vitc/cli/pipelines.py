@@ -52,7 +52,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
         print(script if args.dry_run else f"submitted job array {job_id}: {count} runs, at most "
               f"{args.max_concurrent} at once", end="\n" if job_id else "")
         return 0
-    outcomes = run_local(args.sweep_dir, args.retries)
+    outcomes = run_local(args.sweep_dir, args.retries, args.jobs)
     counts = {s: sum(o.status == s for o in outcomes.values()) for s in {o.status for o in outcomes.values()}}
     print(f"{args.sweep_dir}: trained {len(outcomes)} runs: "
           + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing left to train"))
@@ -102,7 +102,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     run = sweep_sub.add_parser(
         "run", help="train the runs locally in sequence, or submit a Slurm job array",
         description="Locally: train each run not yet finished or diverged, one `vitc train` "
-                    "process after another; a crashed run is retried (--retries), a diverged one "
+                    "process after another (or --jobs at once); a crashed run is retried (--retries), a diverged one "
                     "never. --slurm: submit them as one job array instead; re-running submits "
                     "only the runs still without a finished or diverged outcome.")
     run.add_argument("sweep_dir", metavar="SWEEP_DIR")
@@ -111,6 +111,8 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                      help="array tasks running at once: --array=0-N%%K (default 8)")
     run.add_argument("--retries", type=int, default=3,
                      help="local runs: times a crashed run is retried (default 3, as the authors' tooling)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="local runs trained at once, the CPU cores shared out between them (default 1)")
     run.add_argument("--dry-run", action="store_true", help="print the job array script; submit nothing")
     run.set_defaults(func=cmd_sweep_run)
     collect = sweep_sub.add_parser(
