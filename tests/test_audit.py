@@ -1,5 +1,6 @@
 """`vitc audit`: fvcore counts with attention handled, the analytic check, parity, pinned costs."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,12 +42,15 @@ def test_audit_reproduces_the_papers_table_within_3_percent(capsys):
         assert row["resolution"] == 224
 
 
-def test_every_registry_model_traces_and_agrees_with_the_analytic_count(capsys):
-    rows = audit_json(capsys, "all")
-    assert [r["name"] for r in rows] == list(MODELS)
-    for row in rows:
-        assert abs(row["gflops"] - row["analytic_gflops"]) <= 0.01 * row["analytic_gflops"], row["name"]
-        assert set(row["skipped_ops"]) <= {"aten::add", "aten::gelu"}, row["name"]
+def test_every_registry_model_traces_to_its_analytic_count():
+    # each model's own widths, stem, heads and resolution, two blocks deep: the analytic count is
+    # per block times depth (the paper's eight at full depth are traced above), so this checks every
+    # formula in seconds rather than tracing the billion-parameter models whole
+    for name in MODELS:
+        spec = dataclasses.replace(get_spec(name), depth=2)
+        traced, analytic = traced_cost(spec), model_cost(spec)
+        assert (traced.flops, traced.params, traced.acts) == (analytic.flops, analytic.params, analytic.acts), name
+        assert set(traced.skipped) <= {"aten::add", "aten::gelu"}, name
 
 
 def test_attention_is_counted_through_the_sdpa_handle():
