@@ -41,14 +41,14 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def precise_bn_loader(cfg, dist, num_classes: int):
+def precise_bn_loader(cfg, dist, num_classes: int, resolved=None):
     """The training loader's images for precise BN: its augmentation, without MixUp/CutMix, which
     pycls applies in its training loop (`pycls/core/trainer.py`), not in the loader it passes to
     `compute_precise_bn_stats`."""
     from vitc.data.loading.loader import build_train_loader
 
     unmixed = replace(cfg, data=replace(cfg.data, mixup_alpha=0.0, cutmix_alpha=0.0))
-    return build_train_loader(unmixed, dist, num_classes)
+    return build_train_loader(unmixed, dist, num_classes, resolved=resolved)
 
 
 def batches_per_rank(samples: int, micro_batch: int, world_size: int, available: int) -> int:

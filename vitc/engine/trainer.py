@@ -111,8 +111,10 @@ class Trainer(Resuming):
         self.run_dir = Path(cfg.train.run_dir)
         self.accum = self.run.grad_accum
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        self.loader = build_train_loader(cfg, dist, self.run.spec.num_classes)
-        self.eval_loader = build_eval_loader(cfg, dist) if cfg.data.val_shards else None
+        # the shards as the run resolved them and checked their classes (vitc.run.resolve_run)
+        train, val = self.run.train, self.run.val
+        self.loader = build_train_loader(cfg, dist, self.run.spec.num_classes, resolved=(train.shards, train.manifest))
+        self.eval_loader = build_eval_loader(cfg, dist, resolved=(val.shards, val.manifest)) if val else None
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch < 1:
             raise VitcError(f"the training data gives {len(self.loader)} micro-batches per rank per "
@@ -320,7 +322,8 @@ class Trainer(Resuming):
     def _precise_bn_loader(self, model: torch.nn.Module):
         """Training images for precise BN statistics, when they are on and the model has BatchNorm."""
         on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(model)
-        return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes) if on else None
+        train = self.run.train
+        return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes, (train.shards, train.manifest)) if on else None
 
     def _precise_bn(self) -> None:
         """Re-estimate BN statistics of the model and of its EMA over eval.precise_bn_samples training

@@ -317,18 +317,25 @@ def _batch_size(cfg, batch_size: int | None) -> int:
     return cfg.train.micro_batch if batch_size is None else batch_size
 
 
+Resolved = tuple[tuple[Shard, ...], Manifest]  # a shard list and its manifest (vitc.run.ShardSet's fields)
+
+
 def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
-                       gpu: GpuDecode | None = None) -> TrainLoader:
+                       gpu: GpuDecode | None = None, resolved: Resolved | None = None) -> TrainLoader:
     """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
-    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
-    shards, manifest = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
-    _check_classes(manifest, num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), shards, Recipe.from_config(cfg, num_classes), gpu)
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device).
+    `resolved`: data.train_shards as the run resolved and checked them (vitc.run.resolve_run);
+    without it they are resolved here and the manifest's classes checked against `num_classes`."""
+    if resolved is None:
+        resolved = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
+        _check_classes(resolved[1], num_classes, "train_shards")
+    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), resolved[0], Recipe.from_config(cfg, num_classes), gpu)
 
 
-def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
-    """The eval loader for this rank over data.val_shards; labels are checked against the manifest's classes."""
-    shards, manifest = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
+def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None,
+                      resolved: Resolved | None = None) -> EvalLoader:
+    """The eval loader for this rank over data.val_shards (`resolved`: as the run resolved them)."""
+    shards, manifest = resolved or resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
     num_classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else manifest.num_classes
     recipe = Recipe.from_config(cfg, num_classes)
     return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, recipe)
