@@ -122,8 +122,11 @@ class Trainer(Resuming):
                             "or train.grad_accum, or add data")
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.global_batch = self.run.global_batch
+        self.bn_loader = self._precise_bn_loader()
+        for loader in (self.loader, self.eval_loader, self.bn_loader):
+            if loader is not None:  # forked before the model exists, so that they do not map it
+                loader.start_workers()
         model = self._build_model()
-        self.bn_loader = self._precise_bn_loader(model)
         rule = ema_rule(cfg, self.global_batch)
         sharded = rule is not None and self.run.zero_stage == 3
         # ZeRO 0-2: a full fp32 copy, taken before deepspeed.initialize converts or partitions the model
@@ -319,9 +322,9 @@ class Trainer(Resuming):
         last = self.epoch == self.cfg.schedule.epochs
         return self.eval_loader is not None and every > 0 and (self.epoch % every == 0 or last)
 
-    def _precise_bn_loader(self, model: torch.nn.Module):
+    def _precise_bn_loader(self):
         """Training images for precise BN statistics, when they are on and the model has BatchNorm."""
-        on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(model)
+        on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(self.run.spec)
         train = self.run.train
         return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes, (train.shards, train.manifest)) if on else None
 

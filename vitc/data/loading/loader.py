@@ -76,6 +76,7 @@ class _Loader:
         self.bad_samples_before = 0
         self.stream: BatchStream  # set by the subclass
         self._dataloader: DataLoader | None = None  # built on the first pass; kept with persistent workers
+        self._waiting = None  # the iterator of workers started early, for the first pass (start_workers)
 
     @property
     def bad_samples(self) -> int:
@@ -105,12 +106,18 @@ class _Loader:
                 self.stream.slots.release(worker, slot)
             yield worker, batch
 
+    def start_workers(self) -> None:
+        """Fork the persistent workers now, before the caller builds its model: a worker forked
+        later would map the model, the optimizer and DeepSpeed's buffers (copy-on-write, but counted
+        in its RSS and touched by its reference counts). They wait for the first pass to be published."""
+        if self.cfg.data.workers and self.cfg.data.persistent_workers and self._dataloader is None:
+            self._dataloader = self._new_dataloader()
+            self._waiting = _start(self._dataloader)
+
     def _delivered(self):
         """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
         stream = self.stream
         if self._dataloader is None or not self.cfg.data.persistent_workers:
-            if not self._pin:  # pinned batches take DataLoader's own path (its pinning thread copies them)
-                stream.use_slots(self.cfg.data.workers, self.cfg.model.image_size)
             self._dataloader = self._new_dataloader()
         self.bad_samples_before += sum(self._bad)  # counts restart with the pass
         self._bad = [0] * self.workers
@@ -118,7 +125,9 @@ class _Loader:
         device = torch.device("cuda", torch.cuda.current_device()) if self.batch_on_cuda else None
         if device is None and self.gpu is None:
             retain_freed_memory()  # float batches are made here, on the CPU: no page faults for each
-        for item in _start(self._dataloader):
+        iterator = self._waiting if self._waiting is not None else _start(self._dataloader)
+        self._waiting = None
+        for item in iterator:
             if isinstance(item, Failure):
                 raise VitcError(item.message)
             payload, worker, bad = item
@@ -132,6 +141,8 @@ class _Loader:
 
     def _new_dataloader(self) -> DataLoader:
         workers = self.cfg.data.workers
+        if not self._pin:  # pinned batches take DataLoader's own path (its pinning thread copies them)
+            self.stream.use_slots(workers, self.cfg.model.image_size)
         # fork, whatever start method this process inherited (a torch.multiprocessing.spawn child has
         # 'spawn', which re-imports torch in every worker: ~10 s each here). Workers never touch CUDA:
         # GPU decode runs in this process.
@@ -145,7 +156,7 @@ class _Loader:
 
     def close(self) -> None:
         """Let the worker processes go (DataLoader stops them when it is freed; so does process exit)."""
-        self._dataloader = None
+        self._dataloader = self._waiting = None
 
 
 def _start(dataloader: DataLoader):

@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from vitc.data.samples import BadSample, sample_image, sample_label
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
+
+PUBLISH_POLL_S = 0.01  # how often a worker started early looks for the first pass
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class BatchStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        while self._position[0] == 0:  # started before any pass was published (start_workers)
+            time.sleep(PUBLISH_POLL_S)
         plan = self.plans()[worker]
         self.bad = 0
         slots = self.slots if info is not None else None  # in this process, batches need no transport
