@@ -44,7 +44,13 @@ A CPU run is planned as vitc runs it (`HostProcess`): vitc keeps freed memory in
 (vitc/heap.py), so the memory backward frees (activations) stays resident while the gradients,
 buckets and the optimizer's temporaries are allocated beside it - the phases add up instead of
 peaking apart - and the training process maps every loader worker's shared batch buffers
-(vitc/data/loading/slots.py).
+(vitc/data/loading/slots.py). Traced on vit_p_4gf (the heap's size and glibc's in-use bytes read
+every millisecond with the Python stack that grew it): the heap grows by the activations in
+forward, then by the model-sized tensors of backward and the step listed above, which mostly do
+not fit in the holes the activations leave. Which of them do fit varies from run to run and rank
+to rank (the in-use bytes peak alike on both ranks of a run, the heap does not), so measured peaks
+spread around this sum (docs/plan.md: the sum is 17 % under to 14 % over them for vit_p_4gf);
+the spread is not modelled.
 """
 
 from dataclasses import dataclass
