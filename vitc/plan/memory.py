@@ -6,13 +6,13 @@ DeepSpeed 0.19 allocates them with a torch AdamW (8 bytes of moments; SGD: 4) an
 | precision | stage | params | grads | fp32 master | fp32 grads | optimizer | buffers |
 |---|---|---|---|---|---|---|---|
 | fp32  | 0 | 4   | 4   | -   | -   | 8   | all-reduce flatten copy of the grads |
-| fp32  | 1 | 4   | 4   | 4/N | -   | 8/N | reduce bucket (fp32) |
-| fp32  | 2 | 4   | 4/N | 4/N | -   | 8/N | reduce bucket |
-| fp32  | 3 | 4/N | 4/N | -   | -   | 8/N | reduce bucket (+ its flat copy) + gathered params |
+| fp32  | 1 | 4   | 4   | 4/N | 4/N | 8/N | reduce bucket (fp32) |
+| fp32  | 2 | 4   | 4/N | 4/N | 4/N | 8/N | reduce bucket |
+| fp32  | 3 | 4/N | 4/N | -   | 4/N | 8/N | reduce bucket + its flat copy + gathered params (N > 1) |
 | bf16  | 0 | 2   | 2   | 4   | 4   | 8   | all-reduce flatten copy (FP16_Optimizer) |
 | bf16  | 1 | 2   | 2   | 4/N | 4/N | 8/N | reduce bucket (fp32) |
 | bf16  | 2 | 2   | 2/N | 4/N | 4/N | 8/N | reduce bucket (bf16) |
-| bf16  | 3 | 2/N | -   | 4/N | 4/N | 8/N | reduce bucket (+ its flat copy) + gathered params |
+| bf16  | 3 | 2/N | -   | 4/N | 4/N | 8/N | reduce bucket + its flat copy + gathered params (N > 1) |
 
 The EMA of the weights (optim.ema_alpha > 0; vitc/engine/ema.py) is fp32 and lives through the
 run: 4 bytes per parameter at ZeRO 0-2 (a full copy on every rank), 4/N at ZeRO-3 (each rank
@@ -29,14 +29,28 @@ the gradients (and, on CPU, the buckets) appear as backward frees the activation
 the optimizer step, together with its temporaries.
 
 fp32 ZeRO-1/2 clone the partition into a separate "fp32" master even though it is already fp32;
-fp32 ZeRO-3 aliases it (stage3.py `_create_fp32_partitions`). For bf16/fp16 at stages 2 and 3 the
+fp32 ZeRO-3 aliases it (stage3.py `_create_fp32_partitions`). The "fp32 grads" of an fp32 run are
+the flat copy of the gradient partition that the step hands the optimizer as the master's `.grad`
+(stage_1_and_2.py `step`: `flat_grad_partition = self.flatten(self.averaged_gradients[i])`, whose
+`.to(fp32)` is the same tensor; stage3.py `_prepare_fp32_grad_for_sub_group`), made while the
+gradient partition it copies is still held. ZeRO-3 gathers nothing on one rank: the parameters
+point at their partitions (partition_parameters.py `all_gather_coalesced` -> `_no_gather_coalesced`).
+On CPU the collectives run on gloo, whose reduce-scatter works on a copy of its whole input
+(measured: `torch.distributed.reduce_scatter_tensor` of a 64 MiB tensor on gloo adds 64 MiB):
+ZeRO-3's flat bucket is copied once more (`ZeroSetup.gloo`). For bf16/fp16 at stages 2 and 3 the
 total is DeepSpeed's own estimate (`deepspeed_model_states_bytes`), which this table reproduces.
 
 A CPU run is planned as vitc runs it (`HostProcess`): vitc keeps freed memory in the process's heap
 (vitc/heap.py), so the memory backward frees (activations) stays resident while the gradients,
 buckets and the optimizer's temporaries are allocated beside it - the phases add up instead of
 peaking apart - and the training process maps every loader worker's shared batch buffers
-(vitc/data/loading/slots.py).
+(vitc/data/loading/slots.py). Traced on vit_p_4gf (the heap's size and glibc's in-use bytes read
+every millisecond with the Python stack that grew it): the heap grows by the activations in
+forward, then by the model-sized tensors of backward and the step listed above, which mostly do
+not fit in the holes the activations leave. Which of them do fit varies from run to run and rank
+to rank (the in-use bytes peak alike on both ranks of a run, the heap does not), so measured peaks
+spread around this sum (docs/plan.md: the sum is 17 % under to 14 % over them for vit_p_4gf);
+the spread is not modelled.
 """
 
 from dataclasses import dataclass
@@ -66,6 +80,7 @@ class ZeroSetup:
     fused_optimizer: bool = True  # one kernel, no temporaries (the engine's choice on GPU)
     buckets_reserved: bool = True  # GPU: the caching allocator keeps them; CPU: pages come and go
     ema: bool = False  # an fp32 EMA of the weights (optim.ema_alpha > 0)
+    gloo: bool = False  # CPU: collectives on gloo, whose reduce-scatter copies its input (module docstring)
 
     def __post_init__(self) -> None:
         if self.stage not in (0, 1, 2, 3):
@@ -128,7 +143,7 @@ def model_states(params: int, setup: ZeroSetup) -> ModelStates:
         fp32_grads = full(4) if mixed else 0
     else:
         master = shard(4) if (mixed or stage in (1, 2)) else 0
-        fp32_grads = shard(4) if mixed else 0
+        fp32_grads = shard(4)  # mixed: the fp32 gradients; fp32: the step's flat copy (module docstring)
     optimizer = (full if stage == 0 else shard)(OPTIMIZER_STATE_BYTES[setup.optimizer])
     # ZeRO-0 steps each parameter tensor on its own: its temporaries are one layer's, negligible.
     temporaries = 0 if setup.fused_optimizer or stage == 0 else shard(4 * UNFUSED_STEP_TEMPORARIES[setup.optimizer])
@@ -147,12 +162,15 @@ def ema_bytes(params: int, setup: ZeroSetup) -> int:
 
 
 def stage3_gathered_bytes(params: int, setup: ZeroSetup) -> int:
-    """ZeRO-3's gathered parameters: all of them up to max_live_parameters stay gathered from forward
-    to backward (DeepSpeed's default reuse distance keeps them); over several ranks each coalesced
-    all-gather also stages its flat output (up to the prefetch bucket) before copying it out
-    (partition_parameters.py, `torch.cat(partitions)`)."""
+    """ZeRO-3's gathered parameters over several ranks: all of them up to max_live_parameters stay
+    gathered from forward to backward (DeepSpeed's default reuse distance keeps them), and each
+    coalesced all-gather also stages its flat output (up to the prefetch bucket) before copying it
+    out (partition_parameters.py, `torch.cat(partitions)`). One rank gathers nothing: its
+    parameters point at their partitions (`all_gather_coalesced` -> `_no_gather_coalesced`)."""
+    if setup.world_size == 1:
+        return 0
     p = PARAM_BYTES[setup.precision]
-    staging = min(params, setup.allgather_bucket_size) * p if setup.world_size > 1 else 0
+    staging = min(params, setup.allgather_bucket_size) * p
     return min(params, STAGE3_MAX_LIVE_PARAMETERS) * p + staging
 
 
@@ -166,9 +184,14 @@ def bucket_bytes(params: int, setup: ZeroSetup) -> int:
     if setup.stage == 0:
         return min(params, ALLREDUCE_BUCKET_ELEMENTS) * p
     bucket_dtype_bytes = 4 if setup.stage == 1 else p  # ZeRO-1 stages the fp32 accumulator
-    buckets = (2 if setup.overlap_comm else 1) * min(params, setup.reduce_bucket_size) * bucket_dtype_bytes
-    if setup.stage == 3 and setup.world_size > 1:  # reduce_scatter_coalesced flattens the bucket again
-        buckets += min(params, setup.reduce_bucket_size) * p
+    bucket = min(params, setup.reduce_bucket_size)
+    buckets = (2 if setup.overlap_comm else 1) * bucket * bucket_dtype_bytes
+    if setup.stage == 3:
+        # stage3.py `__avg_scatter_grads` -> coalesced_collectives.py `reduce_scatter_coalesced`, on any
+        # number of ranks: `torch.cat` of the bucket's gradients into one flat tensor
+        buckets += bucket * p
+        if setup.gloo:  # ... which gloo's reduce_scatter_tensor copies once more (module docstring)
+            buckets += bucket * p
     return buckets
 
 

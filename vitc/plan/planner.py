@@ -68,7 +68,7 @@ class RunSetup:
         return ZeroSetup(self.zero_stage, self.precision, self.world_size, self.optimizer,
                          self.reduce_bucket_size, self.allgather_bucket_size, overlap_comm=on_gpu,
                          fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu,
-                         ema=self.ema)
+                         ema=self.ema, gloo=not on_gpu)
 
 
 @dataclass(frozen=True)

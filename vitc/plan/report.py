@@ -79,9 +79,14 @@ def _memory_lines(plan: Plan) -> list[str]:
     lines += [f"  {label:<51}{_gib(value)}" for label, value in rows if value or label.startswith("param")]
     verdict = "fits" if m.fits else "DOES NOT FIT"
     lines.append(f"  {'peak':<51}{_gib(m.total)}  of {m.capacity / GIB:g} ({verdict})")
-    lines.append(f"    = runtime + persistent {st.persistent / GIB:.2f} + max(activations "
-                 f"{m.activations.total / GIB:.2f}, transient {st.transient / GIB:.2f}): backward frees "
-                 f"activations as it makes the grads{'' if st.buckets_reserved else ' and buckets'}")
+    if m.host.heap_retained:  # vitc.plan.memory.step_peak
+        lines.append(f"    = runtime + persistent {st.persistent / GIB:.2f} + activations "
+                     f"{m.activations.total / GIB:.2f} + transient {st.transient / GIB:.2f}: vitc's heap keeps "
+                     "what backward frees (vitc/heap.py), so the phases add up")
+    else:
+        lines.append(f"    = runtime + persistent {st.persistent / GIB:.2f} + max(activations "
+                     f"{m.activations.total / GIB:.2f}, transient {st.transient / GIB:.2f}): backward frees "
+                     f"activations as it makes the grads{'' if st.buckets_reserved else ' and buckets'}")
     ckpt = s.act_checkpoint
     lines.append(f"  largest micro-batch that fits: {m.max_micro_batch} {_ckpt_label(ckpt)}, "
                  f"{m.max_micro_batch_other} {_ckpt_label(not ckpt)}")
