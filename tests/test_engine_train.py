@@ -191,8 +191,13 @@ def test_loader_workers_are_forked_before_the_model_exists(shards, tmp_path, mon
     seen: dict[str, set[int]] = {}
     build_model, micro_step = Trainer._build_model, Trainer._micro_step
 
+    def children() -> set[int]:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+
+    before = children()  # other tests' loaders in this process may still have workers
+
     def record(when: str) -> None:
-        seen.setdefault(when, set()).update(p.pid for p in psutil.Process().children(recursive=True))
+        seen.setdefault(when, set()).update(children() - before)
 
     def probed_build_model(self):
         record("model")

@@ -23,6 +23,7 @@ VitcError naming the shard. A shard that cannot be opened or stalls for data.rea
 a VitcError naming it.
 """
 
+import atexit
 import collections
 import functools
 import gc
@@ -113,6 +114,10 @@ class _Loader:
         if self.cfg.data.workers and self.cfg.data.persistent_workers and self._dataloader is None:
             self._dataloader = self._new_dataloader()
             self._waiting = _start(self._dataloader)
+            # before multiprocessing's own exit handler (atexit runs the last registered first),
+            # which joins the workers: a loader never iterated (a run ended before its first
+            # evaluation) must let its waiting workers go
+            atexit.register(self.stream.release_waiting)
 
     def _delivered(self):
         """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
@@ -156,6 +161,7 @@ class _Loader:
 
     def close(self) -> None:
         """Let the worker processes go (DataLoader stops them when it is freed; so does process exit)."""
+        self.stream.release_waiting()
         self._dataloader = self._waiting = None
 
 

@@ -87,6 +87,12 @@ class BatchStream(IterableDataset):
             self._position[3:] = torch.tensor(consumed, dtype=torch.float64)
         return self.plans()
 
+    def release_waiting(self) -> None:
+        """Let workers waiting for a first pass that never came end their iteration, so that
+        DataLoader's shutdown reaches them (they ignore SIGTERM, which is how it would stop them)."""
+        if self._position[0] == 0:
+            self._position[0] = -1
+
     def plans(self) -> list[WorkerPlan]:
         _, epoch, fraction, *consumed = self._position.tolist()
         if math.isnan(fraction):
@@ -98,6 +104,8 @@ class BatchStream(IterableDataset):
         worker = info.id if info is not None else 0
         while self._position[0] == 0:  # started before any pass was published (start_workers)
             time.sleep(PUBLISH_POLL_S)
+        if self._position[0] < 0:  # the loader closed before its first pass: nothing to do
+            return
         plan = self.plans()[worker]
         self.bad = 0
         slots = self.slots if info is not None else None  # in this process, batches need no transport
