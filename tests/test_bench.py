@@ -67,3 +67,20 @@ def test_a_contender_that_fails_ends_the_bench_with_its_name(tmp_path):
     with pytest.raises(VitcError, match="contender 'broken' exited"):
         time_in_processes([Contender("broken", "vitc.bench.data:decode_pass", {"folder": str(tmp_path),
                                                                                 "no_such": 1})], 1, 1, 1)
+
+
+def order_probe(path: str, name: str):
+    """A contender's step that writes its name to `path` whenever it runs (the rotation test below)."""
+    def step() -> int:
+        with open(path, "a") as f:
+            f.write(name + "\n")
+        return 1
+    return step
+
+
+def test_each_round_starts_with_the_next_contender_so_none_always_runs_first(tmp_path):
+    calls = tmp_path / "calls"
+    contenders = [Contender(name, "test_bench:order_probe", {"path": str(calls), "name": name}) for name in "abc"]
+    time_in_processes(contenders, warmup=0, iters=1, rounds=3)
+    rounds = calls.read_text().split()
+    assert [rounds[i:i + 3] for i in (0, 3, 6)] == [list("abc"), list("bca"), list("cab")]

@@ -20,6 +20,7 @@ from vitc.bench.timing import Contender, Timing, time_in_processes
 log = logging.getLogger(__name__)
 
 PHASES = ("forward", "backward", "step")
+NOISE = "plain2"  # the plain loop timed twice: what two identical loops differ by in this run
 
 
 class PhasedStep:
@@ -101,9 +102,12 @@ def engine_step(name: str, batch: int, stage: int) -> PhasedStep:
 def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, rounds: int = 5,
                  stages: str = "0,1,2,3", warmup: int = 2) -> dict[str, Timing]:
     """Images/s and per-phase median ms of plain PyTorch and of DeepSpeed at each ZeRO stage."""
-    contenders = [Contender("plain", f"{__name__}:plain_step", {"name": name, "batch": batch})]
+    plain = {"name": name, "batch": batch}
+    contenders = [Contender("plain", f"{__name__}:plain_step", plain)]
     contenders += [Contender(f"zero{s}", f"{__name__}:engine_step", {"name": name, "batch": batch, "stage": int(s)})
                    for s in stages.split(",")]
+    # the same plain loop again, in a process of its own: its "overhead" is the run's noise floor
+    contenders.append(Contender(NOISE, f"{__name__}:plain_step", plain))
     log.info("timing %s: %s at batch %d, each in its own process", ", ".join(c.name for c in contenders),
              name, batch)
     return time_in_processes(contenders, warmup, iters, rounds)
@@ -120,6 +124,10 @@ def format_engine_bench(results: dict[str, Timing]) -> str:
                           if name != "plain" else f"{r.details[p]:>12.1f}" for p in PHASES)
         cpu_overhead = plain.per_core / r.per_core - 1.0
         lines.append(f"{name:<8} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} {phases}")
+    noise = plain.rate / results[NOISE].rate - 1.0 if NOISE in results else None
+    if noise is not None:
+        lines.append(f"noise floor: the plain loop timed twice differs by {noise:+.1%}; an overhead "
+                     "within it is not measured by this run")
     lines.append("overhead = plain images/s ÷ engine images/s − 1; img/CPU-s = images per CPU-second of the "
                  "loop's process (what other jobs on a shared machine distort least); each loop in its own "
                  "process, rounds interleaved, medians; phase times are medians per step (% vs plain)")

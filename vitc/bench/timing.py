@@ -4,7 +4,9 @@ A contender shares nothing with another: not a global patch (ZeRO-3 replaces
 `torch.nn.functional.linear` for its whole process), not an allocator's state, not a thread pool.
 Each child sets vitc's heap settings (`vitc.heap`), builds its step, warms up, then waits; the
 parent asks the children for one round each in turn, so only one runs at a time and a shared
-machine's drift hits all alike. A round is timed inside its child, by wall clock and by the CPU
+machine's drift hits all alike; each round starts with the next contender, because the place in a
+round mattered (on this 2-core VM the first loop of each round ran up to a third slower, seen by
+timing the same plain loop twice in one run). A round is timed inside its child, by wall clock and by the CPU
 time of the child and every process under it (a loader's workers), the same accounting for all.
 """
 
@@ -92,8 +94,10 @@ def time_in_processes(contenders: list[Contender], warmup: int, iters: int, roun
             children[c.name] = (parent, process)
             startup[c.name] = _receive(parent, process, c.name)
         samples: dict[str, list[tuple[float, float]]] = {c.name: [] for c in contenders}
-        for _ in range(rounds):
-            for name, (conn, process) in children.items():
+        names = list(children)
+        for r in range(rounds):  # each round starts one later: every contender takes every place
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                conn, process = children[name]
                 conn.send(iters)
                 samples[name].append(_receive(conn, process, name))
         for name, (conn, process) in children.items():
