@@ -28,7 +28,7 @@ SURFACE = {
     "demo": ["--epochs", "--out"],
     "pipeline": ["--run-dir"],
     "sweep make": ["--force"],
-    "sweep run": ["--dry-run", "--max-concurrent", "--retries", "--slurm"],
+    "sweep run": ["--dry-run", "--jobs", "--max-concurrent", "--retries", "--slurm"],
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
     "sweep report": [],
