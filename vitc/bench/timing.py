@@ -4,9 +4,10 @@ A contender shares nothing with another: not a global patch (ZeRO-3 replaces
 `torch.nn.functional.linear` for its whole process), not an allocator's state, not a thread pool.
 Each child sets vitc's heap settings (`vitc.heap`), builds its step, warms up, then waits; the
 parent asks the children for one round each in turn, so only one runs at a time and a shared
-machine's drift hits all alike; each round starts with the next contender, because the place in a
-round mattered (on this 2-core VM the first loop of each round ran up to a third slower, seen by
-timing the same plain loop twice in one run). A round is timed inside its child, by wall clock and by the CPU
+machine's drift hits all alike; each round starts with the next contender, so that no place in a
+round favours one loop. (On this 2-core VM the same plain loop timed twice still differed by
+20-33 % with rotation: the difference follows the process, not its place; `vitc bench engine`
+prints it as the noise floor.) A round is timed inside its child, by wall clock and by the CPU
 time of the child and every process under it (a loader's workers), the same accounting for all.
 """
 
