@@ -1,6 +1,6 @@
-"""Two processes (torchrun, gloo on CPU): ZeRO-2 and ZeRO-3 train, save and consolidate; a ZeRO-2
-run saved on two ranks resumes on one through DeepSpeed's universal checkpoint; a fine-tune from a
-run directory consolidates it once."""
+"""Two processes (torchrun, gloo on CPU): ZeRO-3 trains, saves and consolidates; a fine-tune from a
+run directory consolidates it once. A run saved on two ranks resuming on one: tests/test_world_size.py
+(the full state) and tests/test_largest_model.py (training on)."""
 
 import pytest
 import torch
@@ -35,21 +35,6 @@ def test_zero3_on_two_ranks_learns_with_ema_and_exports_what_it_evaluated(shards
     out = vitc("eval", str(config), f"--weights={tmp_path / 'run.safetensors'}").stdout
     last = metrics(tmp_path / "run", "eval")[-1]
     assert last["count"] == 200 and f"top-1 {last['top1']:.2f}%" in out
-
-
-@pytest.mark.slow
-def test_zero2_saved_on_two_ranks_resumes_on_one(shards, tmp_path):
-    config = write_config(tmp_path / "z2.yaml", shards, tmp_path / "run", train={**TWO_RANKS, "zero_stage": 2})
-    torchrun(2, "train", str(config), "train.max_steps=30")
-    saved = checkpoint.newest_checkpoint(tmp_path / "run")
-    assert (saved.step, saved.world_size) == (30, 2)
-    # one process, twice the micro-batch: the same global batch and schedule
-    result = vitc("train", str(config), "train.micro_batch=8", "train.max_steps=35")
-    assert "universal" in result.stderr
-    steps = [r["step"] for r in metrics(tmp_path / "run")]
-    assert steps[-6:] == [30, 31, 32, 33, 34, 35]
-    assert (checkpoint.checkpoint_root(tmp_path / "run") / "step_00000030_universal").is_dir()
-    assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 1
 
 
 @pytest.mark.slow

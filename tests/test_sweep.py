@@ -284,7 +284,7 @@ def test_shipped_sweep_specs_make_their_runs(tmp_path):
         assert all(path.is_file() for path in spec.models.values())
     runs = make_sweep(REPO / "configs" / "sweeps" / "mini_edf.yaml", tmp_path / "mini",
                       ["data.train_shards=shards/train", "data.val_shards=shards/val"])
-    assert len(runs) == 64 and {r.epochs for r in runs} == {12}
+    assert len(runs) == 64 and {r.epochs for r in runs} == {30}
 
 
 def test_the_paper_sweep_is_768_runs_of_50_epochs_in_the_papers_intervals(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vitc.cli import main
 from vitc.engine.demo import prepare_digits
+from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -35,5 +36,8 @@ if __name__ == "__main__":
     for argv in steps:
         if main(argv) != 0:
             sys.exit(1)
+        left = pending_runs(Path(sweep)) if argv[:2] == ["sweep", "run"] else []
+        if left:  # stopped by a signal: docs/results keeps the last complete sweep's figures
+            sys.exit(f"{len(left)} runs still to train; run the same command to continue")
     shutil.copyfile(out / "sweep" / "report.html", RESULTS / "mini_edf_report.html")
     shutil.copyfile(out / "sweep" / "results.csv", RESULTS / "mini_edf_runs.csv")
