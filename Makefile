@@ -15,5 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/vitc demo
 
+# Two workers on a 2-core machine (the suite alone keeps ~1.1 cores busy), each test file on one of
+# them so its module fixtures are made once; tests/conftest.py says how they share the machine.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadfile tests

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from system_packages import apt_get
+
 NODES = ("node1", "node2")
 PARTITION = "debug"
 # How long munged and the Slurm daemons get to come up (they take about a second).
@@ -43,9 +45,8 @@ def ensure_installed() -> None:
     """`apt-get install slurm-wlm munge` once, only when they are not installed yet."""
     if all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")):
         return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env)
+    apt_get("update", "-qq", check=True)
+    apt_get("install", "-y", "-qq", "slurm-wlm", "munge", check=True)
 
 
 def _free_ports(count: int) -> list[int]:

@@ -34,6 +34,7 @@ def run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.whole_machine  # ~20 GiB: 2 ranks of ~10 GiB each
 def test_a_vit_l_class_model_trains_on_two_ranks_at_zero3_resumes_on_one_and_exports(digits_folder, run, tmp_path):
     shards = digit_shards(digits_folder, tmp_path / "shards")
     config = tmp_path / "vit_c_62gf.yaml"

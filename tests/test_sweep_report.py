@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from system_packages import apt_get
 from vitc.cli import main
 from vitc.errors import VitcError
 from vitc.sweep.analysis import curves, good_range, load_runs, summarize
@@ -144,11 +145,10 @@ def chromium() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("rendering the report needs Debian's chromium package (not installed; installing "
                     "it needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run(step, env=env, capture_output=True, text=True)
+    for step in (["update", "-qq"], ["install", "-y", "-qq", "chromium"]):
+        done = apt_get(*step, capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.skip(f"rendering the report needs chromium, and `{' '.join(step)}` failed: "
+            pytest.skip(f"rendering the report needs chromium, and `apt-get {' '.join(step)}` failed: "
                         f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
 
