@@ -3,9 +3,11 @@ one directory, another model in a run directory): each ends with one line naming
 no traceback, and nothing that was good on disk is lost."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from engine_runs import (TINY_CONV, TINY_PATCHIFY, digit_shards, metrics, traini
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine import checkpoint
-from vitc.engine.runlock import LOCK_FILE
+from vitc.engine.runlock import LOCK_FILE, run_lock
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,26 @@ def test_a_second_training_in_a_run_directory_is_refused_and_ctrl_c_saves_and_ex
     assert len(metrics(tmp_path / "run")) == last_logged  # the refused run wrote no step
     assert (tmp_path / "run" / LOCK_FILE).is_file()  # released by the kernel, not by deleting it
     vitc("train", str(config), "train.max_steps=" + str(last_logged + 1))  # the lock is free again
+
+
+def test_a_killed_trainings_forked_children_do_not_keep_its_run_directory(tmp_path):
+    # a trainer killed with -9 leaves its loader workers alive until they notice (seconds): an
+    # immediate resume must not be refused because of them
+    holder = subprocess.run([sys.executable, "-c", (
+        "import os, signal, time\nfrom pathlib import Path\nfrom vitc.engine.runlock import run_lock\n"
+        f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n        os.close(1)\n        os.close(2)\n        time.sleep(120)\n        os._exit(0)\n"
+        "    print(child, flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)\n")],
+        capture_output=True, text=True)
+    assert holder.returncode == -signal.SIGKILL, holder.stderr
+    child = int(holder.stdout)
+    try:
+        os.kill(child, 0)  # the forked child is still alive
+        with run_lock(tmp_path / "run"):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_the_training_manifest_is_the_contract_on_classes(shards, digits_folder, tmp_path, capsys):
