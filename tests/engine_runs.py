@@ -105,3 +105,22 @@ def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
     out = tmp / f"{Path(run_dir).name}.safetensors"
     assert main(["export", str(run_dir), "--out", str(out), *extra]) == 0
     return load_weights(out)
+
+
+def default_malloc(env: dict) -> dict:
+    """`env` without the user's glibc malloc tuning, which would switch vitc's heap retention
+    (vitc/heap.py) off: the memory checks measure vitc's default configuration, as users run it."""
+    return {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
+
+
+def peak_rss_added(ranks: int, out_prefix: Path, steps: int, *train_args: str) -> list[int]:
+    """Each rank's peak resident memory added from just before the model is built to the end of
+    micro-step `steps` of `vitc train TRAIN_ARGS` (tests/plan_memory_probe.py), one thread per rank."""
+    launcher = ([sys.executable] if ranks == 1 else
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                 "--master_port", str(free_port())])
+    result = subprocess.run([*launcher, str(ROOT / "tests" / "plan_memory_probe.py"), str(out_prefix), str(steps),
+                             *train_args], capture_output=True, text=True, cwd=ROOT,
+                            env={**default_malloc(os.environ), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(Path(f"{out_prefix}.{r}.json").read_text())["added"] for r in range(ranks)]

@@ -4,26 +4,21 @@
 predicts for the same run (within 20 %). 32 px keeps the steps cheap: at this size the model states,
 not the activations, are the memory, and they do not depend on the resolution."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
-from engine_runs import ROOT, digit_shards, metrics, vitc
+from engine_runs import default_malloc, digit_shards, metrics, peak_rss_added, vitc
 from vitc.engine import checkpoint
 from vitc.engine.export import load_weights
-from vitc.engine.runtime import free_port
 from vitc.models.cost import model_cost
 from vitc.models.vit import VisionTransformer
 from vitc.plan.planner import plan_memory
 from vitc.plan.setup import Cluster, load_run_config, run_setup
 
-PROBE = str(ROOT / "tests" / "plan_memory_probe.py")
 STEPS = 2  # micro-steps on 2 ranks before the checkpoint (1 micro-step per optimizer step there)
 
 
@@ -53,13 +48,7 @@ def test_a_vit_l_class_model_trains_on_two_ranks_at_zero3_resumes_on_one_and_exp
 
     # 2 ranks: the probe records each rank's peak resident memory added from just before the model
     # is built to the end of its STEPS-th micro-step; the run then saves its checkpoint at max_steps
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # vitc's heap settings
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(free_port()), PROBE, str(tmp_path / "rss"), str(STEPS),
-                             str(config), f"train.max_steps={STEPS}"],
-                            capture_output=True, text=True, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    measured = [json.loads((tmp_path / f"rss.{r}.json").read_text())["added"] for r in range(2)]
+    measured = peak_rss_added(2, tmp_path / "rss", STEPS, str(config), f"train.max_steps={STEPS}")
     print(f"vit_c_62gf ZeRO-3, 2 ranks: predicted {predicted / 2**30:.2f} GiB, measured "
           + ", ".join(f"{m / 2**30:.2f}" for m in measured) + " GiB")
     for added in measured:
@@ -68,11 +57,13 @@ def test_a_vit_l_class_model_trains_on_two_ranks_at_zero3_resumes_on_one_and_exp
     assert (saved.step, saved.world_size) == (STEPS, 2)
 
     # 1 rank: converted to a universal checkpoint, restored, and trained on
-    resumed = vitc("train", str(config), f"train.max_steps={STEPS + 1}", env={**env, "OMP_NUM_THREADS": "2"})
+    resumed = vitc("train", str(config), f"train.max_steps={STEPS + 1}",
+                   env={**default_malloc(os.environ), "OMP_NUM_THREADS": "2"})
     assert "universal" in resumed.stderr
     steps = metrics(run)
     assert [r["step"] for r in steps] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    assert (checkpoint.newest_checkpoint(run).step, checkpoint.newest_checkpoint(run).world_size) == (3, 1)
+    resumed_saved = checkpoint.newest_checkpoint(run)
+    assert (resumed_saved.step, resumed_saved.world_size) == (3, 1)
 
     # export: the consolidated weights are the whole model, every tensor of it, all finite
     vitc("export", str(run), "--out", str(tmp_path / "m.safetensors"))

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +9,10 @@ import torch
 import yaml
 from torch import nn
 
+from engine_runs import peak_rss_added
 from vitc.audit.flops import traced_cost
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.runtime import free_port
 from vitc.errors import VitcError
 from vitc.models.cost import largest_layer_params, model_cost
 from vitc.models.spec import get_spec
@@ -285,16 +282,6 @@ def test_a_gpu_without_bf16_is_refused_bf16():  # `auto` plans it in fp16: tests
 
 # ---- checked against a real `vitc train` ---------------------------------------------------------
 
-PROBE = Path(__file__).resolve().parent / "plan_memory_probe.py"
-# vitc's default configuration: its heap retention (vitc/heap.py) on, as every user runs it
-PROBE_ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def default_malloc(env: dict) -> dict:
-    """`env` without the user's glibc malloc tuning, which would switch vitc's heap retention off."""
-    return {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
-
-
 @pytest.fixture(scope="module")
 def probe_config(digits_folder, tmp_path_factory) -> Path:
     """vit_p_4gf (18.5 M params) at 224 px, micro-batch 8: model and activations dominate the process."""
@@ -312,19 +299,6 @@ def probe_config(digits_folder, tmp_path_factory) -> Path:
     return config
 
 
-def measured_peak_added(config: Path, stage: int, ranks: int, out: Path) -> list[int]:
-    """Each rank's peak RSS above its baseline before the model, at the end of the 2nd step."""
-    launcher = ([sys.executable] if ranks == 1 else
-                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                 "--master_port", str(free_port())])
-    run_dir = out / f"run_z{stage}_n{ranks}"
-    result = subprocess.run([*launcher, str(PROBE), str(out / f"z{stage}_n{ranks}"), "2", str(config),
-                             f"train.zero_stage={stage}", f"train.run_dir={run_dir}"],
-                            capture_output=True, text=True, env={**default_malloc(os.environ), **PROBE_ENV})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads((out / f"z{stage}_n{ranks}.{r}.json").read_text())["added"] for r in range(ranks)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2, 3])
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -332,7 +306,9 @@ def test_plan_predicts_the_memory_a_real_cpu_training_step_adds(probe_config, st
     setup = run_setup(load_run_config(str(probe_config), [f"train.zero_stage={stage}"]), Cluster(1, ranks, "cpu"))
     predicted = plan_memory(setup, model_cost(setup.spec).params).total
 
-    measured = measured_peak_added(probe_config, stage, ranks, tmp_path)
+    # vitc's default configuration: its heap retention (vitc/heap.py) on, as every user runs it
+    measured = peak_rss_added(ranks, tmp_path / f"z{stage}_n{ranks}", 2, str(probe_config),
+                              f"train.zero_stage={stage}", f"train.run_dir={tmp_path / f'run_z{stage}_n{ranks}'}")
 
     print(f"ZeRO-{stage}, {ranks} rank(s): predicted {predicted / 2**20:.0f} MiB, measured "
           + ", ".join(f"{m / 2**20:.0f}" for m in measured) + " MiB")

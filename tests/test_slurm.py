@@ -19,9 +19,9 @@ import yaml
 from slurm_cluster import skip_reason, slurm_cluster
 from vitc.cli import main
 from vitc.config import load_config, save_config
+from vitc.engine.outcome import read_outcome
 from vitc.errors import VitcError
 from vitc.launch.preempt import requeue_job
-from vitc.engine.outcome import read_outcome
 from vitc.launch.slurm import job_status, submit_sweep
 from vitc.sweep.make import make_sweep
 
