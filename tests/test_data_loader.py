@@ -9,6 +9,8 @@ import http.server
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -339,3 +341,36 @@ def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(a) vitc train loader" in out and "(a)/(b) = " in out and "(a)/(c) = " in out
     assert torch.get_num_threads() == threads  # the bench runs single-threaded, then restores
+
+
+_SCRIPT = """
+import sys
+from vitc.config import load_config
+from vitc.data.loading.loader import build_train_loader
+from vitc.launch.env import DistEnv
+loader = build_train_loader(load_config(None, sys.argv[2:]), DistEnv(), num_classes=32)
+if sys.argv[1] == "whole pass":
+    sum(len(labels) for _, labels in loader)
+elif sys.argv[1] == "part of a pass":
+    batches = iter(loader)
+    next(batches)  # suspended part-way and still referenced at exit
+else:
+    loader.start_workers()  # forked, never given a pass
+print("end of script", flush=True)
+"""
+
+
+@pytest.mark.parametrize("use", ["whole pass", "part of a pass", "workers started, never used"])
+def test_a_script_using_the_loader_exits_without_closing_it(tmp_path, use):
+    # Loader workers ignore SIGTERM, which is how multiprocessing's exit handler stops DataLoader's
+    # workers before joining them: a script that never calls loader.close() hung at exit.
+    shards = write_shards(tmp_path / "shards", sizes=(9, 7, 8, 8))
+    overrides = [f"data.train_shards={shards}", "model.image_size=16", f"train.micro_batch={BATCH}",
+                 "data.workers=2", "data.shuffle_buffer=8"]  # persistent workers and the default recipe
+    try:
+        done = subprocess.run([sys.executable, "-c", _SCRIPT, use, *overrides], capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the script hung at exit ({use}); its output: {e.stdout!r}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "end of script"

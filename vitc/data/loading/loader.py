@@ -30,7 +30,9 @@ import gc
 import logging
 import math
 import multiprocessing
+import multiprocessing.util  # its exit handler is registered first, so it runs after ours (below)
 import os
+import weakref
 
 import torch
 from torch.utils.data import DataLoader
@@ -78,6 +80,7 @@ class _Loader:
         self.stream: BatchStream  # set by the subclass
         self._dataloader: DataLoader | None = None  # built on the first pass; kept with persistent workers
         self._waiting = None  # the iterator of workers started early, for the first pass (start_workers)
+        self._pass = None  # a weak reference to the pass being delivered (`_delivered`)
 
     @property
     def bad_samples(self) -> int:
@@ -97,6 +100,7 @@ class _Loader:
         `first`: the index in the epoch of the first batch, which with `epoch_seed` seeds its mixing.
         """
         delivered = self._delivered()
+        self._pass = weakref.ref(delivered)
         if order is not None:
             delivered = in_worker_order(delivered, order)
         if self.gpu is not None:
@@ -114,10 +118,6 @@ class _Loader:
         if self.cfg.data.workers and self.cfg.data.persistent_workers and self._dataloader is None:
             self._dataloader = self._new_dataloader()
             self._waiting = _start(self._dataloader)
-            # before multiprocessing's own exit handler (atexit runs the last registered first),
-            # which joins the workers: a loader never iterated (a run ended before its first
-            # evaluation) must let its waiting workers go
-            atexit.register(self.stream.release_waiting)
 
     def _delivered(self):
         """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
@@ -152,6 +152,8 @@ class _Loader:
         # 'spawn', which re-imports torch in every worker: ~10 s each here). Workers never touch CUDA:
         # GPU decode runs in this process.
         context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        if workers:
+            _WITH_WORKERS.add(self)
         # its own generator: DataLoader draws a base seed at every pass, which would otherwise move the
         # training process's global generator (dropout, drop path) differently in a resumed run
         return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self._pin,
@@ -160,9 +162,27 @@ class _Loader:
                           persistent_workers=bool(workers) and self.cfg.data.persistent_workers)
 
     def close(self) -> None:
-        """Let the worker processes go (DataLoader stops them when it is freed; so does process exit)."""
+        """Let the worker processes go: DataLoader stops them when its iterator is freed, so a pass
+        left part-way (its generator suspended, still referenced) is closed first. Process exit
+        closes every loader (`_close_at_exit`)."""
         self.stream.release_waiting()
-        self._dataloader = self._waiting = None
+        if self._pass is not None and (delivered := self._pass()) is not None:
+            delivered.close()
+        self._dataloader = self._waiting = self._pass = None
+
+
+# multiprocessing's exit handler SIGTERMs DataLoader's daemonic workers and joins them; ours ignore
+# SIGTERM (the trainer decides when they end), so a loader still holding workers at exit, whether
+# persistent after a finished pass or waiting for a first pass that never came, would hang its
+# process there. Registered after multiprocessing's handler, this one runs first (atexit is LIFO)
+# and lets them go the way DataLoader stops them.
+_WITH_WORKERS: "weakref.WeakSet[_Loader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for loader in list(_WITH_WORKERS):
+        loader.close()
 
 
 def _start(dataloader: DataLoader):
