@@ -142,8 +142,12 @@ class EvalSampleTransform:
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 [3, H, W] -> PIL RGB by merging the three planes: 6x faster than F.to_pil_image's
-    interleaving copy (measured at 224 px: 0.03 ms against 0.16 ms)."""
+    """uint8 [3, H, W] -> PIL RGB: straight from HWC memory (what `decode_crop` returns), else by
+    merging the three planes; both far cheaper than F.to_pil_image's interleaving copy (measured at
+    224 px: 0.024 and 0.034 ms against 0.16 ms)."""
+    hwc = image.permute(1, 2, 0)
+    if hwc.is_contiguous():
+        return Image.frombuffer("RGB", (image.shape[2], image.shape[1]), hwc.numpy(), "raw", "RGB", 0, 1)
     planes = [Image.frombuffer("L", (image.shape[2], image.shape[1]), p.numpy(), "raw", "L", 0, 1)
               for p in image.contiguous()]
     return Image.merge("RGB", planes)
