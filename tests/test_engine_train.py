@@ -11,6 +11,7 @@ import yaml
 from engine_runs import digit_shards, exported, loss_fell, losses, metrics, vitc, write_config
 from vitc.cli import main
 from vitc.config import load_config, model_spec
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine import checkpoint
 from vitc.engine.outcome import read_outcome
 from vitc.engine.runtime import process_group, resolve_runtime
@@ -126,6 +127,19 @@ def test_eval_of_exported_weights_matches_the_runs_last_eval(adamw_run, tmp_path
     assert main(["eval", str(config), f"weights={tmp_path / 'run.safetensors'}"]) == 0
     top1 = metrics(run_dir, "eval")[-1]["top1"]
     assert f"top-1 {top1:.2f}%" in capsys.readouterr().out
+
+
+def test_eval_on_data_of_other_classes_is_one_clear_error(adamw_run, photo_folder, tmp_path):
+    # top-1 over labels that mean other classes would be a number with no meaning
+    config, run_dir = adamw_run
+    exported(run_dir, tmp_path)
+    photos = tmp_path / "photos"
+    build_shards(photo_folder, photos, "val", BuildOptions(samples_per_shard=50), progress=False)
+    done = vitc("eval", str(config), f"--weights={tmp_path / 'run.safetensors'}", f"data.val_shards={photos}",
+                check=False)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr
+    assert f"data.val_shards {photos} does not fit" in errors[0] and "class 'astronaut'" in errors[0]
 
 
 def test_sgd_with_nesterov_learns(shards, tmp_path):

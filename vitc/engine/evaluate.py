@@ -68,11 +68,15 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     """`vitc eval`: the weights in `cfg.eval.weights` (a `vitc export` file) on the eval data of
     `cfg`, distributed over the ranks of the job when launched by torchrun or srun. Every rank."""
     from vitc.data.loading.loader import build_eval_loader
+    from vitc.data.shards.manifest import resolve_shards
 
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")
     rt = resolve_runtime(cfg.train, dist)
-    same_classes(cfg)
+    # resolved once (a remote manifest is a download), for the class check and the loader
+    resolved = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards") if cfg.data.val_shards else None
+    if resolved is not None:
+        same_classes(cfg, resolved[1].classes)
     spec = model_spec(cfg.model, class_count(cfg))
     model = VisionTransformer(spec)
     try:
@@ -81,21 +85,19 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
         raise VitcError(f"{cfg.eval.weights} does not fit model '{spec.name}': "
                         f"{' '.join(str(e).split())[:400]}") from None
     with process_group(dist, rt, cfg.train.dist_timeout_s):
-        loader = build_eval_loader(cfg, dist)
+        loader = build_eval_loader(cfg, dist, resolved=resolved)
         model.to(rt.device)
         return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))
 
 
-def same_classes(cfg: Config) -> None:
-    """The eval data's classes must be those the weights were trained on (recorded by `vitc
-    export`), by name and label, or a subset: else top-1 counts hits on other classes' labels."""
+def same_classes(cfg: Config, classes: dict) -> None:
+    """The eval data's `classes` (its manifest's) must be those the weights were trained on
+    (recorded by `vitc export`), by name and label, or a subset: else top-1 counts hits on other
+    classes' labels."""
     trained = weight_classes(cfg.eval.weights)
-    if trained is None or not cfg.data.val_shards:
+    if trained is None:
         return
-    from vitc.data.shards.manifest import resolve_shards
-
-    _, manifest = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
-    mismatch = first_class_mismatch(trained, manifest.classes)
+    mismatch = first_class_mismatch(trained, classes)
     if mismatch:
         raise VitcError(f"data.val_shards {cfg.data.val_shards} does not fit {cfg.eval.weights}: {mismatch} "
                         f"of the weights ({len(trained)} classes); evaluate on data with the training classes")
