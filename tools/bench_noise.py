@@ -3,24 +3,29 @@ in its own fresh process, timed exactly as the bench times its contenders (`vitc
 Their spread is what no engine overhead below it can be told from; the rates in start order show
 whether the spread follows the order the processes were started in (docs/engine.md).
 
-    .venv/bin/python tools/bench_noise.py [--loops 4] [--model vit_p_1gf] [--batch 32]
+    .venv/bin/python tools/bench_noise.py [--loops 4] [--model vit_p_1gf] [--batch 32] [--iters 5] [--rounds 5]
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python tools/bench_noise.py   # torch's CPU allocator asks for huge pages
 """
 
 import argparse
+import inspect
 
+from vitc.bench.engine import bench_engine
 from vitc.bench.timing import Contender, time_in_processes
+
+BENCH = {k: v.default for k, v in inspect.signature(bench_engine).parameters.items()}  # its defaults
 
 if __name__ == "__main__":  # the contenders are spawned: they re-import this file
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loops", type=int, default=4)
-    parser.add_argument("--model", default="vit_p_1gf")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--model", default=BENCH["name"])
+    parser.add_argument("--batch", type=int, default=BENCH["batch"])
+    parser.add_argument("--iters", type=int, default=BENCH["iters"], help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=BENCH["rounds"], help="interleaved rounds (median taken)")
     args = parser.parse_args()
     loops = [Contender(f"plain{i}", "vitc.bench.engine:plain_step", {"name": args.model, "batch": args.batch})
              for i in range(args.loops)]
-    timings = time_in_processes(loops, warmup=2, iters=3, rounds=args.rounds)
+    timings = time_in_processes(loops, BENCH["warmup"], args.iters, args.rounds)
     rates = [t.rate for t in timings.values()]
     print("images/s in start order: " + ", ".join(f"{r:.2f}" for r in rates))
     print(f"spread (fastest / slowest - 1): {max(rates) / min(rates) - 1:+.1%}")
