@@ -2,9 +2,12 @@
 core against the images/s the GPUs consume."""
 
 import json
+import os
 
+import psutil
 import pytest
 
+from vitc.bench import fragments
 from vitc.bench.timing import Contender, time_in_processes
 from vitc.cli import main
 from vitc.data.shards.embedded import photo_imagefolder
@@ -84,3 +87,49 @@ def test_each_round_starts_with_the_next_contender_so_none_always_runs_first(tmp
     time_in_processes(contenders, warmup=0, iters=1, rounds=3)
     rounds = calls.read_text().split()
     assert [rounds[i:i + 3] for i in (0, 3, 6)] == [list("abc"), list("bca"), list("cab")]
+
+
+def test_several_processes_per_contender_rotate_the_start_order_and_report_the_median_process(tmp_path):
+    calls = tmp_path / "calls"
+    contenders = [Contender(name, "test_bench:order_probe", {"path": str(calls), "name": name}) for name in "abc"]
+    timings = time_in_processes(contenders, warmup=0, iters=1, rounds=1, processes=3)
+    # one group of processes after another, each started (and its first round run) one contender later
+    assert calls.read_text().split() == list("abc" "bca" "cab")
+    for t in timings.values():
+        assert t.processes == 3 and t.spread >= 0 and t.per_core_spread >= 0 and t.rate > 0
+
+
+def test_the_processes_per_contender_must_be_at_least_one():
+    with pytest.raises(VitcError, match="processes must be >= 1, got 0"):
+        time_in_processes([Contender("a", "test_bench:order_probe", {"path": "x", "name": "a"})], 0, 1, 1, 0)
+
+
+BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3
+Node 0, zone   Normal     10      5      0      0      0      0      0      0      2      7      9
+"""
+
+
+def test_fragments_are_the_free_blocks_under_2_mib():
+    page = os.sysconf("SC_PAGE_SIZE")
+    if page != 4096:
+        pytest.skip("the figures below are for 4 KiB pages")
+    # orders 0-8 (4 KiB - 1 MiB) are fragments, 9 and 10 (2 and 4 MiB) are not
+    # DMA: one order-8 block; Normal: ten order-0, five order-1 and two order-8 blocks
+    assert fragments.fragmented_free_bytes(BUDDYINFO) == (10 + 5 * 2 + 3 * 256) * page
+    assert fragments.fragmented_free_bytes("") == 0
+
+
+def test_the_bench_holds_the_fragmented_free_memory_and_lets_it_go(tmp_path, monkeypatch):
+    info, mem = tmp_path / "buddyinfo", tmp_path / "meminfo"
+    info.write_text("Node 0, zone   Normal   4096      0\n")  # 4096 free pages of order 0
+    mem.write_text("MemTotal: 1000000 kB\nMemAvailable:  900000 kB\n")
+    monkeypatch.setattr(fragments, "BUDDYINFO", info)
+    monkeypatch.setattr(fragments, "MEMINFO", mem)
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = psutil.Process().memory_info().rss
+    with fragments.FragmentHold() as hold:
+        assert hold.take() == 4096 * page
+        assert psutil.Process().memory_info().rss - rss >= 4096 * page * 0.9  # written, not just mapped
+        mem.write_text("MemAvailable:  4 kB\n")  # never more than half of what is available
+        assert hold.take() == 0 and hold.held == 4096 * page
+    assert hold.maps == []

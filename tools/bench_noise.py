@@ -1,9 +1,12 @@
 """The noise floor of `vitc bench engine` on this machine: N identical plain PyTorch loops, each
 in its own fresh process, timed exactly as the bench times its contenders (`vitc.bench.timing`).
 Their spread is what no engine overhead below it can be told from; the rates in start order show
-whether the spread follows the order the processes were started in (docs/engine.md).
+whether the spread follows the order the processes were started in (docs/engine.md). With
+`--processes K` each loop is the median of K processes, as `vitc bench ... --processes K` times
+its contenders: the loops' spread is then what is left of the noise floor.
 
-    .venv/bin/python tools/bench_noise.py [--loops 4] [--model vit_p_1gf] [--batch 32] [--iters 5] [--rounds 5]
+    .venv/bin/python tools/bench_noise.py [--loops 4] [--processes 1] [--model vit_p_1gf] [--batch 32]
+        [--iters 5] [--rounds 5]
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python tools/bench_noise.py   # torch's CPU allocator asks for huge pages
 """
 
@@ -22,10 +25,13 @@ if __name__ == "__main__":  # the contenders are spawned: they re-import this fi
     parser.add_argument("--batch", type=int, default=BENCH["batch"])
     parser.add_argument("--iters", type=int, default=BENCH["iters"], help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=BENCH["rounds"], help="interleaved rounds (median taken)")
+    parser.add_argument("--processes", type=int, default=1, help="processes per loop (its median process taken)")
     args = parser.parse_args()
     loops = [Contender(f"plain{i}", "vitc.bench.engine:plain_step", {"name": args.model, "batch": args.batch})
              for i in range(args.loops)]
-    timings = time_in_processes(loops, BENCH["warmup"], args.iters, args.rounds)
+    timings = time_in_processes(loops, BENCH["warmup"], args.iters, args.rounds, args.processes)
     rates = [t.rate for t in timings.values()]
     print("images/s in start order: " + ", ".join(f"{r:.2f}" for r in rates))
+    if args.processes > 1:
+        print("spread of each loop's processes: " + ", ".join(f"{t.spread:+.1%}" for t in timings.values()))
     print(f"spread (fastest / slowest - 1): {max(rates) / min(rates) - 1:+.1%}")

@@ -45,6 +45,7 @@ class DataBench:
     rates: dict[str, float]  # images per CPU-second: what one core delivers, whatever else runs
     wall_rates: dict[str, float]  # images per wall-clock second, on this (possibly shared) machine
     shard_build: dict[int, float] | None  # images/s by worker count
+    spreads: dict[str, float] | None = None  # per candidate, its processes' per-core spread
 
     def describe(self) -> str:
         a, b, c = (self.rates[k] for k in ("loader", "imagefolder", "decode"))
@@ -56,6 +57,9 @@ class DataBench:
                  f"  (b) ImageFolder + DataLoader   {b:8.0f}                {wb:8.0f}",
                  f"  (c) bare PIL decode, in-process {c:7.0f}                {wc:8.0f}",
                  f"  (a)/(b) = {a / b:.2f}  (target >= 1.25)    (a)/(c) = {a / c:.2f}  (target >= 0.5)"]
+        if self.spreads:
+            lines.append("  each candidate is its median process; their spread per core: "
+                         + ", ".join(f"({k}) {v:+.1%}" for k, v in zip("abc", self.spreads.values())))
         if self.shard_build:
             lines.append("  shard build: " + ", ".join(f"{n} worker{'s' * (n > 1)} {r:.0f} img/s"
                                                        for n, r in self.shard_build.items()))
@@ -140,7 +144,7 @@ def decode_pass(folder: str):
 
 def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, workers: int = 2, rounds: int = 5,
                auto_augment: str = "autoaugment", random_erasing: float = 0.25,
-               shard_build: bool = True, warmup: int = 1) -> DataBench:
+               shard_build: bool = True, warmup: int = 1, processes: int = 1) -> DataBench:
     """Time all candidates, each in its own process, `rounds` rounds interleaved; see the module
     docstring."""
     with tempfile.TemporaryDirectory(prefix="vitc-bench-data-") as tmp:
@@ -158,7 +162,7 @@ def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, work
                       {"folder": str(folder), "overrides": overrides, "num_classes": num_classes,
                        "batch": batch, "workers": workers}),
             Contender("decode", f"{__name__}:decode_pass", {"folder": str(folder)})]
-        timings = time_in_processes(contenders, warmup, 1, rounds)
+        timings = time_in_processes(contenders, warmup, 1, rounds, processes)
         build_rates = None
         if shard_build:
             from vitc.bench.shards import bench_shard_build
@@ -167,4 +171,4 @@ def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, work
     first = Image.open(io.BytesIO(datas[0]))
     return DataBench(len(datas), (first.height, first.width), batch, workers, auto_augment,
                      {k: t.per_core for k, t in timings.items()}, {k: t.rate for k, t in timings.items()},
-                     build_rates)
+                     build_rates, {k: t.per_core_spread for k, t in timings.items()} if processes > 1 else None)

@@ -100,7 +100,7 @@ def engine_step(name: str, batch: int, stage: int) -> PhasedStep:
 
 
 def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, rounds: int = 5,
-                 stages: str = "0,1,2,3", warmup: int = 2) -> dict[str, Timing]:
+                 stages: str = "0,1,2,3", processes: int = 1, warmup: int = 2) -> dict[str, Timing]:
     """Images/s and per-phase median ms of plain PyTorch and of DeepSpeed at each ZeRO stage."""
     plain = {"name": name, "batch": batch}
     contenders = [Contender("plain", f"{__name__}:plain_step", plain)]
@@ -110,7 +110,7 @@ def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, round
     contenders.append(Contender(NOISE, f"{__name__}:plain_step", plain))
     log.info("timing %s: %s at batch %d, each in its own process", ", ".join(c.name for c in contenders),
              name, batch)
-    return time_in_processes(contenders, warmup, iters, rounds)
+    return time_in_processes(contenders, warmup, iters, rounds, processes)
 
 
 def format_engine_bench(results: dict[str, Timing]) -> str:
@@ -128,6 +128,9 @@ def format_engine_bench(results: dict[str, Timing]) -> str:
     if noise is not None:
         lines.append(f"noise floor: the plain loop timed twice differs by {noise:+.1%}; an overhead "
                      "within it is not measured by this run")
+    if plain.processes > 1:
+        lines.append(f"each loop is its median of {plain.processes} processes; their spread: "
+                     + ", ".join(f"{n} {r.spread:+.1%}" for n, r in results.items()))
     lines.append("overhead = plain images/s ÷ engine images/s − 1; img/CPU-s = images per CPU-second of the "
                  "loop's process (what other jobs on a shared machine distort least); each loop in its own "
                  "process, rounds interleaved, medians; phase times are medians per step (% vs plain)")

@@ -58,7 +58,7 @@ def timm_step(name: str, batch: int):
 
 
 def bench_model(name: str = "vit_c_1gf", batch: int = 16, iters: int = 3, rounds: int = 3,
-                warmup: int = 2) -> dict[str, Timing]:
+                processes: int = 1, warmup: int = 2) -> dict[str, Timing]:
     """Images/s (forward+backward, fp32, CPU) of `name` and its twin, eager and compiled, and of
     timm's eager twin when timm is installed. The warm-up covers compilation (forward and backward)."""
     twin = twin_name(name)
@@ -70,14 +70,16 @@ def bench_model(name: str = "vit_c_1gf", batch: int = 16, iters: int = 3, rounds
     if importlib.util.find_spec("timm") is not None:
         contenders.append(Contender(f"timm:{patchify}", f"{__name__}:timm_step", {"name": patchify, "batch": batch}))
     log.info("timing %s at batch %d, each in its own process", ", ".join(c.name for c in contenders), batch)
-    return time_in_processes(contenders, warmup, iters, rounds)
+    return time_in_processes(contenders, warmup, iters, rounds, processes)
 
 
 def format_model_bench(timings: dict[str, Timing]) -> str:
     names = list(timings)
     conv, patchify = names[0], names[1]
-    lines = [f"{'model':<28} {'images/s':>9} {'start-up s':>11}"]
-    lines += [f"{n:<28} {t.rate:>9.1f} {t.startup_s:>11.0f}" for n, t in timings.items()]
+    spread = next(iter(timings.values())).processes > 1
+    lines = [f"{'model':<28} {'images/s':>9} {'start-up s':>11}" + f" {'process spread':>15}" * spread]
+    lines += [f"{n:<28} {t.rate:>9.1f} {t.startup_s:>11.0f}" + f" {t.spread:>+15.1%}" * spread
+              for n, t in timings.items()]
     rate = {n: t.rate for n, t in timings.items()}
     lines.append(f"ratio {conv}/{patchify}: eager {rate[conv] / rate[patchify]:.3f}, compiled "
                  f"{rate[conv + ' compiled'] / rate[patchify + ' compiled']:.3f}")

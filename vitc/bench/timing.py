@@ -1,14 +1,24 @@
-"""Contenders timed alike: each in its own fresh process, rounds interleaved A B A B.
+"""Contenders timed alike: each in fresh processes of its own, rounds interleaved A B A B.
 
 A contender shares nothing with another: not a global patch (ZeRO-3 replaces
 `torch.nn.functional.linear` for its whole process), not an allocator's state, not a thread pool.
 Each child sets vitc's heap settings (`vitc.heap`), builds its step, warms up, then waits; the
 parent asks the children for one round each in turn, so only one runs at a time and a shared
-machine's drift hits all alike; each round starts with the next contender, so that no place in a
-round favours one loop. (On this 2-core VM the same plain loop timed twice still differed by
-20-33 % with rotation: the difference follows the process, not its place; `vitc bench engine`
-prints it as the noise floor.) A round is timed inside its child, by wall clock and by the CPU
-time of the child and every process under it (a loader's workers), the same accounting for all.
+machine's drift hits all alike; each round starts with the next child, so that no place in a
+round favours one loop. A round is timed inside its child, by wall clock and by the CPU time of
+the child and every process under it (a loader's workers), the same accounting for all.
+
+On this 2-core VM the same plain loop in two processes differed by 7-33 % with rotation, the
+difference following the process (and the order processes were started in), not its place in a
+round: a speed each process keeps for its life. One process per contender measures that as much
+as the contender, so each contender may run in `processes` processes, in groups one after another
+(A1 B1 C1, then B2 C2 A2, then C3 A3 B3: every contender takes every start position; only one
+group is alive at a time, so memory stays one group's), and its figure is its median process; the
+spread of its processes is printed as what this run cannot resolve.
+
+That speed was mostly where a process's memory came from: the first processes got the scattered
+pages of small free blocks (vitc.bench.fragments). The parent now holds those before each group
+starts; the start-order trend is gone and six identical loops agree within 2.9 % (docs/engine.md).
 """
 
 import importlib
@@ -20,8 +30,10 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from vitc.bench.fragments import FragmentHold
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
+from vitc.log import setup_logging
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,9 @@ class Timing:
     per_core: float
     startup_s: float  # building the step and its warm-up (torch.compile's compile time lands here)
     details: dict[str, float]
+    spread: float = 0.0  # its fastest process's rate / its slowest's - 1 (0 with one process)
+    per_core_spread: float = 0.0  # the same for the per-core rate
+    processes: int = 1
 
 
 def cpu_seconds() -> float:
@@ -60,6 +75,9 @@ def cpu_seconds() -> float:
 
 def _child(conn, factory: str, kwargs: dict, warmup: int) -> None:
     retain_freed_memory()  # vitc's heap settings, in every contender alike
+    # vitc's logging and warning filters, as in `vitc train` (a spawned child starts without them):
+    # warnings only, and not DeepSpeed's deprecation warning printed at every ZeRO-3 step
+    setup_logging(rank=1)
     start = time.perf_counter()
     module, function = factory.split(":")
     step = getattr(importlib.import_module(module), function)(**kwargs)
@@ -82,9 +100,21 @@ def _receive(conn, process, name: str):
     return conn.recv()
 
 
-def time_in_processes(contenders: list[Contender], warmup: int, iters: int, rounds: int) -> dict[str, Timing]:
-    """Each contender in a fresh spawned process; started one after another (no two warm up at
-    once), then `rounds` rounds of `iters` steps each, interleaved; medians per contender."""
+def _median_process(samples: list[list[tuple[float, float]]], startups: list[float],
+                    details: list[dict[str, float]]) -> Timing:
+    """One contender's figures from its processes' rounds: the median process's (median of the
+    per-process medians, for the rate and the per-core rate alike)."""
+    rates = [statistics.median(s[0] for s in per) for per in samples]
+    cores = [statistics.median(s[1] for s in per) for per in samples]
+    keys = details[0].keys()
+    return Timing(statistics.median(rates), statistics.median(cores), statistics.median(startups),
+                  {k: statistics.median(d[k] for d in details) for k in keys},
+                  max(rates) / min(rates) - 1.0, max(cores) / min(cores) - 1.0, len(samples))
+
+
+def _time_group(contenders: list[Contender], warmup: int, iters: int, rounds: int):
+    """One fresh process per contender, started in the order given (no two warm up at once), then
+    `rounds` interleaved rounds: per contender, its samples, start-up time and details."""
     ctx = multiprocessing.get_context("spawn")
     children, startup, details = {}, {}, {}
     try:
@@ -109,7 +139,21 @@ def time_in_processes(contenders: list[Contender], warmup: int, iters: int, roun
             process.join(timeout=30 if len(details) == len(children) else 0)
             if process.is_alive():
                 process.terminate()
-    return {name: Timing(statistics.median(s[0] for s in samples[name]),
-                         statistics.median(s[1] for s in samples[name]), startup[name], details[name])
-            for name in samples}
+    return {name: (samples[name], startup[name], details[name]) for name in samples}
 
+
+def time_in_processes(contenders: list[Contender], warmup: int, iters: int, rounds: int,
+                      processes: int = 1) -> dict[str, Timing]:
+    """Every contender timed in `processes` fresh processes of its own: `processes` groups one
+    after another, each a process per contender, started in an order rotated from group to group
+    (every contender takes every start position) and timed in `rounds` interleaved rounds; only
+    one group is alive at a time. Per contender, its median process (see the module docstring)."""
+    if processes < 1:
+        raise VitcError(f"processes must be >= 1, got {processes}")
+    groups = []
+    with FragmentHold() as fragments:
+        for k in range(processes):
+            fragments.take()  # what the last group's processes left fragmented too
+            groups.append(_time_group(contenders[k % len(contenders):] + contenders[:k % len(contenders)],
+                                      warmup, iters, rounds))
+    return {c.name: _median_process(*zip(*(group[c.name] for group in groups))) for c in contenders}

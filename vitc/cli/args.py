@@ -25,3 +25,13 @@ def job_rank(args: argparse.Namespace) -> DistEnv:
     dist = discover()
     setup_logging(dist.rank, logging.DEBUG if args.verbose else logging.INFO)
     return dist
+
+
+def add_timing_args(parser: argparse.ArgumentParser, rounds: int, iters: int | None = None) -> None:
+    """--iters, --rounds and --processes of a bench timed by `vitc.bench.timing`."""
+    if iters is not None:
+        parser.add_argument("--iters", type=int, default=iters, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds (median taken)")
+    parser.add_argument("--processes", type=int, default=1, metavar="K",
+                        help="time each contender in K fresh processes, start order rotated, and take its "
+                             "median process; their spread is printed (default 1)")

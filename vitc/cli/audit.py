@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from vitc.cli.args import add_timing_args
+
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from vitc.audit.report import audit_row, check_parity, format_rows, parity_pairs, resolve_targets
@@ -21,7 +23,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_bench_model(args: argparse.Namespace) -> int:
     from vitc.bench.model import bench_model, format_model_bench
 
-    print(format_model_bench(bench_model(args.model, args.batch, args.iters, args.rounds)))
+    print(format_model_bench(bench_model(args.model, args.batch, args.iters, args.rounds, args.processes)))
     return 0
 
 
@@ -44,6 +46,5 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     bench_model = bench_sub.add_parser("model", help="forward+backward images/s: ViT_C vs ViT_P vs timm")
     bench_model.add_argument("--model", default="vit_c_1gf")
     bench_model.add_argument("--batch", type=int, default=16)
-    bench_model.add_argument("--iters", type=int, default=3, help="steps per timed round")
-    bench_model.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    add_timing_args(bench_model, rounds=3, iters=3)
     bench_model.set_defaults(func=cmd_bench_model)

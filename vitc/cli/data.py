@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from vitc.cli.args import add_timing_args
+
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
     from vitc.data.shards.build import BuildOptions, Terminated, build_shards
@@ -40,7 +42,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     from vitc.bench.data import bench_data
 
     print(bench_data(args.shards, args.images, args.batch, args.workers, args.rounds, args.auto_augment,
-                     args.random_erasing, not args.no_shard_build).describe())
+                     args.random_erasing, not args.no_shard_build, processes=args.processes).describe())
     return 0
 
 
@@ -100,7 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     bench_data.add_argument("--images", type=int, metavar="N", help="use the first N images (default: all)")
     bench_data.add_argument("--batch", type=int, default=32)
     bench_data.add_argument("--workers", type=int, default=2, help="loader workers for (a) and (b)")
-    bench_data.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    add_timing_args(bench_data, rounds=5)
     bench_data.add_argument("--auto-augment", choices=("autoaugment", "randaugment", "none"),
                             default="autoaugment")
     bench_data.add_argument("--random-erasing", type=float, default=0.25,

@@ -2,7 +2,7 @@
 
 import argparse
 
-from vitc.cli.args import job_rank, one_config
+from vitc.cli.args import add_timing_args, job_rank, one_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -50,7 +50,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_engine(args: argparse.Namespace) -> int:
     from vitc.bench.engine import bench_engine, format_engine_bench
 
-    print(format_engine_bench(bench_engine(args.model, args.batch, args.iters, args.rounds, args.stages)))
+    print(format_engine_bench(bench_engine(args.model, args.batch, args.iters, args.rounds, args.stages,
+                                                  processes=args.processes)))
     return 0
 
 
@@ -99,8 +100,7 @@ def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
         "engine", help="step time through DeepSpeed (ZeRO 0-3) vs a plain PyTorch loop")
     engine.add_argument("--model", default="vit_p_1gf")
     engine.add_argument("--batch", type=int, default=32)
-    engine.add_argument("--iters", type=int, default=5, help="steps per timed round")
-    engine.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    add_timing_args(engine, rounds=5, iters=5)
     engine.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to time, comma-separated")
     engine.set_defaults(func=cmd_bench_engine)
     startup = bench_sub.add_parser(
