@@ -3,12 +3,15 @@ core against the images/s the GPUs consume."""
 
 import json
 import os
+import re
+import statistics
 
 import psutil
 import pytest
 
 from vitc.bench import fragments
-from vitc.bench.timing import Contender, time_in_processes
+from vitc.bench.engine import format_engine_bench
+from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 from vitc.cli import main
 from vitc.data.shards.embedded import photo_imagefolder
 from vitc.errors import VitcError
@@ -97,6 +100,18 @@ def test_several_processes_per_contender_rotate_the_start_order_and_report_the_m
     assert calls.read_text().split() == list("abc" "bca" "cab")
     for t in timings.values():
         assert t.processes == 3 and t.spread >= 0 and t.per_core_spread >= 0 and t.rate > 0
+        assert len(t.group_rates) == len(t.group_per_core) == 3 and t.rate == sorted(t.group_rates)[1]
+
+
+def test_a_ratio_is_taken_within_each_group_so_the_machines_drift_between_groups_cancels():
+    def timing(*rates):
+        return Timing(statistics.median(rates), 1.0, 1.0, {}, 0.0, 0.0, len(rates), rates, (1.0,) * len(rates))
+
+    # the machine 2x faster in the second group: 2.0, 2.2 and 1.875 group by group
+    a, b = timing(10.0, 22.0, 30.0), timing(5.0, 10.0, 16.0)
+    assert paired_ratio(a, b) == 2.0  # the ratio of the two medians would say 2.2
+    assert paired_ratio(a, b, per_core=True) == 1.0
+    assert paired_ratio(timing(3.0), timing(2.0)) == 1.5
 
 
 def test_the_processes_per_contender_must_be_at_least_one():
@@ -133,3 +148,15 @@ def test_the_bench_holds_the_fragmented_free_memory_and_lets_it_go(tmp_path, mon
         mem.write_text("MemAvailable:  4 kB\n")  # never more than half of what is available
         assert hold.take() == 0 and hold.held == 4096 * page
     assert hold.maps == []
+
+
+def test_the_engine_table_prints_paired_overheads_and_the_noise_floor():
+    def timing(*rates):
+        return Timing(statistics.median(rates), 1.0, 1.0, {"forward": 1.0, "backward": 1.0, "step": 1.0},
+                      0.0, 0.0, len(rates), rates, (1.0,) * len(rates))
+
+    table = format_engine_bench({"plain": timing(10.0, 20.0), "zero3": timing(8.0, 16.0),
+                                 "plain2": timing(10.0, 19.0)})
+    assert re.search(r"^zero3 +12\.00 +\+25\.0%", table, re.M)
+    assert "the plain loop timed twice differs by +2.6%" in table  # median of +0 % and +5.3 %
+    assert "each loop is its median of 2 processes" in table

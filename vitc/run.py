@@ -177,9 +177,13 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         raise VitcError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     zero: dict[str, Any] = {"stage": stage}
     if stage > 0:
+        # contiguous_gradients copies every gradient into a preallocated bucket as it is produced,
+        # which keeps the CUDA caching allocator from fragmenting; on the CPU it is only a copy:
+        # `vitc bench engine` (vit_p_1gf, batch 32, 2 cores) measured ZeRO-1 +6.0 % -> +3.2 %,
+        # ZeRO-2 +8.4 % -> +2.0 % against the plain loop without it.
         zero.update(reduce_bucket_size=train.reduce_bucket_size,
                     allgather_bucket_size=train.allgather_bucket_size,
-                    overlap_comm=on_gpu, contiguous_gradients=True)
+                    overlap_comm=on_gpu, contiguous_gradients=on_gpu)
     if stage == 3:
         zero.update(stage3_prefetch_bucket_size=train.allgather_bucket_size,
                     stage3_param_persistence_threshold=10_000,

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from vitc.bench.timing import Contender, time_in_processes
+from vitc.bench.timing import Contender, paired_ratio, time_in_processes
 from vitc.config import load_config
 from vitc.data.loading.loader import build_train_loader
 from vitc.data.loading.streams import shard_samples
@@ -45,6 +45,7 @@ class DataBench:
     rates: dict[str, float]  # images per CPU-second: what one core delivers, whatever else runs
     wall_rates: dict[str, float]  # images per wall-clock second, on this (possibly shared) machine
     shard_build: dict[int, float] | None  # images/s by worker count
+    ratios: tuple[float, float]  # (a)/(b) and (a)/(c) per core, paired group by group (vitc.bench.timing)
     spreads: dict[str, float] | None = None  # per candidate, its processes' per-core spread
 
     def describe(self) -> str:
@@ -56,7 +57,8 @@ class DataBench:
                  f"  (a) vitc train loader          {a:8.0f}                {wa:8.0f}",
                  f"  (b) ImageFolder + DataLoader   {b:8.0f}                {wb:8.0f}",
                  f"  (c) bare PIL decode, in-process {c:7.0f}                {wc:8.0f}",
-                 f"  (a)/(b) = {a / b:.2f}  (target >= 1.25)    (a)/(c) = {a / c:.2f}  (target >= 0.5)"]
+                 f"  (a)/(b) = {self.ratios[0]:.2f}  (target >= 1.25)    (a)/(c) = {self.ratios[1]:.2f}  "
+                 "(target >= 0.5)"]
         if self.spreads:
             lines.append("  each candidate is its median process; their spread per core: "
                          + ", ".join(f"({k}) {v:+.1%}" for k, v in zip("abc", self.spreads.values())))
@@ -168,7 +170,9 @@ def bench_data(shards_dir: str, images: int | None = None, batch: int = 32, work
             from vitc.bench.shards import bench_shard_build
 
             build_rates = bench_shard_build(folder, tmp, (1, 2), rounds=rounds)
-    first = Image.open(io.BytesIO(datas[0]))
+    first, loader = Image.open(io.BytesIO(datas[0])), timings["loader"]
     return DataBench(len(datas), (first.height, first.width), batch, workers, auto_augment,
                      {k: t.per_core for k, t in timings.items()}, {k: t.rate for k, t in timings.items()},
-                     build_rates, {k: t.per_core_spread for k, t in timings.items()} if processes > 1 else None)
+                     build_rates, (paired_ratio(loader, timings["imagefolder"], per_core=True),
+                                   paired_ratio(loader, timings["decode"], per_core=True)),
+                     {k: t.per_core_spread for k, t in timings.items()} if processes > 1 else None)

@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from vitc.bench.timing import Contender, Timing, time_in_processes
+from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +119,19 @@ def format_engine_bench(results: dict[str, Timing]) -> str:
             + " ".join(f"{p + ' ms':>12}" for p in PHASES))
     lines = [head]
     for name, r in results.items():
-        overhead = plain.rate / r.rate - 1.0
+        overhead = paired_ratio(plain, r) - 1.0
         phases = " ".join(f"{r.details[p]:>7.1f} ({r.details[p] / max(plain.details[p], 1e-9) - 1:+4.0%})"
                           if name != "plain" else f"{r.details[p]:>12.1f}" for p in PHASES)
-        cpu_overhead = plain.per_core / r.per_core - 1.0
+        cpu_overhead = paired_ratio(plain, r, per_core=True) - 1.0
         lines.append(f"{name:<8} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} {phases}")
-    noise = plain.rate / results[NOISE].rate - 1.0 if NOISE in results else None
+    noise = paired_ratio(plain, results[NOISE]) - 1.0 if NOISE in results else None
     if noise is not None:
         lines.append(f"noise floor: the plain loop timed twice differs by {noise:+.1%}; an overhead "
                      "within it is not measured by this run")
     if plain.processes > 1:
-        lines.append(f"each loop is its median of {plain.processes} processes; their spread: "
+        lines.append(f"each loop is its median of {plain.processes} processes, overheads the median over their "
+                     "groups of the overhead within a group; the processes' spread (the machine's drift between "
+                     "groups included): "
                      + ", ".join(f"{n} {r.spread:+.1%}" for n, r in results.items()))
     lines.append("overhead = plain images/s ÷ engine images/s − 1; img/CPU-s = images per CPU-second of the "
                  "loop's process (what other jobs on a shared machine distort least); each loop in its own "

@@ -8,7 +8,7 @@ Every contender runs in its own fresh process, rounds interleaved, the same warm
 import importlib.util
 import logging
 
-from vitc.bench.timing import Contender, Timing, time_in_processes
+from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 from vitc.errors import VitcError
 from vitc.models.spec import get_spec, twin_name
 
@@ -80,13 +80,13 @@ def format_model_bench(timings: dict[str, Timing]) -> str:
     lines = [f"{'model':<28} {'images/s':>9} {'start-up s':>11}" + f" {'process spread':>15}" * spread]
     lines += [f"{n:<28} {t.rate:>9.1f} {t.startup_s:>11.0f}" + f" {t.spread:>+15.1%}" * spread
               for n, t in timings.items()]
-    rate = {n: t.rate for n, t in timings.items()}
-    lines.append(f"ratio {conv}/{patchify}: eager {rate[conv] / rate[patchify]:.3f}, compiled "
-                 f"{rate[conv + ' compiled'] / rate[patchify + ' compiled']:.3f}")
+    t = timings
+    lines.append(f"ratio {conv}/{patchify}: eager {paired_ratio(t[conv], t[patchify]):.3f}, compiled "
+                 f"{paired_ratio(t[conv + ' compiled'], t[patchify + ' compiled']):.3f}")
     reference = f"timm:{patchify}"
-    if reference in rate:
-        lines.append(f"ratio ours/timm eager ({patchify}): eager {rate[patchify] / rate[reference]:.3f}, "
-                     f"compiled {rate[patchify + ' compiled'] / rate[reference]:.3f}")
+    if reference in t:
+        lines.append(f"ratio ours/timm eager ({patchify}): eager {paired_ratio(t[patchify], t[reference]):.3f}, "
+                     f"compiled {paired_ratio(t[patchify + ' compiled'], t[reference]):.3f}")
     else:
         lines.append("timm is not installed: no comparison with timm")
     lines.append("start-up = building the model and the warm-up steps (compiled: the compile time)")

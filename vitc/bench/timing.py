@@ -13,8 +13,10 @@ difference following the process (and the order processes were started in), not 
 round: a speed each process keeps for its life. One process per contender measures that as much
 as the contender, so each contender may run in `processes` processes, in groups one after another
 (A1 B1 C1, then B2 C2 A2, then C3 A3 B3: every contender takes every start position; only one
-group is alive at a time, so memory stays one group's), and its figure is its median process; the
-spread of its processes is printed as what this run cannot resolve.
+group is alive at a time, so memory stays one group's), and its figure is its median process;
+a ratio of two contenders is taken group by group and the median over the groups (`paired_ratio`),
+so that the machine's drift from one group to the next (10 % over the 10 minutes of a 3-group
+`vitc bench engine` here) cancels.
 
 That speed was mostly where a process's memory came from: the first processes got the scattered
 pages of small free blocks (vitc.bench.fragments). The parent now holds those before each group
@@ -57,6 +59,16 @@ class Timing:
     spread: float = 0.0  # its fastest process's rate / its slowest's - 1 (0 with one process)
     per_core_spread: float = 0.0  # the same for the per-core rate
     processes: int = 1
+    group_rates: tuple[float, ...] = ()  # its process's median rate in each group, in group order
+    group_per_core: tuple[float, ...] = ()
+
+
+def paired_ratio(a: Timing, b: Timing, per_core: bool = False) -> float:
+    """a's rate over b's, group by group (two processes timed side by side, rounds interleaved),
+    median over the groups: the machine's drift between groups cancels, as it does not in a ratio
+    of the two medians. With one group, a.rate / b.rate."""
+    xs, ys = (a.group_per_core, b.group_per_core) if per_core else (a.group_rates, b.group_rates)
+    return statistics.median(x / y for x, y in zip(xs, ys, strict=True))
 
 
 def cpu_seconds() -> float:
@@ -109,7 +121,8 @@ def _median_process(samples: list[list[tuple[float, float]]], startups: list[flo
     keys = details[0].keys()
     return Timing(statistics.median(rates), statistics.median(cores), statistics.median(startups),
                   {k: statistics.median(d[k] for d in details) for k in keys},
-                  max(rates) / min(rates) - 1.0, max(cores) / min(cores) - 1.0, len(samples))
+                  max(rates) / min(rates) - 1.0, max(cores) / min(cores) - 1.0, len(samples),
+                  tuple(rates), tuple(cores))
 
 
 def _time_group(contenders: list[Contender], warmup: int, iters: int, rounds: int):

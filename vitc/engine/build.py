@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import deepspeed
 import torch
+from deepspeed.utils import set_z3_leaf_modules
 
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer, optimizer_param_groups
@@ -55,6 +56,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, run: Run, rt: Runtime,
     ds_config = deepspeed_config(run, load_universal=load_universal)
     lr = run.lr
     optimizer = build_optimizer(model, cfg.optim, lr, rt.on_gpu, optimizer_param_groups(model, cfg, lr))
+    leaves = getattr(model, "zero3_leaf_modules", ())
+    if run.zero_stage == 3 and any(isinstance(m, leaves) for m in model.modules()):
+        set_z3_leaf_modules(model, list(leaves))  # before `initialize`, which sets ZeRO-3's hooks
     scheduler = None
     if steps_per_epoch is not None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.schedule, steps_per_epoch))

@@ -77,6 +77,7 @@ class ZeroSetup:
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000  # also ZeRO-3's prefetch bucket (vitc.engine.deepspeed_cfg)
     overlap_comm: bool = True  # DeepSpeed double-buffers the reduce bucket when on (GPU)
+    contiguous_gradients: bool = True  # ZeRO-3 keeps a reduce-bucket-sized buffer when on (GPU)
     fused_optimizer: bool = True  # one kernel, no temporaries (the engine's choice on GPU)
     buckets_reserved: bool = True  # GPU: the caching allocator keeps them; CPU: pages come and go
     ema: bool = False  # an fp32 EMA of the weights (optim.ema_alpha > 0)
@@ -185,7 +186,11 @@ def bucket_bytes(params: int, setup: ZeroSetup) -> int:
         return min(params, ALLREDUCE_BUCKET_ELEMENTS) * p
     bucket_dtype_bytes = 4 if setup.stage == 1 else p  # ZeRO-1 stages the fp32 accumulator
     bucket = min(params, setup.reduce_bucket_size)
-    buckets = (2 if setup.overlap_comm else 1) * bucket * bucket_dtype_bytes
+    # ZeRO-1/2 without contiguous_gradients flatten each bucket to reduce it (stage_1_and_2.py
+    # `buffered_reduce_fallback`): as much memory, held briefly; ZeRO-3 reduces the gradients where
+    # they are (stage3.py allocates its bucket buffer only with contiguous_gradients)
+    contiguous = setup.contiguous_gradients or setup.stage < 3
+    buckets = (2 if setup.overlap_comm else 1) * bucket * bucket_dtype_bytes if contiguous else 0
     if setup.stage == 3:
         # stage3.py `__avg_scatter_grads` -> coalesced_collectives.py `reduce_scatter_coalesced`, on any
         # number of ranks: `torch.cat` of the bucket's gradients into one flat tensor

@@ -67,6 +67,7 @@ class RunSetup:
         on_gpu = self.gpu.kind == "gpu"  # the engine's `auto` choices (vitc.engine.runtime, optim)
         return ZeroSetup(self.zero_stage, self.precision, self.world_size, self.optimizer,
                          self.reduce_bucket_size, self.allgather_bucket_size, overlap_comm=on_gpu,
+                         contiguous_gradients=on_gpu,
                          fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu,
                          ema=self.ema, gloo=not on_gpu)
 
