@@ -15,6 +15,7 @@ import inspect
 
 from vitc.bench.engine import bench_engine
 from vitc.bench.timing import Contender, time_in_processes
+from vitc.cli.args import add_timing_args
 
 BENCH = {k: v.default for k, v in inspect.signature(bench_engine).parameters.items()}  # its defaults
 
@@ -23,9 +24,7 @@ if __name__ == "__main__":  # the contenders are spawned: they re-import this fi
     parser.add_argument("--loops", type=int, default=4)
     parser.add_argument("--model", default=BENCH["name"])
     parser.add_argument("--batch", type=int, default=BENCH["batch"])
-    parser.add_argument("--iters", type=int, default=BENCH["iters"], help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=BENCH["rounds"], help="interleaved rounds (median taken)")
-    parser.add_argument("--processes", type=int, default=1, help="processes per loop (its median process taken)")
+    add_timing_args(parser, rounds=BENCH["rounds"], iters=BENCH["iters"])
     args = parser.parse_args()
     loops = [Contender(f"plain{i}", "vitc.bench.engine:plain_step", {"name": args.model, "batch": args.batch})
              for i in range(args.loops)]

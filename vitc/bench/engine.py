@@ -13,7 +13,7 @@ engines come from the builder `vitc train` uses (`vitc.engine.build`), with its 
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 
@@ -44,7 +44,7 @@ class PhasedStep:
         return {p: 1000 * statistics.median(t) for p, t in self.times.items()}
 
 
-def _setup(name: str, batch: int, stage: int):
+def _setup(name: str, batch: int, stage: int, overrides: Sequence[str] = ()):
     """(config, run, model, images, labels): the same weights and batch in every process."""
     import torch
 
@@ -53,7 +53,8 @@ def _setup(name: str, batch: int, stage: int):
     from vitc.run import resolve_run
 
     cfg = load_config(None, [f"model.name={name}", f"train.micro_batch={batch}", "train.precision=fp32",
-                             "train.device=cpu", "model.num_classes=1000", f"train.zero_stage={stage}"])
+                             "train.device=cpu", "model.num_classes=1000", f"train.zero_stage={stage}",
+                             *overrides])
     run = resolve_run(cfg, 1, "cpu", shards=())
     torch.manual_seed(0)
     model = VisionTransformer(run.spec)
@@ -78,15 +79,19 @@ def plain_step(name: str, batch: int) -> PhasedStep:
     return PhasedStep(batch, lambda _: F.cross_entropy(model(images), labels), lambda loss: loss.backward(), step)
 
 
-def engine_step(name: str, batch: int, stage: int) -> PhasedStep:
-    """The step through the engine `vitc train` builds at ZeRO `stage`."""
+def engine_step(name: str, batch: int, stage: int, overrides: Sequence[str] = (),
+                block_leaves: bool = True) -> PhasedStep:
+    """The step through the engine `vitc train` builds at ZeRO `stage`, with config `overrides`;
+    `block_leaves=False`: ZeRO-3 hooks on every linear and norm (tools/bench_engine_variants.py)."""
     import torch.nn.functional as F
 
     from vitc.engine.build import build_engine, engine_session
     from vitc.engine.runtime import resolve_runtime
     from vitc.launch.env import DistEnv
 
-    cfg, run, model, images, labels = _setup(name, batch, stage)
+    cfg, run, model, images, labels = _setup(name, batch, stage, overrides)
+    if not block_leaves:
+        model.zero3_leaf_modules = ()  # hides the class's tuple: vitc.engine.build sets no leaves
     rt = resolve_runtime(cfg.train, DistEnv())
     # the process group lives as long as this benchmark process: entered, never left (the step
     # holds the session, whose exit, on garbage collection, would unset the launcher variables)
@@ -114,8 +119,8 @@ def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, round
 
 
 def format_engine_bench(results: dict[str, Timing]) -> str:
-    plain = results["plain"]
-    head = (f"{'loop':<8} {'images/s':>9} {'overhead':>9} {'img/CPU-s':>10} {'CPU overhead':>12} "
+    plain, w = results["plain"], max(8, *map(len, results))
+    head = (f"{'loop':<{w}} {'images/s':>9} {'overhead':>9} {'img/CPU-s':>10} {'CPU overhead':>12} "
             + " ".join(f"{p + ' ms':>12}" for p in PHASES))
     lines = [head]
     for name, r in results.items():
@@ -123,7 +128,7 @@ def format_engine_bench(results: dict[str, Timing]) -> str:
         phases = " ".join(f"{r.details[p]:>7.1f} ({r.details[p] / max(plain.details[p], 1e-9) - 1:+4.0%})"
                           if name != "plain" else f"{r.details[p]:>12.1f}" for p in PHASES)
         cpu_overhead = paired_ratio(plain, r, per_core=True) - 1.0
-        lines.append(f"{name:<8} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} {phases}")
+        lines.append(f"{name:<{w}} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} {phases}")
     noise = paired_ratio(plain, results[NOISE]) - 1.0 if NOISE in results else None
     if noise is not None:
         lines.append(f"noise floor: the plain loop timed twice differs by {noise:+.1%}; an overhead "

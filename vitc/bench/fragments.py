@@ -53,8 +53,8 @@ class FragmentHold:
     def take(self) -> int:
         """Hold the current fragments; returns the bytes newly held (0 off Linux)."""
         try:
-            want = fragmented_free_bytes(BUDDYINFO.read_text())
-            want = min(want, _available_bytes() // 2)
+            fragments = fragmented_free_bytes(BUDDYINFO.read_text())
+            want = min(fragments, _available_bytes() // 2)
         except OSError:
             return 0
         page = mmap.PAGESIZE
@@ -68,6 +68,9 @@ class FragmentHold:
         self.held += want
         log.info("holding %.2f GiB of fragmented free memory (blocks under %d MiB) so every contender's "
                  "memory comes from the same kind of free blocks", self.held / 2**30, BLOCK >> 20)
+        if want < fragments:
+            log.warning("%.2f GiB of fragmented free memory left unheld (at most half of the available memory "
+                        "is held): the first contenders started may be slower for it", (fragments - want) / 2**30)
         return want
 
     def __enter__(self) -> "FragmentHold":
