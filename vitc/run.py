@@ -179,8 +179,9 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
     if stage > 0:
         # contiguous_gradients copies every gradient into a preallocated bucket as it is produced,
         # which keeps the CUDA caching allocator from fragmenting; on the CPU it is only a copy:
-        # `vitc bench engine` (vit_p_1gf, batch 32, 2 cores) measured ZeRO-1 +6.0 % -> +3.2 %,
-        # ZeRO-2 +8.4 % -> +2.0 % against the plain loop without it.
+        # against the plain loop (vit_p_1gf, batch 32, 2 cores) one run measured ZeRO-1 +6.0 % ->
+        # +3.2 %, ZeRO-2 +8.4 % -> +2.0 % without it, a later one 1.9 and 0.7 points, inside its
+        # noise (tools/bench_engine_variants.py; docs/engine.md).
         zero.update(reduce_bucket_size=train.reduce_bucket_size,
                     allgather_bucket_size=train.allgather_bucket_size,
                     overlap_comm=on_gpu, contiguous_gradients=on_gpu)

@@ -128,7 +128,8 @@ def format_engine_bench(results: dict[str, Timing]) -> str:
         phases = " ".join(f"{r.details[p]:>7.1f} ({r.details[p] / max(plain.details[p], 1e-9) - 1:+4.0%})"
                           if name != "plain" else f"{r.details[p]:>12.1f}" for p in PHASES)
         cpu_overhead = paired_ratio(plain, r, per_core=True) - 1.0
-        lines.append(f"{name:<{w}} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} {phases}")
+        lines.append(f"{name:<{w}} {r.rate:>9.2f} {overhead:>+9.1%} {r.per_core:>10.2f} {cpu_overhead:>+12.1%} "
+                     f"{phases}")
     noise = paired_ratio(plain, results[NOISE]) - 1.0 if NOISE in results else None
     if noise is not None:
         lines.append(f"noise floor: the plain loop timed twice differs by {noise:+.1%}; an overhead "

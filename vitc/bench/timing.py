@@ -50,17 +50,34 @@ class Contender:
 
 @dataclass
 class Timing:
-    """Medians over the rounds: items per wall-clock second and per CPU-second (per core)."""
+    """One contender: per process (one per group, in group order) its median over the rounds of
+    items per wall-clock second and per CPU-second (per core); the figures are its median process's."""
 
-    rate: float
-    per_core: float
     startup_s: float  # building the step and its warm-up (torch.compile's compile time lands here)
     details: dict[str, float]
-    spread: float = 0.0  # its fastest process's rate / its slowest's - 1 (0 with one process)
-    per_core_spread: float = 0.0  # the same for the per-core rate
-    processes: int = 1
-    group_rates: tuple[float, ...] = ()  # its process's median rate in each group, in group order
-    group_per_core: tuple[float, ...] = ()
+    group_rates: tuple[float, ...]
+    group_per_core: tuple[float, ...]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.group_rates)
+
+    @property
+    def per_core(self) -> float:
+        return statistics.median(self.group_per_core)
+
+    @property
+    def processes(self) -> int:
+        return len(self.group_rates)
+
+    @property
+    def spread(self) -> float:
+        """Its fastest process's rate / its slowest's - 1 (0 with one process)."""
+        return max(self.group_rates) / min(self.group_rates) - 1.0
+
+    @property
+    def per_core_spread(self) -> float:
+        return max(self.group_per_core) / min(self.group_per_core) - 1.0
 
 
 def paired_ratio(a: Timing, b: Timing, per_core: bool = False) -> float:
@@ -116,13 +133,9 @@ def _median_process(samples: list[list[tuple[float, float]]], startups: list[flo
                     details: list[dict[str, float]]) -> Timing:
     """One contender's figures from its processes' rounds: the median process's (median of the
     per-process medians, for the rate and the per-core rate alike)."""
-    rates = [statistics.median(s[0] for s in per) for per in samples]
-    cores = [statistics.median(s[1] for s in per) for per in samples]
-    keys = details[0].keys()
-    return Timing(statistics.median(rates), statistics.median(cores), statistics.median(startups),
-                  {k: statistics.median(d[k] for d in details) for k in keys},
-                  max(rates) / min(rates) - 1.0, max(cores) / min(cores) - 1.0, len(samples),
-                  tuple(rates), tuple(cores))
+    return Timing(statistics.median(startups), {k: statistics.median(d[k] for d in details) for k in details[0]},
+                  tuple(statistics.median(s[0] for s in per) for per in samples),
+                  tuple(statistics.median(s[1] for s in per) for per in samples))
 
 
 def _time_group(contenders: list[Contender], warmup: int, iters: int, rounds: int):
