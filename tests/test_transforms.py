@@ -10,6 +10,7 @@ from PIL import Image
 
 from vitc.config import load_config
 from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
+from vitc.data.loading.draws import drawing_from, part_seed
 from vitc.data.loading.transforms import (EvalSampleTransform, InPlaceCutMix, InPlaceMixUp, Recipe, TrainBatchTransform,
                                   TrainSampleTransform, center_crop_box)
 from vitc.errors import VitcError
@@ -130,6 +131,20 @@ def test_train_transform_gives_uint8_images_of_the_model_size(augment):
     photo = jpeg(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8), quality=90)
     out = TrainSampleTransform(recipe(auto_augment=augment))(photo, seed=7)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("augment", ["autoaugment", "randaugment"])
+def test_auto_augment_gives_the_pixels_of_torchvisions_own_pil_conversions(large_photo, augment):
+    # vitc hands PIL its HWC memory and packs the planes back itself (cheaper than torchvision's
+    # conversions): the pixels must be those torchvision's to_pil_image / pil_to_tensor give
+    transform = TrainSampleTransform(recipe(auto_augment=augment))
+    for seed in range(12):
+        crop = decode_crop(large_photo, transform.plan(large_photo, seed), transform.size)
+        with drawing_from(part_seed(seed, "finish")):
+            flipped = crop.flip(-1) if torch.rand(()) < transform.recipe.hflip else crop
+            expected = v2.functional.pil_to_tensor(transform.augment(v2.functional.to_pil_image(flipped)))
+        out = transform(large_photo, seed)
+        assert torch.equal(out, expected) and out.is_contiguous()
 
 
 def test_recipe_rejects_a_bad_crop_scale():
