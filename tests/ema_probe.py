@@ -17,8 +17,8 @@ import torch
 import torch.distributed as tdist
 from safetensors.torch import save_file
 
+from vitc.checkpoint.ema_files import EMA_FILE, full_ema_state
 from vitc.cli import main
-from vitc.engine.ema import EMA_FILE, full_ema_state
 from vitc.engine.trainer import Trainer
 
 out_prefix, train_args = sys.argv[1], sys.argv[2:]

@@ -12,8 +12,8 @@ import yaml
 
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.export import load_weights
 from vitc.engine.runtime import free_port
+from vitc.weights.export import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,15 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "vitc"
 
 # Which of vitc's packages (or top-level modules) may import each heavy library. The model is plain
-# PyTorch; only the engine wraps it in DeepSpeed, only the data wing reads WebDataset shards, only
-# the audit counts with fvcore; config, launch, plan and sweep planning run on a login node.
+# PyTorch; only the engine wraps it in DeepSpeed (and weights consolidates ZeRO partitions with
+# DeepSpeed's own reader), only the data wing reads WebDataset shards, only the audit counts with
+# fvcore; config, the distributed environment, slurm submission, plan and sweep planning run on a
+# login node.
 MAY_IMPORT = {
-    "torch": {"models", "audit", "data", "engine", "bench", "timm"},
-    "deepspeed": {"engine"},
+    "torch": {"models", "audit", "data", "engine", "bench", "checkpoint", "weights"},
+    "deepspeed": {"engine", "weights"},
     "webdataset": {"data"},
     "fvcore": {"audit"},
 }
-LIGHT = ("config", "schema", "run", "launch", "plan", "sweep", "cli", "errors", "fileio", "log")
+LIGHT = ("config", "schema", "run", "distributed", "slurm", "resources", "outcome", "plan", "sweep", "cli",
+         "errors", "fileio", "log")
 # The model's description and cost: what `vitc plan` reads without building a model.
 TORCH_FREE_MODEL_FILES = ("models/__init__.py", "models/spec.py", "models/structure.py", "models/cost.py")
 

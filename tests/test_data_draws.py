@@ -6,11 +6,11 @@ where batches are compared whole). Sample k has class k, so with mixing off a la
 """
 
 import torch
-
 from test_data_loader import BATCH, write_shards
+
 from vitc.config import load_config
 from vitc.data.loading.loader import build_train_loader
-from vitc.launch.env import DistEnv
+from vitc.distributed.env import DistEnv
 
 SIZES = (9, 7, 8, 8)
 

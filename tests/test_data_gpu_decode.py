@@ -10,13 +10,13 @@ import io
 import numpy as np
 import torch
 from PIL import Image
-
 from test_data_loader import BATCH, jpeg_bytes, write_shards
+
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.loading.gpu_decode import GpuDecode
 from vitc.data.loading.loader import build_train_loader
-from vitc.launch.env import DistEnv
+from vitc.distributed.env import DistEnv
 
 SIZES = (8, 8)
 PNG, CMYK, TRUNCATED = 3, 9, 12  # sample indices (= labels)

@@ -24,10 +24,10 @@ from PIL import Image
 
 from vitc.config import load_config
 from vitc.data.loading.loader import build_eval_loader, build_train_loader
-from vitc.data.shards.manifest import Manifest, ShardRecord
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
+from vitc.data.shards.manifest import Manifest, ShardRecord
+from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv
 from vitc.run import class_count
 
 SIZES = (9, 3, 14, 6, 11, 2, 8)  # 7 shards of unequal sizes, 53 samples
@@ -348,7 +348,7 @@ _SCRIPT = """
 import sys
 from vitc.config import load_config
 from vitc.data.loading.loader import build_train_loader
-from vitc.launch.env import DistEnv
+from vitc.distributed.env import DistEnv
 loader = build_train_loader(load_config(None, sys.argv[2:]), DistEnv(), num_classes=32)
 if sys.argv[1] == "whole pass":
     sum(len(labels) for _, labels in loader)

@@ -13,7 +13,7 @@ from vitc.data.loading.loader import build_eval_loader
 from vitc.data.samples import BadSample, sample_label
 from vitc.data.shards.manifest import Manifest, ShardRecord
 from vitc.data.shards.verify import scan_shard
-from vitc.launch.env import DistEnv
+from vitc.distributed.env import DistEnv
 
 NUM_CLASSES = 10
 

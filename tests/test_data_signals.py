@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from engine_runs import ROOT, digit_shards, metrics, write_config
+
+from vitc.checkpoint import store as checkpoint
 from vitc.data.shards.embedded import photo_imagefolder
-from vitc.engine import checkpoint
 
 
 def start(*args: str) -> subprocess.Popen:

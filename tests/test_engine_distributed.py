@@ -4,12 +4,20 @@ run directory consolidates it once. A run saved on two ranks resuming on one: te
 
 import pytest
 import torch
+from engine_runs import (
+    digit_shards,
+    exported,
+    loss_fell,
+    metrics,
+    torchrun,
+    vitc,
+    write_config,
+)
 
-from engine_runs import digit_shards, exported, loss_fell, metrics, torchrun, vitc, write_config
+from vitc.checkpoint import store as checkpoint
 from vitc.config import load_config, model_spec
-from vitc.engine import checkpoint
-from vitc.engine.pretrained import INIT_CACHE, init_model
 from vitc.models.vit import VisionTransformer
+from vitc.weights.init_from import INIT_CACHE, init_model
 
 # 2 ranks × 4 images: global batch 8, 25 steps per epoch, as in the one-process tests
 TWO_RANKS = {"micro_batch": 4}

@@ -8,13 +8,20 @@ import time
 
 import pytest
 import torch
+from engine_runs import (
+    ROOT,
+    TINY_PATCHIFY,
+    digit_shards,
+    exported,
+    metrics,
+    training_in_progress,
+    write_config,
+)
 
-from engine_runs import (ROOT, TINY_PATCHIFY, digit_shards, exported, metrics, training_in_progress,
-                         write_config)
+from vitc.checkpoint import store as checkpoint
 from vitc.cli import main
-from vitc.engine import checkpoint
-from vitc.engine.outcome import read_outcome
-from vitc.launch.env import discover
+from vitc.distributed.env import discover
+from vitc.outcome import read_outcome
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import math
 import pytest
 
 from vitc.config import load_config, model_spec
+from vitc.distributed.env import DistEnv
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer, param_groups
 from vitc.engine.runtime import resolve_runtime
 from vitc.engine.schedule import WarmupCosine, warmup_cosine
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer
 from vitc.run import resolve_run
 

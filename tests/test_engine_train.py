@@ -9,18 +9,26 @@ import sys
 import pytest
 import torch
 import yaml
+from engine_runs import (
+    digit_shards,
+    exported,
+    loss_fell,
+    losses,
+    metrics,
+    vitc,
+    write_config,
+)
 
-from engine_runs import digit_shards, exported, loss_fell, losses, metrics, vitc, write_config
+from vitc.checkpoint import store as checkpoint
 from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine import checkpoint
-from vitc.engine.outcome import read_outcome
+from vitc.distributed.env import DistEnv
+from vitc.distributed.signals import PreemptionSignal
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
-from vitc.launch.env import DistEnv
-from vitc.launch.preempt import PreemptionSignal
 from vitc.models.vit import VisionTransformer
+from vitc.outcome import read_outcome
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +74,7 @@ from deepspeed.utils import z3_leaf_module
 from vitc.config import load_config
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.runtime import resolve_runtime
-from vitc.launch.env import DistEnv
+from vitc.distributed.env import DistEnv
 from vitc.models.vit import VisionTransformer
 from vitc.run import resolve_run
 

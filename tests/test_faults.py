@@ -11,14 +11,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_runs import (
+    TINY_CONV,
+    TINY_PATCHIFY,
+    digit_shards,
+    metrics,
+    training_in_progress,
+    vitc,
+    write_config,
+)
 from safetensors import safe_open
 
-from engine_runs import (TINY_CONV, TINY_PATCHIFY, digit_shards, metrics, training_in_progress, vitc,
-                         write_config)
+from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint.lock import LOCK_FILE, run_lock
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine import checkpoint
-from vitc.engine.runlock import LOCK_FILE, run_lock
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_intact_one_is_use
     model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated, still marked complete
 
     exported = vitc("export", str(run), "--out", str(tmp_path / "m.safetensors"))
-    warning = [line for line in exported.stderr.splitlines() if "W vitc.engine.checkpoint" in line]
+    warning = [line for line in exported.stderr.splitlines() if "W vitc.checkpoint.store" in line]
     assert len(warning) == 1 and str(model_file) in warning[0] and "step_00000004" in warning[0]
     assert "Traceback" not in exported.stderr and exported_step(tmp_path / "m.safetensors") == 4
     # the export carries its class names; evaluation data that labels them otherwise is refused
@@ -174,7 +181,7 @@ def test_a_killed_trainings_forked_children_do_not_keep_its_run_directory(tmp_pa
     # a trainer killed with -9 leaves its loader workers alive until they notice (seconds): an
     # immediate resume must not be refused because of them
     holder = subprocess.run([sys.executable, "-c", (
-        "import os, signal, time\nfrom pathlib import Path\nfrom vitc.engine.runlock import run_lock\n"
+        "import os, signal, time\nfrom pathlib import Path\nfrom vitc.checkpoint.lock import run_lock\n"
         f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
         "    child = os.fork()\n"
         "    if child == 0:\n        os.close(1)\n        os.close(2)\n        time.sleep(120)\n        os._exit(0)\n"

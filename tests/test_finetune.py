@@ -1,5 +1,5 @@
 """Starting from pretrained weights: head re-init and 21k->1k row mapping, position-embedding
-interpolation, strict key checks, layer-wise lr decay (vitc/engine/pretrained.py, vitc/engine/optim.py)."""
+interpolation, strict key checks, layer-wise lr decay (vitc/weights/init_from.py, vitc/engine/optim.py)."""
 
 import pytest
 import torch
@@ -7,11 +7,11 @@ from safetensors.torch import save_file
 
 from vitc.config import load_config
 from vitc.engine.optim import layer_decay_param_groups
-from vitc.engine.pretrained import apply_pretrained, init_model, load_pretrained
 from vitc.engine.schedule import warmup_cosine
 from vitc.errors import VitcError
-from vitc.models.vit import VisionTransformer
 from vitc.models.spec import get_spec
+from vitc.models.vit import VisionTransformer
+from vitc.weights.init_from import apply_pretrained, init_model, load_pretrained
 
 TINY = dict(width=32, depth=2, heads=2, stem_channels=(8, 16), stem_strides=(2, 2))
 

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from vitc.config import load_config, state_keys
 from vitc.engine.optim import build_optimizer, freeze, layer_decay_param_groups
-from vitc.engine.pretrained import apply_pretrained
 from vitc.errors import VitcError
 from vitc.models.spec import get_spec
 from vitc.models.vit import VisionTransformer
 from vitc.schema import OptimConfig
+from vitc.weights.init_from import apply_pretrained
 
 TINY = dict(width=32, depth=2, heads=2, stem_channels=(8, 16), stem_strides=(2, 2), num_classes=10,
             image_size=32)
@@ -131,9 +131,8 @@ def test_init_keys_without_init_from_is_refused_at_load():
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(digits_folder, tmp_path, stage):
-    from safetensors.torch import save_file
-
     from engine_runs import TINY_CONV, digit_shards, exported, vitc, write_config
+    from safetensors.torch import save_file
 
     source = tiny(seed=1)
     source.train()(torch.randn(16, 3, 32, 32))  # BatchNorm statistics of its own, not 0 and 1

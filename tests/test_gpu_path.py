@@ -9,17 +9,26 @@ import subprocess
 import deepspeed
 import pytest
 import torch
+from engine_runs import (
+    ROOT,
+    TINY_CONV,
+    TINY_PATCHIFY,
+    digit_shards,
+    exported,
+    losses,
+    vitc,
+    write_config,
+)
 from torch import nn
 
-from engine_runs import ROOT, TINY_CONV, TINY_PATCHIFY, digit_shards, exported, losses, vitc, write_config
 from vitc.cli import main
 from vitc.config import load_config, model_spec
+from vitc.distributed.env import DistEnv, discover, gpu_index, slurm_master_port
+from vitc.distributed.signals import PreemptionSignal
 from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv, discover, gpu_index, slurm_master_port
-from vitc.launch.preempt import PreemptionSignal
 from vitc.models.vit import VisionTransformer
 from vitc.run import resolve_run
 

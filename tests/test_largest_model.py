@@ -10,14 +10,14 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from engine_runs import default_malloc, digit_shards, metrics, peak_rss_added, vitc
-from vitc.engine import checkpoint
-from vitc.engine.export import load_weights
+
+from vitc.checkpoint import store as checkpoint
 from vitc.models.cost import model_cost
 from vitc.models.vit import VisionTransformer
 from vitc.plan.planner import plan_memory
 from vitc.plan.setup import Cluster, load_run_config, run_setup
+from vitc.weights.export import load_weights
 
 STEPS = 2  # micro-steps on 2 ranks before the checkpoint (1 micro-step per optimizer step there)
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vitc.checkpoint.store import newest_checkpoint
 from vitc.cli import main
 from vitc.config import config_to_dict, load_config, model_spec
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.checkpoint import newest_checkpoint
-from vitc.engine.outcome import read_outcome
-from vitc.engine.pretrained import init_model
 from vitc.models.vit import VisionTransformer, interpolate_pos_embed
+from vitc.outcome import read_outcome
 from vitc.pipelines.pretrain_finetune import Layout, stage_configs, write_marker
+from vitc.weights.init_from import init_model
 
 FINETUNE_CLASSES = ("2", "5", "7")  # digits; the finetune class i is pretrain class FINETUNE_CLASSES[i]
 

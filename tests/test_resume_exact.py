@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_runs import ROOT, TINY_CONV, digit_shards, write_config
 from safetensors.torch import load_file
 
-from engine_runs import ROOT, TINY_CONV, digit_shards, write_config
+from vitc.checkpoint import store as checkpoint
 from vitc.cli import main
 from vitc.config import load_config
-from vitc.engine import checkpoint
 
 MID_EPOCH = 8  # of 25 steps per epoch
 

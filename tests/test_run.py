@@ -120,7 +120,7 @@ def test_config_show_prints_the_resolved_config_and_the_derived_run(tmp_path, ca
 
 
 def test_config_show_yaml_says_why_an_auto_class_count_is_not_resolved(tmp_path, capsys):
-    assert main(["config", "show", "configs/demo/vit_c_tiny.yaml", f"data.train_shards={tmp_path}/none",
+    assert main(["config", "show", "vitc/resources/demo/vit_c_tiny.yaml", f"data.train_shards={tmp_path}/none",
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "derived:\n  world_size: 1\n  device: cpu\n" in out and "precision: fp32" in out

@@ -1,4 +1,4 @@
-"""`vitc slurm submit/status` and the slurm/*.sbatch scripts, down to a real two-node cluster.
+"""`vitc slurm submit/status` and the vitc/resources/slurm/*.sbatch scripts, down to a real two-node cluster.
 
 The cluster tests start Slurm on this machine (tests/slurm_cluster.py) and submit the
 project's own job script for a two-node CPU training of a tiny model, then preempt it, cancel it,
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import skip_reason, slurm_cluster
+
 from vitc.cli import main
 from vitc.config import load_config, save_config
-from vitc.engine.outcome import read_outcome
+from vitc.distributed.signals import requeue_job
 from vitc.errors import VitcError
-from vitc.launch.preempt import requeue_job
-from vitc.launch.slurm import job_status, submit_sweep
+from vitc.outcome import read_outcome
+from vitc.slurm.submit import job_status, submit_sweep
 from vitc.sweep.make import make_sweep
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import pytest
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.outcome import RunOutcome, read_outcome, write_outcome
 from vitc.errors import VitcError
+from vitc.outcome import RunOutcome, read_outcome, write_outcome
 from vitc.run import scaled_lr
 from vitc.sweep.analysis import load_runs
 from vitc.sweep.collect import RESULTS_CSV

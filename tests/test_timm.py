@@ -1,5 +1,5 @@
 """Interoperating with the real timm: `vitc export --format timm`, vitc's models in timm's registry,
-and `finetune.init_from` a timm checkpoint (vitc/engine/timm_format.py, vitc/timm.py)."""
+and `finetune.init_from` a timm checkpoint (vitc/weights/timm_format.py, vitc/weights/timm_models.py)."""
 
 import json
 import subprocess
@@ -8,19 +8,31 @@ import sys
 import pytest
 import timm
 import torch
+from engine_runs import (
+    TINY_CONV,
+    TINY_PATCHIFY,
+    digit_shards,
+    exported,
+    metrics,
+    vitc,
+    write_config,
+)
 from safetensors.torch import save_file
 from timm.models import save_for_hf
 
-import vitc.timm  # noqa: F401  (registers vitc's models in timm's registry)
-from engine_runs import TINY_CONV, TINY_PATCHIFY, digit_shards, exported, metrics, vitc, write_config
+import vitc.weights.timm_models  # noqa: F401  (registers vitc's models in timm's registry)
 from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.data.shards.manifest import Manifest
-from vitc.engine.timm_format import from_timm_keys, load_timm_checkpoint, write_timm_dir
 from vitc.errors import VitcError
-from vitc.engine.pretrained import init_model
-from vitc.models.vit import VisionTransformer
 from vitc.models.spec import get_spec
+from vitc.models.vit import VisionTransformer
+from vitc.weights.init_from import init_model
+from vitc.weights.timm_format import (
+    from_timm_keys,
+    load_timm_checkpoint,
+    write_timm_dir,
+)
 
 STEMS = {"patchify": ("vit_p_1gf", dict(patch_size=4)),
          "conv": ("vit_c_1gf", dict(stem_channels=(8, 16), stem_strides=(2, 2)))}

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
-
 from engine_runs import ROOT, digit_shards, write_config
-from vitc.engine import checkpoint
+
+from vitc.checkpoint import store as checkpoint
 from vitc.engine.runtime import free_port
 from vitc.engine.schedule import warmup_cosine
 from vitc.schema import ScheduleConfig

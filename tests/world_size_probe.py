@@ -15,8 +15,8 @@ import torch
 import torch.distributed as tdist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+from vitc.checkpoint.ema_files import full_ema_state
 from vitc.cli import main
-from vitc.engine.ema import full_ema_state
 from vitc.engine.trainer import Trainer
 
 out, mode, train_args = sys.argv[1], sys.argv[2], sys.argv[3:]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from vitc.cli import main
-from vitc.engine.demo import prepare_digits
+from vitc.pipelines.demo import prepare_digits
 from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]

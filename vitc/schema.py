@@ -169,7 +169,7 @@ class LogConfig:
 
 @dataclass
 class SlurmConfig:
-    """`vitc slurm submit`: the allocation and how slurm/*.sbatch launches it (docs/slurm.md)."""
+    """`vitc slurm submit`: the allocation and how vitc/resources/slurm/*.sbatch launches it (docs/slurm.md)."""
 
     template: Literal["pretrain", "finetune"] = "pretrain"
     nodes: int = bounded(1, ge=1)

@@ -31,8 +31,8 @@ from vitc.data.loading.streams import shard_samples
 from vitc.data.loading.transforms import MEAN, RATIO, STD, Recipe
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.data.shards.manifest import Manifest, resolve_shards
+from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv
 
 
 @dataclass

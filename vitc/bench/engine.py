@@ -85,9 +85,9 @@ def engine_step(name: str, batch: int, stage: int, overrides: Sequence[str] = ()
     `block_leaves=False`: ZeRO-3 hooks on every linear and norm (tools/bench_engine_variants.py)."""
     import torch.nn.functional as F
 
+    from vitc.distributed.env import DistEnv
     from vitc.engine.build import build_engine, engine_session
     from vitc.engine.runtime import resolve_runtime
-    from vitc.launch.env import DistEnv
 
     cfg, run, model, images, labels = _setup(name, batch, stage, overrides)
     if not block_leaves:

@@ -1,5 +1,5 @@
 """`vitc bench startup`: seconds from `vitc train` starting to its first optimizer step, for the
-demo's conv-stem model (configs/demo/vit_c_tiny.yaml) on the demo's digit shards.
+demo's conv-stem model (vitc/resources/demo/vit_c_tiny.yaml) on the demo's digit shards.
 
 Measured as a user meets it: a fresh `python -m vitc.cli train` process (interpreter, torch and
 DeepSpeed imports, process group, shards, engine), stopped by train.max_steps=1; the first step is
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from vitc.engine.demo import CONFIGS, prepare_digits
 from vitc.errors import VitcError
+from vitc.pipelines.demo import CONFIGS, prepare_digits
 
 
 def startup_command(out: Path) -> list[str]:

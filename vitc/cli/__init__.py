@@ -10,8 +10,8 @@ import sys
 
 from vitc.cli import audit, config, data, engine, pipelines, plan, slurm
 from vitc.cli.args import split_overrides
+from vitc.distributed.signals import INTERRUPTED_EXIT, Interrupted
 from vitc.errors import VitcError
-from vitc.launch.preempt import INTERRUPTED_EXIT, Interrupted
 from vitc.log import setup_logging
 
 # each module adds its subcommands; the work lives in the modules they call

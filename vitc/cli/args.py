@@ -3,8 +3,8 @@
 import argparse
 import logging
 
+from vitc.distributed.env import DistEnv, discover
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv, discover
 from vitc.log import setup_logging
 
 

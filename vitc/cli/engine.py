@@ -34,14 +34,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitc.engine.export import export_weights
+    from vitc.weights.export import export_weights
 
     print(export_weights(args.run_dir, args.out, args.dtype, args.ema, args.format))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vitc.engine.demo import format_demo, run_demo
+    from vitc.pipelines.demo import format_demo, run_demo
 
     print(format_demo(run_demo(args.out, args.epochs)))
     return 0
@@ -82,7 +82,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="output .safetensors file (a directory for --format timm)")
     export.add_argument("--format", choices=("vitc", "timm"), default="vitc",
                         help="timm: config.json + model.safetensors that timm.create_model('local-dir:OUT') "
-                             "loads (conv-stem models after `import vitc.timm`)")
+                             "loads (conv-stem models after `import vitc.weights.timm_models`)")
     export.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     export.add_argument("--ema", action="store_true", help="export the EMA weights instead")
     export.set_defaults(func=cmd_export)

@@ -6,9 +6,9 @@ from vitc.errors import VitcError
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from vitc.plan.gpus import DEFAULT_GPUS_FILE
     from vitc.plan.planner import check_fits, plan_run, sweep
     from vitc.plan.report import format_json, format_plan, format_sweep
-    from vitc.plan.gpus import DEFAULT_GPUS_FILE
     from vitc.plan.setup import Cluster, load_run_config, run_setup
     from vitc.plan.throughput import loader_need
 
@@ -51,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     plan.add_argument("--nodes", type=int, help="nodes (default: slurm.nodes)")
     plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: slurm.gpus_per_node)")
     plan.add_argument("--gpu", default="h100", help="a GPU of the table (default: h100)")
-    plan.add_argument("--gpus-file", help="the GPU table (default: configs/gpus.yaml)")
+    plan.add_argument("--gpus-file", help="the GPU table (default: vitc/resources/gpus.yaml)")
     plan.add_argument("--mfu", type=float, default=0.4, help="model flops utilization assumed (default 0.4)")
     plan.add_argument("--dataset-size", type=int,
                       help="images per epoch (default: the manifest of data.train_shards)")
@@ -61,8 +61,8 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                       help="assume communication is not overlapped with compute")
     plan.add_argument("--loader-rate", type=float, metavar="IMAGES_PER_S",
                       help="train loader images/s per CPU core: row (a) of your `vitc bench data` "
-                           "(default: configs/loader_rates.yaml for the run's resolution and recipe)")
-    plan.add_argument("--node-cores", type=int, help="CPU cores per node (default: configs/loader_rates.yaml)")
+                           "(default: vitc/resources/loader_rates.yaml for the run's resolution and recipe)")
+    plan.add_argument("--node-cores", type=int, help="CPU cores per node (default: vitc/resources/loader_rates.yaml)")
     plan.add_argument("--format", choices=("table", "json"), default="table")
     plan.set_defaults(func=cmd_plan, split="targets")
 

@@ -7,7 +7,7 @@ from vitc.cli.args import one_config
 
 
 def cmd_slurm_submit(args: argparse.Namespace) -> int:
-    from vitc.launch.slurm import resolve_submission, submit
+    from vitc.slurm.submit import resolve_submission, submit
 
     cfg = resolve_submission(one_config(args, "slurm submit"), args.overrides, nodes=args.nodes,
                              gpus_per_node=args.gpus_per_node, partition=args.partition,
@@ -25,7 +25,7 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm_status(args: argparse.Namespace) -> int:
-    from vitc.launch.slurm import job_status
+    from vitc.slurm.submit import job_status
 
     print(job_status(args.run_dir).describe())
     return 0
@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     slurm = sub.add_parser("slurm", help="submit a run to Slurm and follow it (docs/slurm.md)")
     slurm_sub = slurm.add_subparsers(dest="slurm", required=True, metavar="WHAT")
     slurm_submit = slurm_sub.add_parser(
-        "submit", help="render slurm/<slurm.template>.sbatch for a config and sbatch it",
+        "submit", help="render vitc/resources/slurm/<slurm.template>.sbatch for a config and sbatch it",
         description="Save the resolved config in train.run_dir, render the job script (one task "
                     "per GPU, USR1 before the time limit -> checkpoint -> requeue -> resume) and "
                     "submit it with sbatch. Allocation flags default to the config's slurm: section.")

@@ -11,14 +11,14 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from vitc.engine.export import load_weights, weight_classes
+from vitc.config import model_spec
+from vitc.distributed.env import DistEnv
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv
 from vitc.models.vit import VisionTransformer, adapt_state_dict
-from vitc.config import model_spec
 from vitc.run import class_count, first_class_mismatch
 from vitc.schema import Config
+from vitc.weights.export import load_weights, weight_classes
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ import logging
 
 import torch.distributed as tdist
 
+from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint.ema_files import ema_saved
+from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import config_to_dict
-from vitc.engine import checkpoint
-from vitc.engine.checkpoint import CheckpointInfo
-from vitc.engine.ema import ema_saved
-from vitc.engine.outcome import read_outcome
 from vitc.engine.runtime import rng_state, seed_everything, set_rng_state
 from vitc.errors import VitcError
+from vitc.outcome import read_outcome
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Where and how this process trains: device, precision, process group, seeds, environment.
 
-Reads the launcher's facts only from the `DistEnv` that `vitc.launch.env.discover()` returned at
+Reads the launcher's facts only from the `DistEnv` that `vitc.distributed.env.discover()` returned at
 the top of the program; `process_group` exports them while a run lasts because DeepSpeed itself
 reads LOCAL_RANK from the environment.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from vitc.distributed.env import DistEnv, gpu_index, wants_cuda
 from vitc.errors import VitcError
-from vitc.launch.env import DistEnv, gpu_index, wants_cuda
 from vitc.run import Run, resolve_precision, resolve_run
 from vitc.schema import Config, TrainConfig
 
@@ -46,7 +46,7 @@ def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
     if want_gpu and not torch.cuda.is_available():
         raise VitcError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
     device = torch.device("cpu")
-    if want_gpu:  # one GPU per task, or all of the node's GPUs per task (vitc.launch.env.gpu_index)
+    if want_gpu:  # one GPU per task, or all of the node's GPUs per task (vitc.distributed.env.gpu_index)
         device = torch.device("cuda", gpu_index(dist.local_rank, dist.local_world_size, torch.cuda.device_count()))
     # the run's rule (vitc.run), as the planner applies it to its GPU table
     precision = resolve_precision(train, want_gpu, want_gpu and gpu_has_bf16())

@@ -9,7 +9,7 @@ process exits 0) and a loss was not finite (then all ranks stop with a `Diverged
 later save can overwrite good state). The host reads the sums, which waits for the device, only
 every `log.every_steps` steps, before every save and at the end of an epoch: the same steps on
 every rank, so the ranks still agree, and a signal is acted on at most `log.every_steps` steps
-late. Every end leaves RUN_DIR/outcome.json (vitc/engine/outcome.py).
+late. Every end leaves RUN_DIR/outcome.json (vitc/outcome.py).
 """
 
 import json
@@ -24,34 +24,45 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint.lock import run_lock
+from vitc.engine.resume import Resuming
+from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
-from vitc.engine import checkpoint
+from vitc.distributed.env import DistEnv, discover
+from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, requeue_job
 from vitc.engine.build import build_engine, engine_session
-from vitc.engine.checkpoint import CheckpointInfo
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.precise_bn import batches_per_rank, has_batchnorm, precise_bn, precise_bn_loader
 from vitc.engine.meters import MetricsLog, Window, console_line
 from vitc.engine.optim import freeze
-from vitc.engine.outcome import Diverged, RunEnding, RunOutcome, Score
-from vitc.engine.pretrained import init_model
-from vitc.engine.resume import Resuming
-from vitc.engine.runlock import run_lock
-from vitc.engine.runtime import Runtime, environment_summary, resolve_runtime, run_on, seed_everything
+from vitc.engine.precise_bn import (
+    batches_per_rank,
+    has_batchnorm,
+    precise_bn,
+    precise_bn_loader,
+)
+from vitc.engine.runtime import (
+    Runtime,
+    environment_summary,
+    resolve_runtime,
+    run_on,
+    seed_everything,
+)
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.launch.env import DistEnv, discover
-from vitc.launch.preempt import SIGNALS, Interrupted, PreemptionSignal, requeue_job
 from vitc.models.vit import VisionTransformer
+from vitc.outcome import Diverged, RunEnding, RunOutcome, Score
 from vitc.run import Run
 from vitc.schema import Config
+from vitc.weights.init_from import init_model
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
-    at every end (vitc/engine/outcome.py), an error's too, which then propagates."""
+    at every end (vitc/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
     with run_lock(Path(cfg.train.run_dir), dist.is_main):  # before anything writes the run directory
         return _train(cfg, dist)
@@ -151,7 +162,7 @@ class Trainer(Resuming):
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
-        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from (vitc/engine/pretrained.py)
+        init_model(model, self.cfg, self.dist.rank)  # finetune.init_from (vitc/weights/init_from.py)
         freeze(model, self.cfg.train.freeze)  # before the optimizer groups and the EMA copy are made
         # the parameters stay contiguous (DeepSpeed broadcasts each as `p.data.view(torch.uint8)`,
         # and under ZeRO-1/2 they become views into its flat buffers): `_prepare` makes only the

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vitc.config import config_to_dict, load_config, save_config
-from vitc.engine.outcome import FAILURES
+from vitc.distributed.env import DistEnv, discover
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
-from vitc.launch.env import DistEnv, discover
+from vitc.outcome import FAILURES
 from vitc.schema import Config
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> Non
     finetune.head=map); the other ranks wait until rank 0's marker says the files are complete."""
     if not dist.is_main:
         return _wait_for(layout.marker(f"export_{stage}"), cfg.train.dist_timeout_s)
-    from vitc.engine.export import export_weights
+    from vitc.weights.export import export_weights
 
     export_weights(layout.run(stage), layout.weights(stage))
     if stage == "pretrain":

@@ -7,7 +7,7 @@ out-of-memory kill) cannot take the chain or the sweep down with it; and each ru
 go to its own log. The cost is the start-up, about 10 s on CPU.
 The child inherits the environment, so under torchrun or srun each rank's child joins the same
 job. SIGUSR1/SIGTERM (preemption) are forwarded to every child, which checkpoints and requeues as
-`vitc train` does. What happened is read from the run's outcome.json (vitc/engine/outcome.py),
+`vitc train` does. What happened is read from the run's outcome.json (vitc/outcome.py),
 never from the child's output.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from vitc.engine.outcome import FAILURES, OUTCOME_FILE, RunOutcome, read_outcome, write_outcome
+from vitc.outcome import FAILURES, OUTCOME_FILE, RunOutcome, read_outcome, write_outcome
 
 FORWARDED = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -1,13 +1,13 @@
-"""The accelerator table (`configs/gpus.yaml`): peak flops, memory and bandwidth of each GPU type."""
+"""The accelerator table (`vitc/resources/gpus.yaml`): peak flops, memory and bandwidth of each GPU type."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from vitc.config import read_yaml
 from vitc.errors import VitcError, did_you_mean
+from vitc.resources import resource
 
-DEFAULT_GPUS_FILE = Path(__file__).resolve().parents[2] / "configs" / "gpus.yaml"
+DEFAULT_GPUS_FILE = resource("gpus.yaml")
 PRECISIONS = ("bf16", "fp16", "fp32")
 _KEYS = ("description", "kind", "peak_tflops", "memory_gib", "runtime_gib", "intra_node_gbps",
          "inter_node_gbps")

@@ -1,5 +1,5 @@
 """Time of a training step and of a run, from the audit's flops at a stated MFU; the CPU cores
-the train loader needs to keep up (configs/loader_rates.yaml).
+the train loader needs to keep up (vitc/resources/loader_rates.yaml).
 
 The audit counts one multiply-add as one flop (the paper's convention); GPU datasheets count it as
 two. A training step costs 3× the forward (backward ≈ 2× forward), so one image costs
@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from vitc.config import read_yaml
 from vitc.errors import VitcError
+from vitc.resources import resource
 
 TRAIN_FACTOR = 3  # forward + backward (≈ 2× forward)
 FLOPS_PER_MULTIPLY_ADD = 2
@@ -68,7 +68,7 @@ def run_time(step_s: float, global_batch: int, world_size: int, dataset_size: in
     return RunTime(images_per_s, steps, epoch_s, total_s, total_s / 3600 * world_size)
 
 
-DEFAULT_LOADER_FILE = Path(__file__).resolve().parents[2] / "configs" / "loader_rates.yaml"
+DEFAULT_LOADER_FILE = resource("loader_rates.yaml")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`vitc sweep collect`: each run's fate and its EMA model's best top-1 -> SWEEP/results.csv.
 
-Each run's fate is the outcome.json its trainer left in runs/<id>/ (vitc/engine/outcome.py), locally
+Each run's fate is the outcome.json its trainer left in runs/<id>/ (vitc/outcome.py), locally
 or in a Slurm array task alike: `finished` (its schedule's last epoch), `diverged` (a non-finite
 loss or too many skipped steps) or `failed` (crashed, after `vitc sweep run`'s retries). A run
 with no final outcome yet (not started, running, preempted, stopped at train.max_steps) is
@@ -15,8 +15,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from vitc.engine.outcome import FAILURES, read_outcome
 from vitc.fileio import atomic_write_text
+from vitc.outcome import FAILURES, read_outcome
 from vitc.sweep.make import RESULTS_CSV, RunPlan, RunSetting, read_runs
 from vitc.sweep.run import run_dir
 

@@ -149,7 +149,7 @@ def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunSetting]:
 def global_batch(cfg: Config) -> int:
     """Images per optimizer step of a sweep run, by the trainer's rule (vitc.run.grad_accum) on the
     ranks `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task
-    per node when gpus_per_node is 0; vitc/launch/slurm.py). A local `vitc sweep run` trains each run
+    per node when gpus_per_node is 0; vitc/slurm/submit.py). A local `vitc sweep run` trains each run
     in one process: give such sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
     world = cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
     return cfg.train.micro_batch * grad_accum(cfg.train, world) * world

@@ -2,7 +2,7 @@
 
 Locally every run trains in its own `vitc train` process (vitc/pipelines/train_process.py), its
 output in runs/<id>/train.log. Whether it trained locally or as a Slurm array task, a run's fate
-is the outcome.json the trainer leaves in runs/<id>/ (vitc/engine/outcome.py): finished, diverged
+is the outcome.json the trainer leaves in runs/<id>/ (vitc/outcome.py): finished, diverged
 (the paper counts it as 100 % error), failed, or stopped early (preempted, max_steps). Re-running
 skips finished and diverged runs (their outcome is fixed by the config) and resumes or retries the
 others.
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitc.config import load_config
-from vitc.engine.outcome import RunOutcome, read_outcome
 from vitc.errors import VitcError
+from vitc.outcome import RunOutcome, read_outcome
 from vitc.sweep.make import RunPlan, read_runs
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def slurm_array(sweep_dir: str | Path, max_concurrent: int, dry_run: bool = Fals
     """(job script, job id, runs submitted) of one Slurm job array over the runs that are not
     finished or diverged, at most `max_concurrent` of them running at once (`--array=0-N%K`); the
     allocation comes from the runs' `slurm:` section. A dry run only renders the script."""
-    from vitc.launch.slurm import submit_sweep
+    from vitc.slurm.submit import submit_sweep
 
     sweep_dir = Path(sweep_dir).resolve()
     todo = pending_runs(sweep_dir)

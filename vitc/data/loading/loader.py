@@ -38,18 +38,30 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitc.data.loading.draws import batch_seed
-from vitc.data.loading.epoch_plan import (EpochPlanner, FixedPlans, WorkerPlan, assign_to_ranks,
-                                          assign_to_workers, delivery_order, train_batches_per_rank)
-from vitc.data.loading.slots import SlotRef
-from vitc.data.loading.transforms import (EvalSampleTransform, Recipe, TrainBatchTransform,
-                                          TrainSampleTransform, normalize)
+from vitc.data.loading.epoch_plan import (
+    EpochPlanner,
+    FixedPlans,
+    WorkerPlan,
+    assign_to_ranks,
+    assign_to_workers,
+    delivery_order,
+    train_batches_per_rank,
+)
 from vitc.data.loading.gpu_decode import GpuDecode
+from vitc.data.loading.slots import SlotRef
+from vitc.data.loading.transforms import (
+    EvalSampleTransform,
+    Recipe,
+    TrainBatchTransform,
+    TrainSampleTransform,
+    normalize,
+)
 from vitc.data.loading.workers import BatchStream, Failure
 from vitc.data.processes import follow_parent
 from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
+from vitc.distributed.env import DistEnv, wants_cuda
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
-from vitc.launch.env import DistEnv, wants_cuda
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1

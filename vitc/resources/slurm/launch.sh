@@ -1,12 +1,12 @@
-# ---- vitc launch body (slurm/launch.sh), shared by every vitc sbatch template ----
+# ---- vitc launch body (vitc/resources/slurm/launch.sh), shared by every vitc sbatch template ----
 # Runs in the batch shell on the first node: finds the master, then starts one task per GPU
 # (one per node on CPU) with srun. Rank, world size and local rank reach vitc through
-# SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (vitc.launch.env); master through the two exports.
+# SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (vitc.distributed.env); master through the two exports.
 set -uo pipefail  # no -e: `wait` returns >128 when the USR1 trap interrupts it
 cd {{workdir}}
 
 # sbatch exports the submitting shell's environment: a rank it had (a shell under torchrun, a
-# process that trained in-process) would win over Slurm's in vitc.launch.env. Slurm's say here.
+# process that trained in-process) would win over Slurm's in vitc.distributed.env. Slurm's say here.
 unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK
 
 # Node names need not resolve on the training network: use the first node's NodeAddr.
@@ -14,7 +14,7 @@ first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
 export MASTER_ADDR=${MASTER_ADDR:-$first_node}
 # Same on every node, different for two jobs sharing a node (array tasks each have a job id), and
-# below Linux's ephemeral ports (32768-60999): vitc.launch.env.slurm_master_port, the same rule.
+# below Linux's ephemeral ports (32768-60999): vitc.distributed.env.slurm_master_port, the same rule.
 export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))
 
 # NCCL and threading: the one place these are set. A failed or timed-out collective raises
@@ -41,7 +41,7 @@ trap forward_preemption USR1
 # while others still run ends it after slurm.exit_wait_s. Neither case can hang the job.
 # --cpus-per-task again: srun 22.05 does not inherit it from sbatch (its release notes).
 # Binding (slurm.cpu_bind, slurm.gpu_bind): a task bound to one GPU sees it as device 0, a task
-# that sees every GPU takes the one at its local rank (vitc.launch.env.gpu_index).
+# that sees every GPU takes the one at its local rank (vitc.distributed.env.gpu_index).
 srun --kill-on-bad-exit=1 --wait={{exit_wait_s}} --cpus-per-task="$SLURM_CPUS_PER_TASK" --label {{srun_binding}}\
     {{python}} -m vitc.cli "${VITC_ARGS[@]}" &
 srun_pid=$!

@@ -59,8 +59,8 @@ def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None, cach
     checkpoint (consolidated by DeepSpeed; once into `cache_dir` when given, see `consolidated_once`),
     or a timm checkpoint, whose architecture must be `spec`. Never unpickles: safetensors, or
     weights_only loads."""
-    from vitc.engine.export import consolidated_state_dict, load_weights
-    from vitc.engine.timm_format import is_timm_checkpoint, load_timm_checkpoint
+    from vitc.weights.export import consolidated_state_dict, load_weights
+    from vitc.weights.timm_format import is_timm_checkpoint, load_timm_checkpoint
 
     path = Path(source)
     if spec is not None and is_timm_checkpoint(path):
@@ -79,8 +79,8 @@ def consolidated_once(run_dir: Path, cache_dir: Path, rank: int) -> Path:
     ranks wait for the file on the filesystem and then read it. Consolidating in every process would
     read the whole ZeRO optimizer state once per process (8 per node); waiting on a file rather
     than in a barrier keeps a long consolidation outside the collective timeout. Every rank."""
-    from vitc.engine.checkpoint import newest_checkpoint
-    from vitc.engine.export import export_weights
+    from vitc.checkpoint.store import newest_checkpoint
+    from vitc.weights.export import export_weights
 
     info = newest_checkpoint(run_dir)
     if info is None:

@@ -19,8 +19,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from vitc.engine import checkpoint, integrity
-from vitc.engine.ema import full_ema_state
+from vitc.checkpoint import integrity
+from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint.ema_files import full_ema_state
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
     if any(tag_dir.glob("bf16_zero_pp_rank_*optim_states.pt")):
         state = bf16_optimizer_masters(tag_dir)
     elif any(tag_dir.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=info.tag)
     whole = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 has one partition per rank
@@ -78,7 +81,7 @@ def bf16_optimizer_masters(tag_dir: Path) -> dict[str, torch.Tensor]:
 def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",
                    ema: bool = False, fmt: str = "vitc") -> Path:
     """Write the consolidated weights to `out` (.safetensors) atomically; returns the path.
-    fmt="timm": `out` is a directory timm loads (vitc/engine/timm_format.py)."""
+    fmt="timm": `out` is a directory timm loads (vitc/weights/timm_format.py)."""
     if dtype not in DTYPES:
         raise VitcError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     state, info = consolidated_state_dict(run_dir, ema)
@@ -88,7 +91,7 @@ def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: st
     if classes is not None:  # name -> label of the training manifest: `vitc eval` checks its data against it
         metadata[CLASSES_KEY] = json.dumps(classes)
     if fmt == "timm":
-        from vitc.engine.timm_format import write_run_as_timm
+        from vitc.weights.timm_format import write_run_as_timm
 
         return write_run_as_timm(run_dir, state, out, metadata)
     out = Path(out)

@@ -61,7 +61,7 @@ def first_slurm_host(nodelist: str) -> str:
 
 def slurm_master_port(job_id: int) -> int:
     """The rendezvous port of Slurm job `job_id`: the same on every node, different for two jobs
-    sharing a node unless their ids differ by a multiple of 20000 (slurm/launch.sh computes the same)."""
+    sharing a node unless their ids differ by a multiple of 20000 (vitc/resources/slurm/launch.sh computes the same)."""
     return SLURM_PORTS.start + job_id % len(SLURM_PORTS)
 
 

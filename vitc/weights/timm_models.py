@@ -1,10 +1,10 @@
-"""vitc's models in timm's model registry: `import vitc.timm`, then `timm.create_model("vit_c_4gf")`.
+"""vitc's models in timm's model registry: `import vitc.weights.timm_models`, then `timm.create_model("vit_c_4gf")`.
 
 Every model of `vitc.models.spec` is registered under its vitc name. A conv-stem model is timm's
 `VisionTransformer` with a `HybridEmbed` patch embedding: vitc's 3×3 convs (BN + ReLU) as its
 backbone and, as its `patch_size=1` projection, the stem's final 1×1 conv (the paper's §3 stem).
 The registered constructors also take `norm_eps`, which timm's plain ViT arguments cannot express;
-this is what `vitc export --format timm` writes for conv-stem models (vitc/engine/timm_format.py).
+this is what `vitc export --format timm` writes for conv-stem models (vitc/weights/timm_format.py).
 
 timm (1.0.x) discovers no plugin entry points: its registry holds what has been imported, so this
 module must be imported before `timm.create_model` names a vitc model or loads a vitc export.
@@ -15,14 +15,19 @@ from functools import partial
 
 import timm  # noqa: F401  (this module's purpose is timm's registry)
 from timm.layers import HybridEmbed
-from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    VisionTransformer,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+)
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from vitc.engine.timm_format import MEAN, STD, timm_model_args
+from vitc.models.spec import MODELS, ViTSpec
 from vitc.models.stems import ConvStem
 from vitc.models.structure import stem_layers
-from vitc.models.spec import MODELS, ViTSpec
+from vitc.weights.timm_format import MEAN, STD, timm_model_args
 
 
 def create_vitc_model(variant: str, pretrained: bool = False, stem_channels: list[int] | None = None,

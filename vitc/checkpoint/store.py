@@ -3,7 +3,7 @@
 A save is a collective: every rank writes its ZeRO partitions through `engine.save_checkpoint`
 (and its own files, e.g. a ZeRO-3 EMA shard) into .partial-TAG; after a barrier rank 0 alone writes the shared files (EMA weights), checks
 that every rank's files are in, writes the completeness marker (with each file's size and CRC-32,
-vitc/engine/integrity.py) and renames the directory to TAG. Resume and export take the newest tag
+vitc/checkpoint/integrity.py) and renames the directory to TAG. Resume and export take the newest tag
 whose files match its marker, so neither a save cut short by a kill -9 nor a file damaged later
 is ever loaded. A tag saved on another number of ranks is first converted by DeepSpeed's
 universal-checkpoint tool (deepspeed.checkpoint.ds_to_universal), which needs
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 import torch.distributed as tdist
 
-from vitc.engine import integrity
+from vitc.checkpoint import integrity
 from vitc.errors import VitcError
-from vitc.models.spec import ViTSpec
 from vitc.fileio import atomic_write_text
+from vitc.models.spec import ViTSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`vitc slurm submit` and `vitc slurm status`: render slurm/*.sbatch for a run and follow its job.
+"""`vitc slurm submit` and `vitc slurm status`: render vitc/resources/slurm/*.sbatch for a run and follow its job.
 
 A run directory (`train.run_dir`) holds everything about a Slurm run: the resolved config it was
 submitted with (`config.yaml`), the rendered job script and the ids it was submitted as
@@ -21,11 +21,12 @@ from pathlib import Path
 from vitc.config import config_to_dict, dump_config, load_config
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
+from vitc.resources import resource
 from vitc.schema import Config, SlurmConfig
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
+TEMPLATE_DIR = resource("slurm")
 # sbatch --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -133,7 +134,7 @@ def job_name(cfg: Config) -> str:
 
 
 def render_job_script(cfg: Config, config_path: Path, workdir: Path) -> str:
-    """The sbatch script (slurm/<slurm.template>.sbatch) that trains `config_path`."""
+    """The sbatch script (vitc/resources/slurm/<slurm.template>.sbatch) that trains `config_path`."""
     check_slurm_config(cfg.slurm)
     log_dir = Path(cfg.train.run_dir).resolve() / "slurm"
     return render(_template(f"{cfg.slurm.template}.sbatch"), {

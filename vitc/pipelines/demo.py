@@ -1,8 +1,8 @@
 """`vitc demo`: the paper's comparison in miniature, on real images, on a CPU, in a few minutes.
 
 Writes scikit-learn's handwritten digits (upscaled to 32 px) as train/val ImageFolders, shards
-them, then trains configs/demo/vit_c_tiny.yaml (conv stem) and its patchify twin
-configs/demo/vit_p_tiny.yaml (equal flops, one block more) through the same `train()` that
+them, then trains vitc/resources/demo/vit_c_tiny.yaml (conv stem) and its patchify twin
+vitc/resources/demo/vit_p_tiny.yaml (equal flops, one block more) through the same `train()` that
 `vitc train` runs, and tabulates flops, params, top-1 and wall time.
 """
 
@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitc.config import load_config, model_spec
+from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.data.shards.embedded import digits_imagefolder
 from vitc.data.shards.manifest import Manifest
-from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.trainer import train
 from vitc.errors import VitcError
 from vitc.models.cost import model_cost
+from vitc.resources import resource
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIGS = resource("demo")
 MODELS = ("vit_c_tiny", "vit_p_tiny")
 VAL_EVERY = 5  # every 5th image of a class is held out: 20 % validation
 
@@ -57,7 +58,7 @@ def prepare_digits(out: Path) -> tuple[Path, Path]:
 def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> list[DemoRow]:
     """Train and evaluate both demo models; returns one table row per model."""
     if not (CONFIGS / f"{MODELS[0]}.yaml").is_file():
-        raise VitcError(f"demo configs not found in {CONFIGS}: run `vitc demo` from a vitc checkout")
+        raise VitcError(f"demo configs not found in {CONFIGS}: the vitc install is incomplete (reinstall it)")
     out = Path(out)
     train_dir, val_dir = prepare_digits(out)
     num_classes = Manifest.load(train_dir).num_classes

@@ -7,7 +7,7 @@ stem is timm's `HybridEmbed` with the 3×3 convs as its backbone and the final 1
 `patch_size=1` projection. With the same layer-norm eps the two compute the same logits.
 
 A patchify model with timm's eps (1e-6) is described by plain `vision_transformer` arguments, so
-timm loads it without vitc; anything else names an architecture that `vitc.timm` registers.
+timm loads it without vitc; anything else names an architecture that `vitc.weights.timm_models` registers.
 Nothing here imports timm.
 """
 
@@ -148,7 +148,7 @@ def is_timm_checkpoint(path: str | os.PathLike) -> bool:
 def load_timm_checkpoint(path: str | os.PathLike, spec: ViTSpec) -> dict[str, torch.Tensor]:
     """fp32 weights of a timm checkpoint (directory, or .safetensors with config.json beside it or
     none) with vitc's keys, after checking that its architecture is `spec`'s."""
-    from vitc.engine.export import load_weights
+    from vitc.weights.export import load_weights
 
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path

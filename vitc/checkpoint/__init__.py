@@ -1,0 +1,1 @@
+"""The checkpoint store: tags, completion markers, integrity, universal conversion, resume, the run lock."""

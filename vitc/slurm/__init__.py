@@ -1,0 +1,1 @@
+"""Job submission: render the shipped sbatch templates for a run, submit them, follow the job."""

@@ -1,0 +1,1 @@
+"""Weight formats outside DeepSpeed: safetensors export, timm's format and registry, init_from."""
