@@ -25,7 +25,7 @@ from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.distributed.env import DistEnv, discover, gpu_index, slurm_master_port
 from vitc.distributed.signals import PreemptionSignal
-from vitc.engine.deepspeed_cfg import deepspeed_config
+from vitc.deepspeed_config import deepspeed_config
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.errors import VitcError

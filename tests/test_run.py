@@ -9,7 +9,7 @@ import pytest
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
-from vitc.engine.deepspeed_cfg import deepspeed_config
+from vitc.deepspeed_config import deepspeed_config
 from vitc.errors import VitcError
 from vitc.plan.gpus import get_gpu
 from vitc.plan.setup import Cluster, run_setup

@@ -279,5 +279,5 @@ class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    # Extra DeepSpeed config keys, merged over the generated config (vitc.engine.deepspeed_cfg).
+    # Extra DeepSpeed config keys, merged over the generated config (vitc.deepspeed_config).
     deepspeed: dict[str, Any] = field(default_factory=dict)

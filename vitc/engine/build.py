@@ -11,8 +11,8 @@ import deepspeed
 import torch
 from deepspeed.utils import set_z3_leaf_modules
 
+from vitc.deepspeed_config import deepspeed_config
 from vitc.distributed.env import DistEnv
-from vitc.engine.deepspeed_cfg import deepspeed_config
 from vitc.engine.optim import build_optimizer, optimizer_param_groups
 from vitc.engine.runtime import Runtime, process_group
 from vitc.engine.schedule import warmup_cosine

@@ -75,7 +75,7 @@ class ZeroSetup:
     world_size: int
     optimizer: str = "adamw"
     reduce_bucket_size: int = 500_000_000
-    allgather_bucket_size: int = 500_000_000  # also ZeRO-3's prefetch bucket (vitc.engine.deepspeed_cfg)
+    allgather_bucket_size: int = 500_000_000  # also ZeRO-3's prefetch bucket (vitc.deepspeed_config)
     overlap_comm: bool = True  # DeepSpeed double-buffers the reduce bucket when on (GPU)
     contiguous_gradients: bool = True  # ZeRO-3 keeps a reduce-bucket-sized buffer when on (GPU)
     fused_optimizer: bool = True  # one kernel, no temporaries (the engine's choice on GPU)

@@ -5,7 +5,7 @@ checkpoint's `module`: ZeRO partitions (`zero_pp_rank_*`) are consolidated by De
 `zero_to_fp32`; a ZeRO-1 bf16 run (DeepSpeed's BF16_Optimizer, chosen for fp32 gradient
 accumulation) keeps its fp32 masters as flat per-rank partitions (`bf16_zero_pp_rank_*`), merged
 here by their `param_slice_mappings`; a ZeRO-0 run trains fp32 parameters (bf16 through
-torch.autocast, vitc/engine/deepspeed_cfg.py), so its `module` is the masters, read with
+torch.autocast, vitc/deepspeed_config.py), so its `module` is the masters, read with
 `torch.load(weights_only=True)`. The output is safetensors, so loading weights (`load_weights`)
 never unpickles anything.
 """
