@@ -9,13 +9,13 @@ import io
 
 import numpy as np
 import torch
+from loaders import train_loader
 from PIL import Image
 from test_data_loader import BATCH, jpeg_bytes, write_shards
 
 from vitc.cli import main
 from vitc.config import load_config
 from vitc.data.loading.gpu_decode import GpuDecode
-from vitc.data.loading.loader import build_train_loader
 from vitc.distributed.env import DistEnv
 
 SIZES = (8, 8)
@@ -52,7 +52,7 @@ def one_epoch(shards, gpu: GpuDecode | None):
     cfg = load_config(None, [f"data.train_shards={shards}", "model.image_size=16", f"train.micro_batch={BATCH}",
                              "data.workers=1", "data.mixup_alpha=0", "data.cutmix_alpha=0", "data.label_smoothing=0",
                              "data.max_bad_fraction=0.1"])
-    loader = build_train_loader(cfg, DistEnv(), num_classes=sum(SIZES), gpu=gpu)
+    loader = train_loader(cfg, DistEnv(), num_classes=sum(SIZES), gpu=gpu)
     return loader, {int(label): image for images, labels in loader for image, label in zip(images, labels)}
 
 

@@ -11,7 +11,7 @@ import platform
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,9 +57,9 @@ def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
     return Runtime(device, precision, backend, channels_last)
 
 
-def run_on(cfg: Config, dist: DistEnv, rt: Runtime) -> Run:
+def run_on(cfg: Config, dist: DistEnv, rt: Runtime, shards: Collection[str] = ("train", "val")) -> Run:
     """The run `cfg` describes on this job's ranks and this process's device (vitc.run.resolve_run)."""
-    return resolve_run(cfg, dist.world_size, "gpu" if rt.on_gpu else "cpu", bf16=rt.precision != "fp16")
+    return resolve_run(cfg, dist.world_size, "gpu" if rt.on_gpu else "cpu", shards, bf16=rt.precision != "fp16")
 
 
 def gpu_has_bf16() -> bool:

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.lock import run_lock
-from vitc.engine.resume import Resuming
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
 from vitc.distributed.env import DistEnv, discover
@@ -42,6 +41,7 @@ from vitc.engine.precise_bn import (
     precise_bn,
     precise_bn_loader,
 )
+from vitc.engine.resume import Resuming
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
@@ -123,9 +123,8 @@ class Trainer(Resuming):
         self.accum = self.run.grad_accum
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         # the shards as the run resolved them and checked their classes (vitc.run.resolve_run)
-        train, val = self.run.train, self.run.val
-        self.loader = build_train_loader(cfg, dist, self.run.spec.num_classes, resolved=(train.shards, train.manifest))
-        self.eval_loader = build_eval_loader(cfg, dist, resolved=(val.shards, val.manifest)) if val else None
+        self.loader = build_train_loader(cfg, self.run, dist)
+        self.eval_loader = build_eval_loader(cfg, self.run, dist) if self.run.val else None
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch < 1:
             raise VitcError(f"the training data gives {len(self.loader)} micro-batches per rank per "
@@ -336,8 +335,7 @@ class Trainer(Resuming):
     def _precise_bn_loader(self):
         """Training images for precise BN statistics, when they are on and the model has BatchNorm."""
         on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(self.run.spec)
-        train = self.run.train
-        return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes, (train.shards, train.manifest)) if on else None
+        return precise_bn_loader(self.cfg, self.run, self.dist) if on else None
 
     def _precise_bn(self) -> None:
         """Re-estimate BN statistics of the model and of its EMA over eval.precise_bn_samples training

@@ -1,6 +1,6 @@
 """Streaming train/eval loaders over WebDataset shards (docs/loader.md), as the engine calls them.
 
-    loader = build_train_loader(cfg, dist, num_classes)   # images per rank: cfg.train.micro_batch
+    loader = build_train_loader(cfg, run, dist)   # run = vitc.run.resolve_run(...): run.micro_batch per rank
     for epoch in range(start, epochs):
         loader.set_epoch(epoch)
         for images, targets in loader: ...                # len(loader) batches on every rank
@@ -58,10 +58,11 @@ from vitc.data.loading.transforms import (
 )
 from vitc.data.loading.workers import BatchStream, Failure
 from vitc.data.processes import follow_parent
-from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
-from vitc.distributed.env import DistEnv, wants_cuda
+from vitc.data.shards.manifest import Shard
+from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
+from vitc.run import Run
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -70,7 +71,7 @@ STATE_VERSION = 1
 class _Loader:
     """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None):
+    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None, on_gpu: bool):
         d = cfg.data
         if batch < 1:
             raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
@@ -80,7 +81,7 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        on_cuda = wants_cuda(cfg.train.device, torch.cuda.is_available())  # as the trainer resolves it
+        on_cuda = on_gpu and torch.cuda.is_available()  # the run's device (vitc.run.Run.on_gpu)
         # select() warns when data.decode_device asks for CUDA and there is none
         self.gpu = gpu or (GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
                            if on_cuda or not torch.cuda.is_available() else None)
@@ -234,8 +235,8 @@ class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe,
-                 gpu: GpuDecode | None = None):
-        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu)
+                 gpu: GpuDecode | None = None, on_gpu: bool = False):
+        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu, on_gpu)
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
@@ -318,8 +319,8 @@ class TrainLoader(_Loader):
 class EvalLoader(_Loader):
     """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, _normalize_batch, None)
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe, on_gpu: bool = False):
+        super().__init__(cfg, dist, batch, _normalize_batch, None, on_gpu)
         self.recipe = recipe
         by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
         plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
@@ -362,35 +363,21 @@ def manifest_samples(shards: list[Shard]) -> int:
     return sum(s.samples for s in shards)
 
 
-def _batch_size(cfg, batch_size: int | None) -> int:
-    return cfg.train.micro_batch if batch_size is None else batch_size
+def build_train_loader(cfg, run: Run, dist: DistEnv, gpu: GpuDecode | None = None) -> TrainLoader:
+    """The train loader for this rank of `run` (vitc.run.resolve_run: its training shards, already
+    checked against the class count, `run.micro_batch` images per rank, its device).
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
+    if run.train is None:
+        raise VitcError("data.train_shards is not set: training needs shards (see docs/loader.md)")
+    return TrainLoader(cfg, dist, run.micro_batch, list(run.train.shards),
+                       Recipe.from_config(cfg, run.spec.num_classes), gpu, run.on_gpu)
 
 
-Resolved = tuple[tuple[Shard, ...], Manifest]  # a shard list and its manifest (vitc.run.ShardSet's fields)
+def build_eval_loader(cfg, run: Run, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
+    """The eval loader for this rank over the run's validation shards, `batch_size` images per rank
+    (default `run.micro_batch`)."""
+    if run.val is None:
+        raise VitcError("data.val_shards is not set: evaluation needs shards (see docs/loader.md)")
+    recipe = Recipe.from_config(cfg, run.num_classes if run.num_classes is not None else run.val.manifest.num_classes)
+    return EvalLoader(cfg, dist, batch_size or run.micro_batch, list(run.val.shards), recipe, run.on_gpu)
 
-
-def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
-                       gpu: GpuDecode | None = None, resolved: Resolved | None = None) -> TrainLoader:
-    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
-    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device).
-    `resolved`: data.train_shards as the run resolved and checked them (vitc.run.resolve_run);
-    without it they are resolved here and the manifest's classes checked against `num_classes`."""
-    if resolved is None:
-        resolved = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
-        _check_classes(resolved[1], num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), resolved[0], Recipe.from_config(cfg, num_classes), gpu)
-
-
-def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None,
-                      resolved: Resolved | None = None) -> EvalLoader:
-    """The eval loader for this rank over data.val_shards (`resolved`: as the run resolved them)."""
-    shards, manifest = resolved or resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
-    num_classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else manifest.num_classes
-    recipe = Recipe.from_config(cfg, num_classes)
-    return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, recipe)
-
-
-def _check_classes(manifest: Manifest, num_classes: int, key: str) -> None:
-    if num_classes < manifest.num_classes:
-        raise VitcError(f"data.{key}: the manifest has {manifest.num_classes} classes but the model has "
-                        f"{num_classes} outputs (set model.num_classes: auto or >= {manifest.num_classes})")
