@@ -17,11 +17,11 @@ from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.errors import VitcError
 from vitc.outcome import RunOutcome, read_outcome, write_outcome
-from vitc.run import scaled_lr
+from vitc.run import resolve_run
 from vitc.sweep.analysis import load_runs
 from vitc.sweep.collect import RESULTS_CSV
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.sweep.make import global_batch, load_spec, make_sweep, read_runs
+from vitc.sweep.make import load_spec, make_sweep, read_runs
 from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,8 +315,8 @@ def test_runs_csv_gives_the_lr_at_the_reference_batch_and_the_lr_at_the_runs_glo
     for plan in runs:
         cfg = load_config(tmp_path / "sweep" / plan.config)
         assert cfg.optim.base_lr == plan.lr and cfg.optim.reference_batch == 16
-        assert global_batch(cfg) == 64 and plan.scaled_lr == pytest.approx(4 * plan.lr)
-        assert scaled_lr(cfg.optim, global_batch(cfg)) == plan.scaled_lr  # what the trainer computes
+        run = resolve_run(cfg, 2, shards=())  # what the trainer resolves on the job's 2 ranks
+        assert run.global_batch == 64 and plan.scaled_lr == pytest.approx(4 * plan.lr) == run.lr
 
 
 def test_sweep_planning_imports_no_torch():

@@ -193,6 +193,16 @@ class SlurmConfig:
     env: dict[str, str] = field(default_factory=dict)
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. "--exclusive"
 
+    @property
+    def tasks_per_node(self) -> int:
+        """Training processes per node: one per GPU, or one CPU task when gpus_per_node is 0."""
+        return self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        """The ranks the job starts (what the trainer's world size will be)."""
+        return self.nodes * self.tasks_per_node
+
 
 @dataclass
 class DataConfig:

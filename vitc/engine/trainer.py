@@ -173,12 +173,13 @@ class Trainer(Resuming):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         atomic_write_text(self.run_dir / "deepspeed_config.json", json.dumps(self.ds_config, indent=1) + "\n")
-        env = {**environment_summary(self.dist, self.rt), "global_batch": self.global_batch, "lr": lr,
+        env = {**environment_summary(self.dist, self.rt), "precision": self.run.precision,
+               "global_batch": self.global_batch, "lr": lr,
                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=1) + "\n")
         log.info("run %s: %d rank(s), %s, %s, ZeRO-%d, global batch %d (micro-batch %d × accumulation "
                  "%d × %d rank(s)), lr %.3g at that batch, %d steps/epoch", self.run_dir,
-                 self.dist.world_size, self.rt.device, self.rt.precision, self.run.zero_stage,
+                 self.dist.world_size, self.rt.device, self.run.precision, self.run.zero_stage,
                  self.global_batch, self.run.micro_batch, self.accum, self.dist.world_size, lr,
                  self.steps_per_epoch)
 

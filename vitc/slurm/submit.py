@@ -93,8 +93,7 @@ def check_slurm_config(slurm: SlurmConfig) -> None:
 
 def sbatch_options(slurm: SlurmConfig, log_pattern: str) -> str:
     """The `#SBATCH` lines for the allocation: nodes x tasks (one per GPU, or one CPU task)."""
-    tasks = slurm.gpus_per_node or 1
-    options = [f"--nodes={slurm.nodes}", f"--ntasks-per-node={tasks}",
+    options = [f"--nodes={slurm.nodes}", f"--ntasks-per-node={slurm.tasks_per_node}",
                f"--cpus-per-task={slurm.cpus_per_task}", f"--time={slurm.time}",
                f"--output={log_pattern}", f"--signal=B:USR1@{slurm.signal_seconds}"]
     if slurm.gpus_per_node:

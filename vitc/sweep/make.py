@@ -26,7 +26,7 @@ import numpy as np
 from vitc.config import dump_config, load_config, model_spec, read_yaml, save_config
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
-from vitc.run import grad_accum, scaled_lr
+from vitc.run import resolve_run
 from vitc.schema import Config
 
 RUNS_CSV = "runs.csv"
@@ -146,19 +146,13 @@ def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunSetting]:
     return runs
 
 
-def global_batch(cfg: Config) -> int:
-    """Images per optimizer step of a sweep run, by the trainer's rule (vitc.run.grad_accum) on the
-    ranks `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task
-    per node when gpus_per_node is 0; vitc/slurm/submit.py). A local `vitc sweep run` trains each run
-    in one process: give such sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
-    world = cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
-    return cfg.train.micro_batch * grad_accum(cfg.train, world) * world
-
-
 def plan_run(setting: RunSetting, cfg: Config) -> RunPlan:
-    """The runs.csv row of `setting`, whose config is `cfg`."""
-    batch = global_batch(cfg)
-    return RunPlan(**asdict(setting), global_batch=batch, scaled_lr=scaled_lr(cfg.optim, batch),
+    """The runs.csv row of `setting`, whose config is `cfg`: its global batch and lr as the trainer
+    resolves them (vitc.run) on the ranks `vitc sweep run --slurm` starts for it
+    (`slurm.world_size`). A local `vitc sweep run` trains each run in one process: give such
+    sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
+    run = resolve_run(cfg, cfg.slurm.world_size, shards=(), count_classes=False)  # data may live elsewhere
+    return RunPlan(**asdict(setting), global_batch=run.global_batch, scaled_lr=run.lr,
                    config=f"configs/{setting.id}.yaml")
 
 

@@ -62,7 +62,6 @@ from vitc.data.shards.manifest import Shard
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
-from vitc.run import Run
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -363,9 +362,10 @@ def manifest_samples(shards: list[Shard]) -> int:
     return sum(s.samples for s in shards)
 
 
-def build_train_loader(cfg, run: Run, dist: DistEnv, gpu: GpuDecode | None = None) -> TrainLoader:
-    """The train loader for this rank of `run` (vitc.run.resolve_run: its training shards, already
-    checked against the class count, `run.micro_batch` images per rank, its device).
+def build_train_loader(cfg, run, dist: DistEnv, gpu: GpuDecode | None = None) -> TrainLoader:
+    """The train loader for this rank of `run`, a vitc.run.Run (its training shards, already checked
+    against the class count; `run.micro_batch` images per rank; its device). Not imported for the
+    annotation: vitc.run reads this package's manifests, and the packages must not import each other.
     `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
     if run.train is None:
         raise VitcError("data.train_shards is not set: training needs shards (see docs/loader.md)")
@@ -373,7 +373,7 @@ def build_train_loader(cfg, run: Run, dist: DistEnv, gpu: GpuDecode | None = Non
                        Recipe.from_config(cfg, run.spec.num_classes), gpu, run.on_gpu)
 
 
-def build_eval_loader(cfg, run: Run, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
+def build_eval_loader(cfg, run, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
     """The eval loader for this rank over the run's validation shards, `batch_size` images per rank
     (default `run.micro_batch`)."""
     if run.val is None:
