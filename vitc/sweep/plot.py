@@ -9,13 +9,12 @@ curve below 1), crashed runs and runs without an outcome yet are left out.
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_text
+from vitc.fileio import atomic_output, atomic_write_text
 from vitc.sweep.analysis import DIVERGED_ERROR, Curve, curves, load_runs
 from vitc.sweep.edf import edf, error_thresholds
 
@@ -50,12 +49,11 @@ def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: flo
 
 def save_png(fig, path: Path) -> None:
     """Write the figure to PATH atomically (temp name + rename) and close it."""
-    plt = pyplot()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
 
 
 def model_colours(stems: dict[str, str]) -> dict[str, str]:
