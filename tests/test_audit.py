@@ -109,7 +109,7 @@ def test_unknown_model_in_audit_is_one_clear_error(capsys):
 def shipped_model_costs() -> dict[str, list[int]]:
     """Analytic flops/params/acts of every shipped run config that names a model."""
     out = {}
-    for path in sorted(REPO.glob("configs/*/*.yaml")):
+    for path in sorted([*REPO.glob("configs/*/*.yaml"), *REPO.glob("vitc/resources/demo/*.yaml")]):
         if path.parent.name == "sweeps":
             continue
         cfg = load_config(path)
