@@ -1,5 +1,6 @@
-"""Shared fixtures: small real images (no downloads), made once per session; and how the two
-pytest-xdist workers of `make test` share the machine."""
+"""Shared fixtures: small real images (no downloads), made once per session, and digit shards made
+once per test module; and how the two pytest-xdist workers of `make test` share the machine.
+Helpers that start and read training runs are in tests/engine_runs.py."""
 
 import fcntl
 import os
@@ -8,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from vitc.data.shards.embedded import digits_imagefolder, photo_imagefolder
+
+# One intra-op thread per test process, set before any test module imports torch (nothing above
+# does) so that this process and every `vitc` it starts inherit it; a user's own setting wins.
+# `make test` runs two xdist workers on two cores, and with torch's default of a thread per core
+# each parallel region's threads spin at its barrier while the other worker holds a core, which
+# made the CPU-bound training tests several times slower on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +47,13 @@ def digits_folder(tmp_path_factory) -> Path:
 def photo_folder(tmp_path_factory) -> Path:
     """ImageFolder of scikit-image photo crops: 4 classes × 6 images, 500×375 JPEG (quality 90)."""
     return photo_imagefolder(tmp_path_factory.mktemp("photos"), classes=4, per_class=6)
+
+
+@pytest.fixture(scope="module")
+def shards(digits_folder, tmp_path_factory) -> Path:
+    """`train/` and `val/` shards of the digits (tests/engine_runs.py digit_shards), one set per
+    test module, read only: a test that changes shards builds its own."""
+    # imported here: engine_runs imports torch, which only the modules that train need
+    from engine_runs import digit_shards
+
+    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))

@@ -1,7 +1,10 @@
-"""Shared by the engine tests: digit shards, a tiny-model config, and reading a run's results."""
+"""Shared by the tests that train: digit shards, a tiny-model config, starting `vitc` and its ranks
+(one process, torchrun), killing a run once a checkpoint is saved, and reading a run's results.
+tests/conftest.py turns `digit_shards` into the `shards` fixture."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from vitc.checkpoint import store as checkpoint
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.engine.runtime import free_port
@@ -71,8 +75,8 @@ def loss_fell(run_dir: Path, window: int = 10, by: float = 0.03) -> bool:
 
 def vitc(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """`vitc ARGS` in a fresh process."""
-    result = subprocess.run([sys.executable, "-m", "vitc.cli", *args], capture_output=True, text=True,
-                            cwd=ROOT, **kwargs)
+    result = subprocess.run([sys.executable, "-m", "vitc.cli", *args], check=False, capture_output=True,
+                            text=True, cwd=ROOT, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"vitc {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -89,15 +93,46 @@ def training_in_progress(config: Path, run_dir: Path, steps: int = 3) -> subproc
     return proc
 
 
+def torchrun_command(nproc: int) -> list[str]:
+    """`torchrun --nproc_per_node N` on a free port, to be followed by a script or `-m MODULE`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(free_port())]
+
+
+def launcher(nproc: int) -> list[str]:
+    """This interpreter for one rank, torchrun for more."""
+    return [sys.executable] if nproc == 1 else torchrun_command(nproc)
+
+
+def run_ranks(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """COMMAND (a `launcher`/`torchrun_command` line) from the checkout, its output captured. One
+    thread per rank (OMP_NUM_THREADS=1): ranks with torch's default of one thread per core would
+    oversubscribe the cores."""
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT,
+                          env={**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"})
+
+
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m vitc.cli ARGS` (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(free_port()), "-m", "vitc.cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    result = run_ranks([*torchrun_command(nproc), "-m", "vitc.cli", *args])
     if result.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def kill_after_checkpoint(config: Path, run_dir: Path, step: int) -> None:
+    """Start `vitc train CONFIG` in a process and SIGKILL it as soon as checkpoint `step` is
+    marked complete (the kill lands wherever the run is: the next step, or its next save)."""
+    marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
+    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, f"the training process ended before checkpoint {step}"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -116,11 +151,7 @@ def default_malloc(env: dict) -> dict:
 def peak_rss_added(ranks: int, out_prefix: Path, steps: int, *train_args: str) -> list[int]:
     """Each rank's peak resident memory added from just before the model is built to the end of
     micro-step `steps` of `vitc train TRAIN_ARGS` (tests/plan_memory_probe.py), one thread per rank."""
-    launcher = ([sys.executable] if ranks == 1 else
-                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                 "--master_port", str(free_port())])
-    result = subprocess.run([*launcher, str(ROOT / "tests" / "plan_memory_probe.py"), str(out_prefix), str(steps),
-                             *train_args], capture_output=True, text=True, cwd=ROOT,
-                            env={**default_malloc(os.environ), "OMP_NUM_THREADS": "1"})
+    result = run_ranks([*launcher(ranks), str(ROOT / "tests" / "plan_memory_probe.py"), str(out_prefix), str(steps),
+                        *train_args], env=default_malloc(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(Path(f"{out_prefix}.{r}.json").read_text())["added"] for r in range(ranks)]

@@ -5,18 +5,14 @@ so there is one run that switches compile on and off across resumes.
 """
 
 import pytest
+from engine_runs import TINY_PATCHIFY, exported, metrics, write_config
 
-from engine_runs import TINY_PATCHIFY, digit_shards, exported, metrics, write_config
 from vitc.cli import main
 from vitc.models.spec import get_spec, with_overrides
 from vitc.models.vit import VisionTransformer
 
 
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
-
-
+@pytest.mark.slow
 def test_a_checkpoint_resumes_with_compile_switched_either_way(shards, tmp_path):
     run = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", shards, run, model=TINY_PATCHIFY,

@@ -338,12 +338,16 @@ def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
 
     shards = write_shards(tmp_path / "shards", sizes=(6, 6))
     threads = torch.get_num_threads()
-    assert main(["bench", "data", "--shards", str(shards), "--images", "8", "--batch", "2", "--rounds", "1",
-                 "--no-shard-build", "--processes", "2"]) == 0
+    torch.set_num_threads(threads + 1)  # not the bench's 1 (tests/conftest.py runs torch on one thread)
+    try:
+        assert main(["bench", "data", "--shards", str(shards), "--images", "8", "--batch", "2", "--rounds", "1",
+                     "--no-shard-build", "--processes", "2"]) == 0
+        assert torch.get_num_threads() == threads + 1  # the bench runs single-threaded, then restores
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "(a) vitc train loader" in out and "(a)/(b) = " in out and "(a)/(c) = " in out
     assert "each candidate is its median process; their spread per core: (a) +" in out
-    assert torch.get_num_threads() == threads  # the bench runs single-threaded, then restores
 
 
 # tests/ on the path for loaders.py, the repository for vitc (as pytest runs it)

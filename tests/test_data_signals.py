@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from engine_runs import ROOT, digit_shards, metrics, write_config
+from engine_runs import ROOT, metrics, write_config
 
 from vitc.checkpoint import store as checkpoint
 from vitc.data.shards.embedded import photo_imagefolder
@@ -29,8 +29,7 @@ def wait_for(condition, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_to_every_process_saves_the_current_step_with_loader_workers(digits_folder, tmp_path):
-    shards = digit_shards(digits_folder, tmp_path / "shards")
+def test_sigterm_to_every_process_saves_the_current_step_with_loader_workers(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2},
                           schedule={"epochs": 20})
     proc = start("train", str(config))

@@ -2,17 +2,13 @@
 commit 206d0db) step by step, and under ZeRO-3 each rank holding only its partition's EMA."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from engine_runs import ROOT, digit_shards, exported, metrics, vitc, write_config
+from engine_runs import ROOT, exported, metrics, run_ranks, torchrun_command, vitc, write_config
 from vitc.engine.ema import EMARule, ModelEMA
-from vitc.engine.runtime import free_port
 from vitc.plan.memory import ZeroSetup, model_states
 
 
@@ -52,14 +48,11 @@ def test_ema_follows_the_authors_rule_across_the_warmup_boundary():
 
 
 @pytest.mark.slow
-def test_zero3_keeps_each_ranks_partition_of_the_ema_as_planned_and_exports_what_it_evaluated(digits_folder, tmp_path):
-    shards = digit_shards(digits_folder, tmp_path / "shards")
+def test_zero3_keeps_each_ranks_partition_of_the_ema_as_planned_and_exports_what_it_evaluated(shards, tmp_path):
     config = write_config(tmp_path / "z3.yaml", shards, tmp_path / "run", train={"micro_batch": 4, "zero_stage": 3},
                           optim={"ema_alpha": 1e-3, "ema_update_period": 4}, schedule={"epochs": 1},
                           eval={"precise_bn_samples": 16})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(ROOT / "tests" / "ema_probe.py"), str(tmp_path / "ema"), str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_ranks([*torchrun_command(2), str(ROOT / "tests" / "ema_probe.py"), str(tmp_path / "ema"), str(config)])
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"ema.{r}.json").read_text()) for r in range(2)]
     planned = model_states(ranks[0]["params"], ZeroSetup(3, "fp32", 2, ema=True)).ema

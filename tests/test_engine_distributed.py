@@ -5,7 +5,6 @@ run directory consolidates it once. A run saved on two ranks resuming on one: te
 import pytest
 import torch
 from engine_runs import (
-    digit_shards,
     exported,
     loss_fell,
     metrics,
@@ -21,11 +20,6 @@ from vitc.weights.init_from import INIT_CACHE, init_model
 
 # 2 ranks × 4 images: global batch 8, 25 steps per epoch, as in the one-process tests
 TWO_RANKS = {"micro_batch": 4}
-
-
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
 
 
 @pytest.mark.slow

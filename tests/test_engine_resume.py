@@ -2,17 +2,13 @@
 equals a bigger micro-batch; a preemption signal saves, reports and finds the job to requeue."""
 
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from engine_runs import (
-    ROOT,
     TINY_PATCHIFY,
-    digit_shards,
     exported,
+    kill_after_checkpoint,
     metrics,
     training_in_progress,
     write_config,
@@ -24,26 +20,7 @@ from vitc.distributed.env import discover
 from vitc.outcome import read_outcome
 
 
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
-
-
-def _kill_after_checkpoint(config, run_dir, step: int) -> None:
-    """Start `vitc train` in a process and SIGKILL it once checkpoint `step` is complete."""
-    marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
-    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, "the training process ended before the checkpoint"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_a_straight_run(shards, tmp_path):
     # A checkpoint every step, so the kill lands mid-epoch (and sometimes mid-save). Random crops
     # off (full-image crops): the loader re-draws the augmentation of the first batch after a
@@ -52,7 +29,7 @@ def test_killed_and_resumed_run_equals_a_straight_run(shards, tmp_path):
                           data={"crop_scale": [1.0, 1.0]}, schedule={"epochs": 1, "warmup_epochs": 0.2},
                           checkpoint={"every_steps": 1})
     assert main(["train", str(config)]) == 0
-    _kill_after_checkpoint(config, tmp_path / "killed", step=8)
+    kill_after_checkpoint(config, tmp_path / "killed", step=8)
     resumed_from = checkpoint.newest_checkpoint(tmp_path / "killed").step
     assert 8 <= resumed_from < 25
     assert main(["train", str(config), f"train.run_dir={tmp_path / 'killed'}"]) == 0
@@ -64,6 +41,7 @@ def test_killed_and_resumed_run_equals_a_straight_run(shards, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(shards, tmp_path):
     # The patchify twin: BatchNorm in the conv stem normalizes per micro-batch, so with it the
     # two runs differ by design; without it the gradient of the 16 images is the same sum.

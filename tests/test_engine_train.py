@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from engine_runs import (
-    digit_shards,
     exported,
     loss_fell,
     losses,
@@ -32,11 +31,6 @@ from vitc.outcome import read_outcome
 
 
 @pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
-
-
-@pytest.fixture(scope="module")
 def adamw_run(shards, tmp_path_factory):
     """One finished 5-epoch AdamW run at ZeRO-1 (125 steps), shared by the tests that read it. With
     the authors' conv-stem init (PyTorch's default for the 3×3 convs) this tiny ViT_C leaves the
@@ -48,6 +42,7 @@ def adamw_run(shards, tmp_path_factory):
     return config, tmp / "run"
 
 
+@pytest.mark.slow
 def test_loss_falls_and_eval_counts_every_image(adamw_run):
     _, run_dir = adamw_run
     assert len(losses(run_dir)) == 125 and loss_fell(run_dir)
@@ -56,6 +51,7 @@ def test_loss_falls_and_eval_counts_every_image(adamw_run):
     assert evals[-1]["top1"] > 20.0  # 10 classes: chance is 10 %
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_loss_falls_on_one_process_at_zero_stage(stage, shards, tmp_path):
     config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run", train={"zero_stage": stage},
@@ -120,6 +116,7 @@ def test_zero3_gathers_each_block_as_one_and_keeps_no_gathered_weight_until_back
     assert (int(held) == 0) == (memory_efficient_linear is None)
 
 
+@pytest.mark.slow
 def test_a_finished_run_reports_its_outcome_with_the_last_evaluations(adamw_run):
     _, run_dir = adamw_run
     outcome = read_outcome(run_dir)
@@ -146,6 +143,7 @@ def test_a_run_that_fails_records_the_error_line_it_prints(shards, tmp_path, cap
     assert capsys.readouterr().err.splitlines()[-1] == f"vitc: error: {outcome.error}"
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
     config, run_dir = adamw_run
     assert load_config(run_dir / "config.yaml") == load_config(config)
@@ -154,6 +152,7 @@ def test_run_directory_holds_config_deepspeed_config_and_environment(adamw_run):
     assert "deepspeed" in yaml.safe_load((run_dir / "environment.json").read_text())
 
 
+@pytest.mark.slow
 def test_in_process_training_leaves_no_rank_behind(adamw_run):
     """A process started after an in-process run (a sweep's next run, an sbatch from this shell)
     must not inherit the finished run's rank and a port its process group still holds."""
@@ -161,12 +160,14 @@ def test_in_process_training_leaves_no_rank_behind(adamw_run):
         assert key not in os.environ, key
 
 
+@pytest.mark.slow
 def test_keeps_the_last_k_complete_checkpoints(adamw_run):
     _, run_dir = adamw_run
     assert [c.step for c in checkpoint.complete_checkpoints(run_dir)] == [120, 125]
     assert sorted(p.name for p in checkpoint.checkpoint_root(run_dir).glob("step_*")) == ["step_00000120", "step_00000125"]
 
 
+@pytest.mark.slow
 def test_export_gives_a_plain_model_with_the_engines_logits(adamw_run, tmp_path):
     config, run_dir = adamw_run
     cfg = load_config(config)
@@ -184,6 +185,7 @@ def test_export_gives_a_plain_model_with_the_engines_logits(adamw_run, tmp_path)
             assert torch.allclose(plain(images), trainer.engine(images), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_of_exported_weights_matches_the_runs_last_eval(adamw_run, tmp_path, capsys):
     config, run_dir = adamw_run
     exported(run_dir, tmp_path)
@@ -193,6 +195,7 @@ def test_eval_of_exported_weights_matches_the_runs_last_eval(adamw_run, tmp_path
     assert f"top-1 {top1:.2f}%" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_on_data_of_other_classes_is_one_clear_error(adamw_run, photo_folder, tmp_path):
     # top-1 over labels that mean other classes would be a number with no meaning
     config, run_dir = adamw_run

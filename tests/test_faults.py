@@ -14,7 +14,6 @@ import pytest
 from engine_runs import (
     TINY_CONV,
     TINY_PATCHIFY,
-    digit_shards,
     metrics,
     training_in_progress,
     vitc,
@@ -26,11 +25,6 @@ from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.lock import LOCK_FILE, run_lock
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
-
-
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

@@ -130,8 +130,8 @@ def test_init_keys_without_init_from_is_refused_at_load():
 
 
 @pytest.mark.parametrize("stage", [1, 3])
-def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(digits_folder, tmp_path, stage):
-    from engine_runs import TINY_CONV, digit_shards, exported, vitc, write_config
+def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(shards, tmp_path, stage):
+    from engine_runs import TINY_CONV, exported, vitc, write_config
     from safetensors.torch import save_file
 
     source = tiny(seed=1)
@@ -139,7 +139,7 @@ def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(digits_fold
     given = snapshot(source)
     save_file(given, str(tmp_path / "given.safetensors"))
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "cfg.yaml", digit_shards(digits_folder, tmp_path / "shards"), run_dir,
+    config = write_config(tmp_path / "cfg.yaml", shards, run_dir,
                           model={**TINY_CONV, "num_classes": 10},
                           finetune={"init_from": str(tmp_path / "given.safetensors"), "init_keys": ["stem"]},
                           train={"freeze": ["stem"], "max_steps": 4, "zero_stage": stage}, optim={"weight_decay": 0.5})

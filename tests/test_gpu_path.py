@@ -13,7 +13,6 @@ from engine_runs import (
     ROOT,
     TINY_CONV,
     TINY_PATCHIFY,
-    digit_shards,
     exported,
     losses,
     vitc,
@@ -23,19 +22,14 @@ from torch import nn
 
 from vitc.cli import main
 from vitc.config import load_config, model_spec
+from vitc.deepspeed_config import deepspeed_config
 from vitc.distributed.env import DistEnv, discover, gpu_index, slurm_master_port
 from vitc.distributed.signals import PreemptionSignal
-from vitc.deepspeed_config import deepspeed_config
 from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.errors import VitcError
 from vitc.models.vit import VisionTransformer
 from vitc.run import resolve_run
-
-
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
 
 
 def tiny_config(tmp_path, shards, model: dict, stage: int, precision: str = "bf16", steps: int = 2):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from engine_runs import default_malloc, digit_shards, metrics, peak_rss_added, vitc
+from engine_runs import default_malloc, metrics, peak_rss_added, vitc
 
 from vitc.checkpoint import store as checkpoint
 from vitc.models.cost import model_cost
@@ -30,8 +30,7 @@ def run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.whole_machine  # ~20 GiB: 2 ranks of ~10 GiB each
-def test_a_vit_l_class_model_trains_on_two_ranks_at_zero3_resumes_on_one_and_exports(digits_folder, run, tmp_path):
-    shards = digit_shards(digits_folder, tmp_path / "shards")
+def test_a_vit_l_class_model_trains_on_two_ranks_at_zero3_resumes_on_one_and_exports(shards, run, tmp_path):
     config = tmp_path / "vit_c_62gf.yaml"
     # the default recipe (random crops, flips, AutoAugment, mixup/cutmix) with a loader worker;
     # the global batch is fixed, so 1 rank accumulates 2 micro-batches where 2 ranks took 1 each

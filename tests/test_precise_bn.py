@@ -1,21 +1,17 @@
 """Precise BatchNorm statistics (pycls BN.USE_PRECISE_STATS, branch `vitconfigs`, commit 206d0db):
 on two ranks, each over its own images, the recomputed statistics are those of all the images."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
 
-from engine_runs import ROOT
+from engine_runs import ROOT, run_ranks, torchrun_command
 from precise_bn_probe import rank_batches, small_convnet
 from vitc.config import load_config
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import batches_per_rank, recompute_bn_stats
-from vitc.engine.runtime import free_port
 from vitc.errors import VitcError
 
 
@@ -40,9 +36,7 @@ def direct_statistics(batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_precise_bn_on_two_ranks_equals_the_statistics_of_all_their_images(tmp_path):
     out = tmp_path / "bn.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(ROOT / "tests" / "precise_bn_probe.py"), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_ranks([*torchrun_command(2), str(ROOT / "tests" / "precise_bn_probe.py"), str(out)])
     assert result.returncode == 0, result.stderr[-4000:]
     expected = direct_statistics([images for rank in (0, 1) for images, _ in rank_batches(rank)])
     with safe_open(str(out), "pt") as recomputed:

@@ -4,15 +4,11 @@ BatchNorm buffers, optimizer moments, EMA, the schedule (so the next step's lr),
 data position — with random crops, flips, AutoAugment, MixUp/CutMix and a loader worker."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from engine_runs import ROOT, TINY_CONV, digit_shards, write_config
+from engine_runs import TINY_CONV, kill_after_checkpoint, write_config
 from safetensors.torch import load_file
 
 from vitc.checkpoint import store as checkpoint
@@ -60,22 +56,7 @@ def differences(a, b, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r:.80} != {b!r:.80}"]
 
 
-def kill_once_saved(config: Path, run_dir: Path, step: int) -> None:
-    """Run `vitc train` and SIGKILL it as soon as checkpoint `step` is marked complete."""
-    marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
-    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not marker.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
-
-
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_saves_the_state_of_a_straight_run(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "straight", TINY_CONV,
                           data={**default_recipe(), "workers": 1}, train={"micro_batch": 8, "zero_stage": 1},
@@ -83,7 +64,7 @@ def test_a_killed_and_resumed_run_saves_the_state_of_a_straight_run(shards, tmp_
                           schedule={"epochs": 2, "warmup_epochs": 0.5}, checkpoint={"every_steps": 4},
                           eval={"every_epochs": 0})
     assert main(["train", str(config)]) == 0
-    kill_once_saved(config, tmp_path / "killed", MID_EPOCH)
+    kill_after_checkpoint(config, tmp_path / "killed", MID_EPOCH)
     resumed_from = checkpoint.newest_checkpoint(tmp_path / "killed").step
     assert MID_EPOCH <= resumed_from < 25  # mid-epoch: the loader resumes inside the epoch
     assert main(["train", str(config), f"train.run_dir={tmp_path / 'killed'}"]) == 0

@@ -8,21 +8,11 @@ import pytest
 
 from vitc.cli import main
 from vitc.config import load_config
-from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.deepspeed_config import deepspeed_config
 from vitc.errors import VitcError
 from vitc.plan.gpus import get_gpu
 from vitc.plan.setup import Cluster, run_setup
 from vitc.run import resolve_run
-
-
-@pytest.fixture(scope="module")
-def digits(digits_folder, tmp_path_factory):
-    """Training and validation shards of the 10-class digits."""
-    out = tmp_path_factory.mktemp("shards")
-    for prefix in ("train", "val"):
-        build_shards(digits_folder, out / prefix, prefix, BuildOptions(samples_per_shard=50), progress=False)
-    return out
 
 
 def test_global_batch_sets_the_accumulation_and_the_lr_at_that_batch():
@@ -79,9 +69,9 @@ def test_passthrough_zero_stage_wins_in_the_engine_config_and_in_the_plan():
     assert (setup.zero_stage, setup.allgather_bucket_size) == (3, 1000)
 
 
-def test_the_planner_plans_the_run_the_trainer_runs(digits):
+def test_the_planner_plans_the_run_the_trainer_runs(shards):
     cfg = load_config(None, ["model.name=vit_c_1gf", "model.num_classes=auto", "train.micro_batch=16",
-                             "train.global_batch=256", f"data.train_shards={digits / 'train'}"])
+                             "train.global_batch=256", f"data.train_shards={shards / 'train'}"])
     setup = run_setup(cfg, Cluster(nodes=2, gpus_per_node=4, gpu="h100"))
     run = resolve_run(cfg, world_size=8, device_kind=get_gpu("h100").kind)
     assert (setup.spec, setup.micro_batch, setup.grad_accum, setup.global_batch, setup.lr) == (
@@ -89,9 +79,9 @@ def test_the_planner_plans_the_run_the_trainer_runs(digits):
     assert (setup.precision, setup.zero_stage, setup.dataset_size) == (run.precision, run.zero_stage, 200)
 
 
-def test_num_classes_auto_and_the_shard_lists_come_from_the_manifests(digits):
-    cfg = load_config(None, ["model.num_classes=auto", f"data.train_shards={digits / 'train'}",
-                             f"data.val_shards={digits / 'val'}"])
+def test_num_classes_auto_and_the_shard_lists_come_from_the_manifests(shards):
+    cfg = load_config(None, ["model.num_classes=auto", f"data.train_shards={shards / 'train'}",
+                             f"data.val_shards={shards / 'val'}"])
     run = resolve_run(cfg, world_size=1)
     assert run.num_classes == run.spec.num_classes == 10
     assert (len(run.train.shards), run.train.samples, run.val.samples) == (4, 200, 200)

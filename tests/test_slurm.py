@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from vitc.outcome import read_outcome
 from vitc.slurm.submit import job_status, submit_sweep
 from vitc.sweep.make import make_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+# `vitc` as torchrun, srun and the job scripts start it: this interpreter's (tests/test_cli.py
+# checks that `python -m vitc.cli` is the `vitc` command)
+VITC = [sys.executable, "-m", "vitc.cli"]
 
 
 def write_config(path: Path, run_dir: Path, **sections) -> Path:
@@ -56,7 +59,7 @@ def test_dry_run_renders_the_allocation_and_writes_nothing(tmp_path, capsys):
         assert expected in options
     assert f"VITC_ARGS=(train {run_dir}/config.yaml)" in script
     assert "srun --kill-on-bad-exit=1 --wait=120" in script
-    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert subprocess.run(["bash", "-n"], check=False, input=script, text=True).returncode == 0
     assert not run_dir.exists()
 
 
@@ -129,7 +132,7 @@ def test_sweep_dry_run_is_one_job_array_over_the_configs(tmp_path):
     assert {"--array=0-4%2", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1",
             f"--output={tmp_path}/sweep/slurm/%x-%A_%a.out"} <= set(options)
     assert f"{tmp_path}/sweep/slurm/configs.txt" in result.script
-    assert subprocess.run(["bash", "-n"], input=result.script, text=True).returncode == 0
+    assert subprocess.run(["bash", "-n"], check=False, input=result.script, text=True).returncode == 0
     assert not (tmp_path / "sweep").exists()
 
 
@@ -154,6 +157,7 @@ def cluster(tmp_path_factory):
         yield running
 
 
+@pytest.mark.slow
 def test_cluster_runs_one_task_on_each_of_two_nodes(cluster):
     out = cluster.run("srun", "--nodes=2", "--ntasks-per-node=1", "--label",
                       "printenv", "SLURMD_NODENAME").stdout
@@ -168,15 +172,6 @@ def test_cluster_runs_one_task_on_each_of_two_nodes(cluster):
 JOB_TIMEOUT_S = 300
 DIST_TIMEOUT_S = 30  # train.dist_timeout_s: a collective waiting longer than this fails
 EXIT_WAIT_S = 10  # slurm.exit_wait_s
-
-
-@pytest.fixture(scope="module")
-def digit_shards(digits_folder, tmp_path_factory) -> Path:
-    from vitc.data.shards.build import BuildOptions, build_shards
-
-    out = tmp_path_factory.mktemp("digit_shards")
-    build_shards(digits_folder, out, options=BuildOptions(samples_per_shard=50), progress=False)
-    return out
 
 
 def tiny_run_config(tmp_path: Path, shards: Path, epochs: int, workers: int = 0) -> Path:
@@ -197,7 +192,7 @@ def tiny_run_config(tmp_path: Path, shards: Path, epochs: int, workers: int = 0)
 
 def vitc(cluster, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The `vitc` command, run as a user would, with the cluster's SLURM_CONF."""
-    return subprocess.run([str(REPO / ".venv" / "bin" / "vitc"), *args], env={**cluster.env, **(env or {})},
+    return subprocess.run([*VITC, *args], env={**cluster.env, **(env or {})},
                           capture_output=True, text=True, check=True)
 
 
@@ -224,8 +219,8 @@ def optimizer_steps(partition: Path) -> int:
 
 
 @pytest.mark.slow
-def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, digit_shards, tmp_path):
-    config = tiny_run_config(tmp_path, digit_shards, epochs=3)
+def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, shards, tmp_path):
+    config = tiny_run_config(tmp_path, shards / "train", epochs=3)
     # submitted from a shell that is itself a rank of some launcher: sbatch exports its
     # environment, and the job's tasks must still take their ranks from Slurm
     launcher_env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "29500"}
@@ -236,8 +231,8 @@ def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, digit
     log = log_file.read_text()
     assert job["JobState"] == "COMPLETED", log
     assert "2 tasks, master 127.0.0.1:" in log
-    assert re.search(r"^0: .* run \S+: 2 rank\(s\), cpu", log, re.M)
-    assert re.search(r"^1: ", log, re.M)  # rank 1's own output, labelled by srun
+    assert re.search(r"^0: .* run \S+: 2 rank\(s\), cpu", log, re.MULTILINE)
+    assert re.search(r"^1: ", log, re.MULTILINE)  # rank 1's own output, labelled by srun
     assert "finished at epoch 3, step 36" in log
     final = tmp_path / "run" / "checkpoints" / "step_00000036"
     partitions = [final / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)]
@@ -248,11 +243,11 @@ def test_two_node_training_job_completes_with_both_ranks_stepping(cluster, digit
 
 
 @pytest.mark.slow
-def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster, digit_shards, tmp_path):
+def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster, shards, tmp_path):
     # 1000 epochs (12,000 steps): the job cannot end before it is signalled, however fast the
     # machine; the resumed job gets a step budget while Slurm holds it. A loader worker process:
     # Slurm signals every process of the step, and the preemption signal must not kill the workers.
-    config = tiny_run_config(tmp_path, digit_shards, epochs=1000, workers=1)
+    config = tiny_run_config(tmp_path, shards / "train", epochs=1000, workers=1)
     job_id, log_file = submit_two_node_cpu_job(cluster, config)
     wait_for_step(cluster, tmp_path / "run", 2)
 
@@ -261,7 +256,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster
     held = cluster.wait_for("the requeued job to be held",
                             lambda: (j := cluster.job(job_id))["JobState"] == "PENDING" and j["Reason"] != "None"
                             and j, JOB_TIMEOUT_S)
-    ranks_saving = dict(re.findall(r"^(\d): .*USR1 signal: saving at step (\d+)", log_file.read_text(), re.M))
+    ranks_saving = dict(re.findall(r"^(\d): .*USR1 signal: saving at step (\d+)", log_file.read_text(), re.MULTILINE))
     assert set(ranks_saving) == {"0", "1"} and len(set(ranks_saving.values())) == 1
     signalled = int(ranks_saving["0"])
     job_config = tmp_path / "run" / "config.yaml"  # what the job script trains (vitc slurm submit wrote it)
@@ -282,8 +277,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_where_it_stopped(cluster
 
 
 @pytest.mark.slow
-def test_cancelled_job_saves_and_stays_cancelled(cluster, digit_shards, tmp_path):
-    config = tiny_run_config(tmp_path, digit_shards, epochs=1000)  # would run for minutes
+def test_cancelled_job_saves_and_stays_cancelled(cluster, shards, tmp_path):
+    config = tiny_run_config(tmp_path, shards / "train", epochs=1000)  # would run for minutes
     job_id, log_file = submit_two_node_cpu_job(cluster, config)
     wait_for_step(cluster, tmp_path / "run", 2)
 
@@ -292,7 +287,7 @@ def test_cancelled_job_saves_and_stays_cancelled(cluster, digit_shards, tmp_path
 
     log = log_file.read_text()
     assert job["JobState"] == "CANCELLED" and job["Restarts"] == "0", f"{job}\n{log}"
-    saved = re.search(r"^0: .* saved checkpoint \S+step_(\d+)", log, re.M)
+    saved = re.search(r"^0: .* saved checkpoint \S+step_(\d+)", log, re.MULTILINE)
     assert saved and int(saved.group(1)) > 0
     assert re.search(rf"Slurm job {job_id} is \w+ \(cancelled, .*\): checkpoint saved, not requeueing", log)
 
@@ -316,8 +311,9 @@ def rank_process(job_id: int, rank: int) -> int:
     return min(found)[1]
 
 
-def test_a_dead_rank_ends_the_job_with_a_clear_error(cluster, digit_shards, tmp_path):
-    config = tiny_run_config(tmp_path, digit_shards, epochs=1000)  # would run for minutes
+@pytest.mark.slow
+def test_a_dead_rank_ends_the_job_with_a_clear_error(cluster, shards, tmp_path):
+    config = tiny_run_config(tmp_path, shards / "train", epochs=1000)  # would run for minutes
     job_id, log_file = submit_two_node_cpu_job(cluster, config)
     wait_for_step(cluster, tmp_path / "run", 2)
 
@@ -333,8 +329,8 @@ def test_a_dead_rank_ends_the_job_with_a_clear_error(cluster, digit_shards, tmp_
 
 
 @pytest.mark.slow
-def test_sweep_array_runs_each_config_as_its_own_job(cluster, digit_shards, tmp_path, monkeypatch):
-    configs = [tiny_run_config(tmp_path / f"trial{i}", digit_shards, epochs=1) for i in range(2)]
+def test_sweep_array_runs_each_config_as_its_own_job(cluster, shards, tmp_path, monkeypatch):
+    configs = [tiny_run_config(tmp_path / f"trial{i}", shards / "train", epochs=1) for i in range(2)]
     slurm = load_config(configs[0], ["slurm.nodes=1", "slurm.gpus_per_node=0", "slurm.time='15:00'"]).slurm
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
 
@@ -370,8 +366,8 @@ epochs: [1]
 
 def sweep_run(cluster, sweep: Path, *args: str) -> subprocess.CompletedProcess:
     """`vitc sweep run --slurm`, as a user types it, against the test cluster."""
-    return subprocess.run([str(REPO / ".venv" / "bin" / "vitc"), "sweep", "run", str(sweep), "--slurm", *args],
-                          env=cluster.env, capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([*VITC, "sweep", "run", str(sweep), "--slurm", *args],
+                          check=False, env=cluster.env, capture_output=True, text=True, cwd=sweep.parent)
 
 
 def array_logs(sweep: Path) -> str:
@@ -385,11 +381,11 @@ def array_id(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.slow
 def test_a_sweep_runs_as_one_throttled_array_and_a_re_run_submits_only_unfinished_runs(
-        cluster, digit_shards, tmp_path):
-    model = tiny_run_config(tmp_path / "model", digit_shards, epochs=1)
+        cluster, shards, tmp_path):
+    model = tiny_run_config(tmp_path / "model", shards / "train", epochs=1)
     (tmp_path / "spec.yaml").write_text(SWEEP_SPEC % model)
     sweep = tmp_path / "sweep"
-    runs = make_sweep(tmp_path / "spec.yaml", sweep, [f"data.val_shards={digit_shards}", "slurm.nodes=1",
+    runs = make_sweep(tmp_path / "spec.yaml", sweep, [f"data.val_shards={shards / 'val'}", "slurm.nodes=1",
                                                       "slurm.gpus_per_node=0", "slurm.time='15:00'"])
     assert len(runs) == 4
 

@@ -11,7 +11,6 @@ import torch
 from engine_runs import (
     TINY_CONV,
     TINY_PATCHIFY,
-    digit_shards,
     exported,
     metrics,
     vitc,
@@ -63,11 +62,6 @@ def logits_of(model: torch.nn.Module) -> torch.Tensor:
     torch.manual_seed(0)
     with torch.no_grad():
         return model.eval()(torch.randn(4, 3, 32, 32))
-
-
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
 
 
 def train_run(shards, tmp, model: dict, **sections):

@@ -3,16 +3,12 @@ buffer (the conv stem's BatchNorm statistics), Adam moment and EMA weight is res
 DeepSpeed's universal checkpoint, and the lr schedule continues at the same epoch position
 (tests/world_size_probe.py gathers the trainer's full state on each side)."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from engine_runs import ROOT, digit_shards, write_config
+from engine_runs import ROOT, launcher, run_ranks, write_config
 
 from vitc.checkpoint import store as checkpoint
-from vitc.engine.runtime import free_port
 from vitc.engine.schedule import warmup_cosine
 from vitc.schema import ScheduleConfig
 
@@ -20,18 +16,9 @@ PROBE = str(ROOT / "tests" / "world_size_probe.py")
 SAVED_AT = 3  # optimizer steps before the checkpoint
 
 
-@pytest.fixture(scope="module")
-def shards(digits_folder, tmp_path_factory):
-    return digit_shards(digits_folder, tmp_path_factory.mktemp("shards"))
-
-
 def probe(nproc: int, out, mode: str, *args: str) -> dict:
     """The trainer's full state after `vitc train ARGS` on `nproc` ranks (gloo on CPU); and its log."""
-    launch = [sys.executable]
-    if nproc > 1:
-        launch += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
-    result = subprocess.run([*launch, PROBE, str(out), mode, *args], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_ranks([*launcher(nproc), PROBE, str(out), mode, *args])
     out.with_suffix(".log").write_text(result.stderr)
     assert result.returncode == 0, f"see {out.with_suffix('.log')}: {result.stderr[-2000:]}"
     return {"state": torch.load(out), "log": result.stderr}
