@@ -320,3 +320,77 @@ if __name__ == "__main__":  # rewrite the table in docs/engine.md
     old = f"{TABLE_START}\n{_docs_block(text)}\n{TABLE_END}"
     DOCS.write_text(text.replace(old, f"{TABLE_START}\n{matrix_table()}\n{TABLE_END}"))
     print(f"wrote the lifecycle matrix into {DOCS}", file=sys.stderr)
+
+
+# ---- the pieces the matrix cannot show on a CPU -------------------------------------------------
+
+@pytest.mark.parametrize("error", ["ENOSYS", "ENOLCK"])
+def test_without_posix_locks_the_run_directory_is_locked_by_an_exclusive_file(error, tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import os
+    import socket
+
+    from vitc.checkpoint.lock import HELD_FILE, run_lock
+    from vitc.errors import VitcError
+
+    def unsupported(*_):  # what Lustre and NFS mounts without lock support answer
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
+
+    monkeypatch.setattr(fcntl, "lockf", unsupported)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    held = tmp_path / "run" / HELD_FILE
+    with run_lock(tmp_path / "run"):
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+        with pytest.raises(VitcError, match=f"pid {os.getpid()}.*remove the lock file"), run_lock(tmp_path / "run"):
+            pass
+    assert not held.exists()  # released
+    # a holder killed with -9 left its file: a pid that no longer runs here, or the same Slurm job
+    gone = {"host": socket.gethostname(), "pid": 2**22 + 12345, "job": None}
+    for stale, env in [(gone, None), ({**gone, "host": "elsewhere", "job": "77"}, "77")]:
+        held.write_text(json.dumps(stale))
+        if env:
+            monkeypatch.setenv("SLURM_JOB_ID", env)
+        with run_lock(tmp_path / "run"):
+            assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert sum("taking over the lock" in r.getMessage() for r in caplog.records) == 2
+    held.write_text(json.dumps({**gone, "host": "elsewhere", "job": "78"}))  # may still run: refused
+    with pytest.raises(VitcError, match="host elsewhere"), run_lock(tmp_path / "run"):
+        pass
+
+
+def test_fp16_at_zero_0_is_autocast_over_fp32_parameters_as_every_precision_at_every_stage():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from vitc.config import load_config
+    from vitc.deepspeed_config import deepspeed_config
+    from vitc.run import resolve_run
+
+    for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        for stage in STAGES:
+            cfg = load_config(ROOT / "vitc/resources/demo/vit_c_tiny.yaml",
+                              [f"train.precision={precision}", f"train.zero_stage={stage}", "model.num_classes=10"])
+            ds = DeepSpeedConfig(deepspeed_config(resolve_run(cfg, 1, "gpu", shards=())))
+            # parameters stay fp32 (DeepSpeed's fp16/bf16 modes off): DeepSpeed's ZeRO-0 sanity check
+            # (engine.py `_do_optimizer_sanity_check`) then has fp32 model and accumulation dtypes,
+            # where fp16 parameters with fp32 accumulation crashed deepspeed.initialize
+            assert not ds.float16_config.enabled and not ds.bfloat16_config.enabled
+            assert ds.torch_autocast_enabled and ds.torch_autocast_dtype == dtype
+            assert ds.torch_autocast_lower_precision_safe_modules == []  # fp32 communication
+            assert ds.grad_accum_dtype == "fp32" and ds.communication_data_type == torch.float32
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_after_a_load_every_parameter_has_its_own_step_where_its_optimizer_wants_it(fused):
+    from vitc.engine.resume import steps_per_parameter
+
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:]}], fused=fused or None)
+    shared = torch.tensor(5.0)  # what DeepSpeed's ZeRO-3 universal load sets for every group
+    for p in params:
+        optimizer.state[p] = {"step": shared, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        p.grad = torch.ones_like(p)
+    steps_per_parameter(optimizer)
+    optimizer.step()  # torch's fused AdamW runs on the CPU in this torch
+    assert [float(optimizer.state[p]["step"]) for p in params] == [6.0, 6.0]  # not 7: no shared counter
+    assert all(optimizer.state[p]["step"].device == p.device for p in params)
