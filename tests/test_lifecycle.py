@@ -181,12 +181,16 @@ def test_a_run_lives_its_whole_life(cell, walked, tmp_path, capsys):
     assert all(torch.equal(weights[k], ema[k]) for k in params), [k for k in params if not torch.equal(weights[k], ema[k])][:4]
     assert main(["export", str(walk.run_dir), "--out", str(tmp_path / "timm"), "--format", "timm"]) == 0
     assert (tmp_path / "timm" / "config.json").is_file()
-    # fine-tune from the run directory at the cell's stage and precision (1 rank), then evaluate it
+    # fine-tune from the run directory at the cell's stage and precision (1 rank), its stem frozen,
+    # then evaluate it: the frozen stem is exported as it was given, fp32 bit for bit
     tuned = tmp_path / "finetune"
     result = vitc_on(1, "train", str(walk.config), f"train.run_dir={tuned}", f"finetune.init_from={walk.run_dir}",
-                     "train.max_steps=1")
+                     "train.freeze=[stem]", "train.max_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert main(["export", str(tuned), "--out", str(tmp_path / "tuned.safetensors")]) == 0
+    tuned_weights = load_weights(tmp_path / "tuned.safetensors")
+    assert all(torch.equal(tuned_weights[k], weights[k]) for k in weights if k.startswith("stem."))
+    assert not torch.equal(tuned_weights["head.weight"], weights["head.weight"])
     capsys.readouterr()
     assert main(["eval", str(walk.config), "--weights", str(tmp_path / "tuned.safetensors")]) == 0
     assert "top-1" in capsys.readouterr().out
