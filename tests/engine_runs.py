@@ -155,3 +155,39 @@ def peak_rss_added(ranks: int, out_prefix: Path, steps: int, *train_args: str) -
                         *train_args], env=default_malloc(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(Path(f"{out_prefix}.{r}.json").read_text())["added"] for r in range(ranks)]
+
+
+def launcher(nproc: int) -> list[str]:
+    """The command that starts `-m vitc.cli ...` on `nproc` ranks: python alone, or torchrun (gloo)."""
+    if nproc == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(free_port())]
+
+
+def vitc_on(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """`vitc ARGS` on `nproc` ranks, one thread each; not checked (a refusal is an outcome too)."""
+    return subprocess.run([*launcher(nproc), "-m", "vitc.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+
+
+def killed_once_saved(nproc: int, marker: Path, *args: str) -> None:
+    """`vitc ARGS` on `nproc` ranks, every process of it killed with SIGKILL once `marker` exists
+    (torchrun starts its workers in sessions of their own: each is killed by its pid)."""
+    import psutil
+
+    proc = subprocess.Popen([*launcher(nproc), "-m", "vitc.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, f"ended before {marker}: {proc.stderr.read()[-2000:]}"
+            time.sleep(0.02)
+    finally:
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for member in family:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+        psutil.wait_procs(family, timeout=30)

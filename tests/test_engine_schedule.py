@@ -5,8 +5,8 @@ import math
 import pytest
 
 from vitc.config import load_config, model_spec
-from vitc.distributed.env import DistEnv
 from vitc.deepspeed_config import deepspeed_config
+from vitc.distributed.env import DistEnv
 from vitc.engine.optim import build_optimizer, param_groups
 from vitc.engine.runtime import resolve_runtime
 from vitc.engine.schedule import WarmupCosine, warmup_cosine

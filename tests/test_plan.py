@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from engine_runs import peak_rss_added
 from torch import nn
 
-from engine_runs import peak_rss_added
 from vitc.audit.flops import traced_cost
 from vitc.cli import main
 from vitc.data.shards.build import BuildOptions, build_shards
@@ -102,7 +102,9 @@ def test_states_agree_with_deepspeeds_own_estimator(stage):
 @pytest.mark.parametrize("params", [VIT_C_1GF_PARAMS, 364_508_941, 1_000_000_007])
 def test_the_torch_free_estimate_is_deepspeeds_own_formula(params):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     largest = 23_609_657
     for nodes, gpus_per_node in ((1, 8), (2, 8), (16, 8), (1, 3)):

@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from system_packages import apt_get
+
 from vitc.cli import main
 from vitc.errors import VitcError
 from vitc.sweep.analysis import curves, good_range, load_runs, summarize

@@ -105,8 +105,9 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: boo
     groups = groups or param_groups(model, optim.weight_decay)
     if optim.name == "adamw":
         fused = on_gpu if optim.fused == "auto" else optim.fused
-        if fused and not on_gpu:
-            raise VitcError("optim.fused=true needs a GPU (train.device); use optim.fused=auto")
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps,
-                                 fused=fused or None)
+        try:  # torch >= 2.4 has a fused AdamW on the CPU too; where it has none, torch refuses here
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps,
+                                     fused=fused or None)
+        except RuntimeError as e:
+            raise VitcError(f"optim.fused=true: {e}; use optim.fused=auto") from None
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)

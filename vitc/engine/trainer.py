@@ -25,6 +25,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 
 from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint import universal
 from vitc.checkpoint.lock import run_lock
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
@@ -102,9 +103,11 @@ def convert_before_joining(cfg: Config, dist: DistEnv, run: Run) -> None:
     the conversion. Only then are the checkpoint's files verified by every rank (the same-size
     case leaves that to rank 0 in `resume_point`); a damaged newest one falls back as resume does."""
     saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
-    if saved is not None and saved.world_size != dist.world_size:
-        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir)
-        checkpoint.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank)
+    if saved is not None and (saved.world_size, saved.zero_stage) != (dist.world_size, run.zero_stage):
+        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir, quiet=not dist.is_main)
+        if saved is not None:
+            universal.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank,
+                                   cfg.optim.name)
 
 class Trainer(Resuming):
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
@@ -146,10 +149,10 @@ class Trainer(Resuming):
         resume = checkpoint.resume_point(self.run_dir, dist.rank) if cfg.checkpoint.resume else None
         if resume:
             checkpoint.same_architecture(self.run_dir, resume, self.run.spec)
-        tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
-                                                  self.run.zero_stage, dist.rank)
-                          if resume else (None, False))
-        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, universal)
+        tag, load_universal = (universal.loadable_tag(self.run_dir, resume, dist.world_size,
+                                                      self.run.zero_stage, dist.rank, cfg.optim.name)
+                               if resume else (None, False))
+        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, load_universal)
         if sharded:  # ZeRO-3: this rank's partitions, as deepspeed.initialize made them
             self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
