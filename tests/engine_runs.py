@@ -121,18 +121,10 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 
 def kill_after_checkpoint(config: Path, run_dir: Path, step: int) -> None:
-    """Start `vitc train CONFIG` in a process and SIGKILL it as soon as checkpoint `step` is
-    marked complete (the kill lands wherever the run is: the next step, or its next save)."""
+    """`vitc train CONFIG` in one process, SIGKILLed as soon as checkpoint `step` is marked
+    complete (the kill lands wherever the run is: the next step, or its next save)."""
     marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
-    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"the training process ended before checkpoint {step}"
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    killed_once_saved(1, marker, "train", str(config), f"train.run_dir={run_dir}")
 
 
 def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -155,14 +147,6 @@ def peak_rss_added(ranks: int, out_prefix: Path, steps: int, *train_args: str) -
                         *train_args], env=default_malloc(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(Path(f"{out_prefix}.{r}.json").read_text())["added"] for r in range(ranks)]
-
-
-def launcher(nproc: int) -> list[str]:
-    """The command that starts `-m vitc.cli ...` on `nproc` ranks: python alone, or torchrun (gloo)."""
-    if nproc == 1:
-        return [sys.executable]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(free_port())]
 
 
 def vitc_on(nproc: int, *args: str) -> subprocess.CompletedProcess:
