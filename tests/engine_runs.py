@@ -4,7 +4,6 @@ tests/conftest.py turns `digit_shards` into the `shards` fixture."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
