@@ -85,16 +85,18 @@ def test_every_released_config_is_pinned():
     assert sum(name.startswith("IN21k_") for name in PINNED) == 6
 
 
-def test_the_72gf_stem_loads_and_freezes_exactly_the_layers_it_shares_with_the_36gf_stem():
+def test_the_72gf_stem_loads_and_freezes_every_3x3_layer_of_the_36gf_stem():
+    # Appendix C: ViT_C-72GF's stem is initialised from the ImageNet-21k ViT_C-36GF and kept frozen
     entry = PINNED["IN21k_ViT-C-72GF_adamw_128gpus.yaml"]
     cfg = load_config(REPO / entry["config"], ["data.train_shards=null"])
-    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["vitc"]
+    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["value"] == ["stem.convs"]
     assert cfg.finetune.init_from == load_config(REPO / "configs/in21k/vit_c_36gf.yaml").train.run_dir
     shapes = {name: layer_shapes(name) for name in ("vit_c_36gf", "vit_c_72gf")}
-    layers = {k.rsplit(".", 1)[0] for k in shapes["vit_c_72gf"] if k.startswith("stem.")}
-    shared = [layer for layer in layers if all(shapes["vit_c_36gf"].get(k) == shape for k, shape in
-                                               shapes["vit_c_72gf"].items() if k.startswith(layer + "."))]
-    assert sorted(shared) == sorted(cfg.train.freeze)
+    stem = {k: v for k, v in shapes["vit_c_72gf"].items() if k.startswith("stem.")}
+    convs = {k: v for k, v in stem.items() if k.startswith("stem.convs.")}
+    assert convs and all(shapes["vit_c_36gf"][k] == v for k, v in convs.items())
+    # only the 1×1 to the width differs: it trains
+    assert {k for k in stem if shapes["vit_c_36gf"][k] != stem[k]} == {"stem.proj.weight", "stem.proj.bias"}
 
 
 def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
