@@ -107,3 +107,24 @@ def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in VisionTransformer(get_spec(name)).state_dict().items()}
+
+
+CODE = json.loads((REPO / "tests/data/paper_recipes.json").read_text())["code"]
+
+
+def test_weight_decay_spares_only_biases_and_norms_as_the_authors_code_does():
+    import torch
+
+    from vitc.engine.optim import param_groups
+    from vitc.models.spec import get_spec
+    from vitc.models.vit import VisionTransformer
+
+    assert CODE["weight_decay_exempt"]["value"] == ["bias", "LayerNorm", "BatchNorm"]
+    model = VisionTransformer(get_spec("vit_c_1gf", depth=1, width=48, heads=2, image_size=32,
+                                       stem_channels=(8, 16), stem_strides=(2, 2), num_classes=3))
+    decay, no_decay = param_groups(model, 0.24)
+    names = {id(p): n for n, p in model.named_parameters()}
+    norms = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
+    exempt = {n for n, _ in model.named_parameters() if n.endswith(".bias") or n.rsplit(".", 1)[0] in norms}
+    assert {names[id(p)] for p in no_decay["params"]} == exempt
+    assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in decay["params"]}
