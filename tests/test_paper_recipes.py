@@ -128,3 +128,10 @@ def test_weight_decay_spares_only_biases_and_norms_as_the_authors_code_does():
     exempt = {n for n, _ in model.named_parameters() if n.endswith(".bias") or n.rsplit(".", 1)[0] in norms}
     assert {names[id(p)] for p in no_decay["params"]} == exempt
     assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in decay["params"]}
+
+
+@pytest.mark.parametrize("released", sorted(PINNED))
+def test_each_paper_config_sets_the_lr_once_per_epoch(released):
+    assert CODE["lr_update"]["value"] == "epoch"
+    cfg = load_config(REPO / PINNED[released]["config"], ["data.train_shards=null"])
+    assert cfg.schedule.lr_update == CODE["lr_update"]["value"]
