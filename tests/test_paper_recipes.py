@@ -42,7 +42,7 @@ def resolved_recipe(entry: dict) -> dict:
         "label_smoothing": d.label_smoothing, "augment": d.auto_augment, "random_erasing": d.random_erasing,
         "drop_path": spec.drop_path, "train_size": spec.image_size,
         "test_resize": round(spec.image_size / d.eval_crop_ratio), "test_crop": spec.image_size,
-        "frozen": cfg.train.freeze,
+        "frozen": cfg.train.freeze, "pca_lighting_std": d.pca_std,
     }
 
 
@@ -135,3 +135,56 @@ def test_each_paper_config_sets_the_lr_once_per_epoch(released):
     assert CODE["lr_update"]["value"] == "epoch"
     cfg = load_config(REPO / PINNED[released]["config"], ["data.train_shards=null"])
     assert cfg.schedule.lr_update == CODE["lr_update"]["value"]
+
+
+def test_pca_lighting_is_pycls_lighting_before_normalisation():
+    import torch
+
+    from vitc.data.loading.draws import drawing_from, part_seed
+    from vitc.data.loading.transforms import (
+        EIG_VALS,
+        EIG_VECS,
+        MEAN,
+        STD,
+        Recipe,
+        TrainBatchTransform,
+    )
+
+    pinned = CODE["pca_lighting"]["value"]
+    assert (list(EIG_VALS), [list(r) for r in EIG_VECS]) == (pinned["eig_vals"], pinned["eig_vecs"])
+    assert Recipe.from_config(load_config(None, []), 10).pca_std == pinned["std"]
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    seeds = torch.tensor([11, 12, 13])
+    plain = Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0)
+    x, _ = TrainBatchTransform(plain)(images, torch.arange(3), seeds, 0)
+    for image, out, seed in zip(images, x, seeds.tolist()):
+        with drawing_from(part_seed(seed, "lighting")):
+            alpha = (torch.randn(3, dtype=torch.float64) * pinned["std"]).tolist()
+        # pycls transforms.lighting on the 0..1 RGB image, then color_norm (imagenet.py _prepare_im)
+        rgb = [sum(pinned["eig_vecs"][i][j] * alpha[j] * pinned["eig_vals"][j] for j in range(3)) for i in range(3)]
+        im = image.double() / 255
+        want = torch.stack([(im[i] + rgb[i] - MEAN[i] / 255) / (STD[i] / 255) for i in range(3)])
+        assert torch.allclose(out.double(), want, atol=1e-4)
+    off = Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, pca_std=0)
+    x_off, _ = TrainBatchTransform(off)(images, torch.arange(3), seeds, 0)
+    assert not torch.allclose(x, x_off)
+
+
+def test_pca_lighting_draws_are_a_function_of_the_sample_seed_alone():
+    import torch
+
+    from vitc.data.loading.transforms import Recipe, TrainBatchTransform
+
+    plain = TrainBatchTransform(Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0,
+                                       label_smoothing=0))
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    both, _ = plain(images.clone(), torch.arange(2), torch.tensor([5, 6]), batch_seed=0)
+    alone, _ = plain(images[1:].clone(), torch.arange(1), torch.tensor([6]), batch_seed=9)
+    assert torch.equal(both[1], alone[0])  # same sample seed, same shift, whatever the batch
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    again, _ = plain(images.clone(), torch.arange(2), torch.tensor([5, 6]), batch_seed=0)
+    assert torch.equal(both, again) and torch.equal(torch.get_rng_state(), state)
+    from vitc.data.loading.transforms import lighting_shift
+
+    assert not torch.equal(lighting_shift(5, 0.1), lighting_shift(6, 0.1))

@@ -226,6 +226,9 @@ class DataConfig:
     randaugment_num_ops: int = bounded(2, ge=1)
     # Off: the paper's recipe (the authors' pycls configs) has no random erasing; DeiT uses 0.25.
     random_erasing: float = bounded(0.0, ge=0, le=1)
+    # AlexNet-style PCA lighting noise, std of its three draws; 0 = off. pycls's TRAIN.PCA_STD
+    # default, not overridden by the released configs (vitc/data/loading/transforms.py)
+    pca_std: float = bounded(0.1, ge=0)
     mixup_alpha: float = bounded(0.8, ge=0)  # the released configs; 0 = off
     cutmix_alpha: float = bounded(1.0, ge=0)  # the released configs; 0 = off
     label_smoothing: float = bounded(0.1, ge=0, le=1)  # the released configs
