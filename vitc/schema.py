@@ -93,14 +93,18 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Per-iteration lr schedule: linear warmup from a factor, then half-period cosine (the paper's recipe;
-    pycls `vitconfigs` 206d0db, pycls/core/optimizer.py)."""
+    """lr schedule: linear warmup from a factor, then half-period cosine (the paper's recipe;
+    pycls `vitconfigs` 206d0db, pycls/core/optimizer.py), set once per epoch as the authors do or
+    at every step (vitc/engine/schedule.py)."""
 
     epochs: int = bounded(100, ge=1)
     warmup_epochs: float = bounded(5.0, ge=0)  # at most schedule.epochs
     warmup_factor: float = bounded(0.1, ge=0, le=1)
     # cosine ends at min_lr_factor × lr (the released configs' OPTIM.MIN_LR: 0.005)
     min_lr_factor: float = bounded(0.005, ge=0, le=1)
+    # `epoch`: the lr is set once per epoch (pycls trainer.py `get_epoch_lr(cur_epoch)`, the authors');
+    # `step`: the same curve evaluated at every optimizer step (vitc's option)
+    lr_update: Literal["epoch", "step"] = "epoch"
 
 
 @dataclass
@@ -232,6 +236,9 @@ class DataConfig:
     randaugment_num_ops: int = bounded(2, ge=1)
     # Off: the paper's recipe (the authors' pycls configs) has no random erasing; DeiT uses 0.25.
     random_erasing: float = bounded(0.0, ge=0, le=1)
+    # AlexNet-style PCA lighting noise, std of its three draws; 0 = off. pycls's TRAIN.PCA_STD
+    # default, not overridden by the released configs (vitc/data/loading/transforms.py)
+    pca_std: float = bounded(0.1, ge=0)
     mixup_alpha: float = bounded(0.8, ge=0)  # the released configs; 0 = off
     cutmix_alpha: float = bounded(1.0, ge=0)  # the released configs; 0 = off
     label_smoothing: float = bounded(0.1, ge=0, le=1)  # the released configs

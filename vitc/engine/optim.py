@@ -2,9 +2,10 @@
 finetuning with `finetune.layer_decay`, one pair per layer with a layer-wise lr scale (BEiT).
 Parameters frozen by `train.freeze` (`freeze`) are in no group.
 
-No weight decay on biases, norm parameters, position embedding and class token: the authors'
-code keeps them in their own groups (pycls branch `vitconfigs`, commit 206d0db,
-pycls/core/optimizer.py `construct_optimizer`).
+No weight decay on biases and norm parameters (LayerNorm, BatchNorm), and only on them: the
+authors' code gives those groups wd 0 and decays everything else, the position embedding and class
+token included (pycls branch `vitconfigs`, commit 206d0db, pycls/core/optimizer.py
+`construct_optimizer`; BIAS/LN/BN CUSTOM_WEIGHT_DECAY 0 in the released configs).
 """
 
 import re
@@ -19,8 +20,7 @@ from vitc.schema import Config, OptimConfig
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """[decayed params, params in `model.no_weight_decay_params()`]: the model says which skip
-    weight decay (biases, norms, position embedding, class token: the paper's recipe), no name
-    matching here."""
+    weight decay (biases and norms: the authors' recipe), no name matching here."""
     no_decay = model.no_weight_decay_params()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unknown = no_decay - {n for n, _ in model.named_parameters()}

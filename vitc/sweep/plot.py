@@ -126,7 +126,7 @@ def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: floa
         counted = [r for r in c.runs if r.error is not None and r.error < DIVERGED_ERROR]
         diverged = [r for r in c.runs if r.status == "diverged"]
         scatter = ax.scatter([r.lr for r in counted], [r.weight_decay for r in counted], s=18,
-                             c=[min(r.error - c.model_best, clip) for r in counted], cmap="viridis",
+                             c=[min(r.error - c.curve_best, clip) for r in counted], cmap="viridis",
                              vmin=0.0, vmax=clip)
         ax.scatter([r.lr for r in diverged], [r.weight_decay for r in diverged], marker="x", s=18, color="tab:red")
         # runs without an error (crashed, not run yet) as grey rings: where the sweep has no answer,
