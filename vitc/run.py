@@ -173,6 +173,8 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
     """DeepSpeed's zero_optimization for `cfg`; `deepspeed.zero_optimization` keys win."""
     train, given = cfg.train, cfg.deepspeed.get("zero_optimization", {})
     stage = given.get("stage", train.zero_stage)
+    if stage == "auto":  # the schema's comment says why
+        stage = 2 if on_gpu else 1
     if stage not in (0, 1, 2, 3):
         raise VitcError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     zero: dict[str, Any] = {"stage": stage}
