@@ -34,7 +34,15 @@ from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, req
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import DataWait, Goodput, MetricsLog, Window, console_line, device_peak_flops, repeated_steps
+from vitc.engine.meters import (
+    DataWait,
+    Goodput,
+    MetricsLog,
+    Window,
+    console_line,
+    device_peak_flops,
+    repeated_steps,
+)
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
