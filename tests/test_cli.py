@@ -18,6 +18,7 @@ SURFACE = {
                    "--rounds", "--shards", "--workers"],
     "bench engine": ["--batch", "--iters", "--model", "--processes", "--rounds", "--stages"],
     "bench startup": ["--out", "--rounds"],
+    "bench meters": ["--batch", "--iters", "--log-every", "--model", "--processes", "--rounds", "--stage"],
     "shards build": ["--max-shard-bytes", "--max-side", "--prefix", "--quality", "--samples-per-shard",
                      "--shuffle-seed", "--workers"],
     "shards verify": ["--workers"],

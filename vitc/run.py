@@ -174,6 +174,14 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
     """DeepSpeed's zero_optimization for `cfg`; `deepspeed.zero_optimization` keys win."""
     train, given = cfg.train, cfg.deepspeed.get("zero_optimization", {})
     stage = given.get("stage", train.zero_stage)
+    if stage == "auto":  # the schema's comment says why
+        stage = 2 if on_gpu else 1
+    if stage == 3 and train.compile:
+        # dynamo traces ZeRO-3's per-module gather/release hooks once per module type and stack depth,
+        # hits its recompile limit within the first step and runs those frames eagerly (docs/engine.md)
+        raise VitcError("train.compile=true with ZeRO-3 is not supported: torch.compile recompiles "
+                        "DeepSpeed's per-module ZeRO-3 hooks past its limit; use train.zero_stage 0-2 "
+                        "with compile, or train.compile=false at ZeRO-3")
     if stage not in (0, 1, 2, 3):
         raise VitcError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     zero: dict[str, Any] = {"stage": stage}

@@ -117,7 +117,9 @@ class TrainConfig:
     # (world size × micro_batch), which must divide (the paper's runs: 2048; ImageNet-21k: 4096).
     global_batch: int | None = bounded(None, ge=1)
     grad_accum: int | None = bounded(None, ge=1)  # null: 1, or what global_batch gives
-    zero_stage: Literal[0, 1, 2, 3] = 1
+    # `auto`: 2 on GPU (gradients reduce-scattered bucket by bucket during backward, overlap_comm),
+    # 1 on CPU (gloo has no side stream to overlap on; ZeRO-2 only adds copies there). docs/plan.md
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     # `auto`: bf16 on GPU, fp32 on CPU. fp16 uses DeepSpeed's dynamic loss scaling.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     clip_grad: float | None = bounded(None, gt=0)  # max global gradient norm; null = no clipping
@@ -125,7 +127,9 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     # A collective that waits longer than this ends the job instead of hanging it.
     dist_timeout_s: int = bounded(1800, ge=1)
-    reduce_bucket_size: int = bounded(500_000_000, ge=1)
+    # elements; a bucket is reduced once full, the last after backward: one smaller than the model
+    # lets the reduction overlap backward (DeepSpeed's 5e8 holds all of a 72GF model). docs/plan.md
+    reduce_bucket_size: int = bounded(50_000_000, ge=1)
     allgather_bucket_size: int = bounded(500_000_000, ge=1)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC stem input: `auto` = on GPU
     # torch.compile the model (inductor; on the CPU it needs a C++ compiler) through DeepSpeed's

@@ -34,7 +34,15 @@ from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, req
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import MetricsLog, Window, console_line
+from vitc.engine.meters import (
+    DataWait,
+    Goodput,
+    MetricsLog,
+    Window,
+    console_line,
+    device_peak_flops,
+    repeated_steps,
+)
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
@@ -120,6 +128,7 @@ class Trainer(Resuming):
                  run: Run | None = None):
         from vitc.data.loading.loader import build_eval_loader, build_train_loader
 
+        self.goodput = Goodput()  # start-up runs from here to the first step
         self.cfg, self.dist, self.rt, self.preempt = cfg, dist, rt, preempt
         self.run = run or run_on(cfg, dist, rt)
         self.run_dir = Path(cfg.train.run_dir)
@@ -159,6 +168,7 @@ class Trainer(Resuming):
         if resume:
             self._restore(resume, tag)
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
+        self._init_performance(bool(resume))
         if dist.is_main:
             self._write_run_files(lr)
 
@@ -171,6 +181,30 @@ class Trainer(Resuming):
         # input NHWC, and cuDNN then runs the convs in NHWC (ATen ConvUtils.h
         # `cudnn_conv_suggest_memory_format` follows the input's or the weight's format)
         return model.to(self.rt.device)
+
+    def _init_performance(self, resumed: bool) -> None:
+        """What MFU and goodput are computed from: vitc's flop audit per trained image (forward × 3,
+        + one more forward recomputed under activation checkpointing: `hfu`), the device's peak."""
+        from vitc.models.cost import model_cost
+
+        forward = model_cost(self.run.spec).flops
+        self.flops_per_image = 3 * forward
+        self.hardware_flops_per_image = (4 if self.cfg.model.act_checkpoint else 3) * forward
+        self.peak_flops, peak_source = device_peak_flops(self.rt.device, self.rt.precision)
+        self.repeated = repeated_steps(self.run_dir, self.step) if resumed else 0
+        self.first_step = self.step
+        if self.dist.is_main:
+            log.info("MFU against a peak of %.3g TFLOP/s (%s)", self.peak_flops / 1e12, peak_source)
+
+    def performance(self) -> dict[str, float]:
+        """Goodput and its parts over this invocation (outcome.json, every log line)."""
+        done = self.step - self.first_step
+        summary = self.goodput.summary()
+        if done and self.repeated:
+            steps_s = summary["wall_s"] * summary["goodput"] / done
+            self.goodput.seconds["lost_to_restarts"] = min(self.repeated, done) * steps_s
+            summary = self.goodput.summary()
+        return summary
 
     def _write_run_files(self, lr: float) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +233,12 @@ class Trainer(Resuming):
                     break
                 self.epoch, self.micro_in_epoch = self.epoch + 1, 0
                 if self._eval_due():
-                    self._precise_bn()  # before the save: the checkpoint holds what is evaluated
+                    with self.goodput.timed("evaluation"):
+                        self._precise_bn()  # before the save: the checkpoint holds what is evaluated
                 self._save()
                 if self._eval_due():
-                    self._evaluate()
+                    with self.goodput.timed("evaluation"):
+                        self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
             for loader in (self.loader, self.eval_loader, self.bn_loader):
                 if loader is not None:
@@ -215,24 +251,30 @@ class Trainer(Resuming):
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
         self.loader.set_epoch(self.epoch)  # the epoch a resumed loader is in keeps its position
         batches, window = iter(self.loader), Window()
+        self.data_wait = DataWait(self.rt.device)
         loss_sum = torch.zeros((), device=self.rt.device)
-        flags = torch.zeros(3, device=self.rt.device)  # summed over ranks and the steps not yet read
+        flags = torch.zeros(4, device=self.rt.device)  # summed over ranks and the steps not yet read
+        step_images = 0  # this rank's images of the step's micro-batches (a host count: no sync)
+        if self.goodput.seconds["startup"] == 0.0:
+            self.goodput.add("startup", time.perf_counter() - self.goodput.start)
         while self.micro_in_epoch < self.steps_per_epoch * self.accum:
-            waited = time.perf_counter()
+            self.data_wait.before_batch()
             batch = next(batches, None)
             if batch is None:  # after a world-size change the loader may resume a batch later
                 break
             images, targets = batch
-            window.data_s += time.perf_counter() - waited
+            self.data_wait.after_batch()
+            step_images += len(images)
             loss_sum += self._micro_step(images, targets)
             self.micro_in_epoch += 1
             if self.micro_in_epoch % self.accum:
                 continue
             self.step += 1
-            flags += self._step_flags(loss_sum)
+            flags += self._step_flags(loss_sum, step_images)
             self._count_skipped()
-            window.add(len(images) * self.accum * self.dist.world_size, 0.0)  # its loss when read
+            window.add()  # its loss and images when the flags are read
             loss_sum.zero_()
+            step_images = 0
             if self.ema is not None:  # pycls counts the iteration within the epoch (vitc/engine/ema.py)
                 self.ema.update(self.engine.module, self.epoch, self.micro_in_epoch // self.accum - 1)
             save = self._stop_reason(False) or self.step % self.cfg.checkpoint.every_steps == 0
@@ -263,12 +305,13 @@ class Trainer(Resuming):
         fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
         return images.to(self.rt.device, dtype, non_blocking=True, memory_format=fmt)
 
-    def _step_flags(self, loss_sum: torch.Tensor) -> torch.Tensor:
-        """[preemption requested, loss not finite, loss] summed over ranks by one all_reduce, left
-        on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies nothing from the
-        host). Every rank."""
+    def _step_flags(self, loss_sum: torch.Tensor, images: int) -> torch.Tensor:
+        """[preemption requested, loss not finite, loss, images] summed over ranks by one
+        all_reduce, left on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies
+        nothing from the host). Every rank."""
         flags = torch.stack([torch.full((), float(self.preempt.requested), device=self.rt.device),
-                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum])
+                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum,
+                             torch.full((), float(images), device=self.rt.device)])
         tdist.all_reduce(flags)
         return flags
 
@@ -276,9 +319,13 @@ class Trainer(Resuming):
         """Read the flags summed since the last read (this waits for the device) and zero them:
         whether any rank was signalled; the mean loss goes to `window`. Raises on a non-finite loss
         before anything is saved. Every rank, at the same steps."""
-        preempted, diverged, loss = flags.tolist()
+        preempted, diverged, loss, images = flags.tolist()
         flags.zero_()
         window.loss_sum += loss / self.dist.world_size
+        window.images += round(images)
+        waited = self.data_wait.read()  # the device is synced already
+        window.data_s += waited
+        self.goodput.add("data_wait", waited)
         if diverged > 0:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
             raise Diverged(
@@ -318,7 +365,10 @@ class Trainer(Resuming):
     def _log(self, window: Window) -> Window:
         """Console line, JSONL and TensorBoard (rank 0); returns a fresh window."""
         if self.metrics is not None:
-            record = {**window.summary(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
+            summary = window.summary(self.flops_per_image, self.peak_flops, self.dist.world_size)
+            if "mfu" in summary:  # with activation checkpointing's recomputed forward
+                summary["hfu"] = summary["mfu"] * self.hardware_flops_per_image / self.flops_per_image
+            record = {**summary, **self.performance(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
                       "total_steps": self.total_steps, "lr": self.engine.get_lr()[0],
                       "grad_norm": self._grad_norm()}
             record["eta_s"] = record["step_s"] * (self.total_steps - self.step)
@@ -389,6 +439,10 @@ class Trainer(Resuming):
         """A complete checkpoint at this step (skipped when this step is already saved). Every rank."""
         if self.last_saved is not None and self.last_saved.step == self.step:
             return
+        with self.goodput.timed("checkpoint"):
+            self._save_now()
+
+    def _save_now(self) -> None:
         self._sync_buffers()
         info = CheckpointInfo(checkpoint.tag_for(self.step), self.step, self.epoch,
                               self.dist.world_size, self.run.zero_stage)

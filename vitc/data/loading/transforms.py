@@ -177,10 +177,21 @@ def _auto_augment(recipe: Recipe) -> v2.Transform | None:
     return None
 
 
+_STATISTICS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std as [1, 3, 1, 1] on `device`, made once: `torch.tensor(..., device=cuda)` copies
+    from the host, which on a GPU would be two synchronous copies per batch."""
+    if device not in _STATISTICS:
+        _STATISTICS[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+                               torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    return _STATISTICS[device]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32, ImageNet mean/std normalized."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _statistics(images.device)
     # three passes, but each a same-dtype kernel: a mixed uint8-float `images - mean` is 2x slower
     return images.float().sub_(mean).div_(std)
 
