@@ -6,13 +6,16 @@ process that does not end within HANG_S fails its test. The configs are tiny dig
 (tests/engine_runs.py) with loader workers on, since the hangs came from them.
 """
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from engine_runs import ROOT, TINY_CONV, TINY_PATCHIFY, digit_shards, write_config
 
@@ -45,28 +48,27 @@ def files_under(path: Path) -> set[Path]:
 
 # ---- nothing hangs -------------------------------------------------------------------------------
 
-def _bad_init_from(tmp_path: Path) -> tuple[str, str]:
-    """Pretrained weights that are only found to be wrong once the loader's workers run."""
-    bad = tmp_path / "weights.safetensors"
-    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
-    return f"finetune.init_from={bad}", str(bad)
+def _weights_of_another_model(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"encoder.weight": np.zeros((4, 4), np.float32)}, str(path))
+    return path
 
 
-def test_an_error_after_the_loaders_workers_started_ends_the_process(shards, tmp_path):
+def _truncated_weights(path: Path) -> Path:
+    header = json.dumps({"head.weight": {"dtype": "F32", "shape": [1000, 32], "data_offsets": [0, 128000]}})
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("weights", [_weights_of_another_model, _truncated_weights])
+def test_an_error_after_the_loaders_workers_started_ends_the_process(weights, shards, tmp_path):
+    # pretrained weights whose header reads well are found wrong only when the model loads them,
+    # after the loader's workers were forked (vitc/engine/trainer.py): the hang of issue #30
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2})
-    override, named = _bad_init_from(tmp_path)
-    result = vitc("train", str(config), override)
-    assert result.returncode == 2 and named in error_line(result)
-
-
-def test_resuming_another_models_run_directory_with_workers_ends_the_process(shards, tmp_path):
-    conv = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2})
-    assert vitc("train", str(conv), "train.max_steps=1").returncode == 0
-    patchify = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", model=TINY_PATCHIFY,
-                            data={"workers": 2})
-    result = vitc("train", str(patchify), "train.max_steps=2")
-    line = error_line(result)
-    assert result.returncode == 2 and TINY_CONV["name"] in line and TINY_PATCHIFY["name"] in line
+    bad = weights(tmp_path / "w.safetensors")
+    result = vitc("train", str(config), f"finetune.init_from={bad}")
+    assert result.returncode == 2 and error_line(result)
 
 
 def test_a_child_that_ignores_sigterm_does_not_hold_the_exit(tmp_path):
@@ -103,3 +105,133 @@ def test_sigterm_before_the_first_step_ends_the_run_with_128_plus_15(shards, tmp
     _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and "SIGTERM" in err
+
+
+# ---- bad input is refused before anything heavy, and writes nothing -----------------------------
+
+def refused(argv: list[str], capsys, tmp_path: Path, code: int = 2) -> str:
+    """`vitc ARGV` in this process: exit `code`, one error line (returned), nothing new in tmp_path."""
+    from vitc.cli import main
+
+    before = files_under(tmp_path)
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("vitc:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert files_under(tmp_path) == before
+    return errors[0]
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    py = tmp_path / "model.py"
+    py.write_text("print('not weights')\n")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    return {"PY": py, "GARBAGE": garbage, "EMPTY": empty}
+
+
+BAD_TRAIN_OVERRIDES = [  # override, what the line must name
+    ("optim.base_lr=.inf", "optim.base_lr"),
+    ("optim.base_lr=.nan", "optim.base_lr"),
+    ("optim.base_lr=-1e-3", "optim.base_lr"),
+    ("optim.weight_decay=.inf", "optim.weight_decay"),
+    ("optim.weight_decay=-.nan", "optim.weight_decay"),
+    ("schedule.warmup_epochs=.inf", "schedule.warmup_epochs"),
+    ("schedule.epochs=1e30", "schedule.epochs"),
+    ("schedule.epochs=0", "schedule.epochs"),
+    ("schedule.epochs=10000000", "schedule.epochs"),
+    ("train.max_steps=0", "train.max_steps"),
+    ("train.max_steps=-5", "train.max_steps"),
+    ("train.micro_batch=0", "train.micro_batch"),
+    ("model.depth=", "model.depth="),
+    ("optim.base_lr=", "optim.base_lr="),
+    ("data.train_shards=", "data.train_shards="),
+    ("model.depth=0", "model.depth"),
+    ("data.hflip=2", "data.hflip"),
+    ("deepspeed.zero_optimisation={stage: 2}", "deepspeed.zero_optimisation"),
+    ("deepspeed.foo=1", "deepspeed.foo"),
+    ("deepspeed.zero_optimization.overlap_com=true", "overlap_com"),
+    ("data.train_shards=/nonexistent/shards", "/nonexistent/shards"),
+    ("data.val_shards=/nonexistent/val", "/nonexistent/val"),
+    ("data.train_manifest=/nonexistent/manifest.json", "/nonexistent/manifest.json"),
+    ("finetune.init_from=/nonexistent/w.safetensors", "/nonexistent/w.safetensors"),
+    ("finetune.init_from=PY", "model.py"),
+    ("finetune.init_from=GARBAGE", "garbage.safetensors"),
+    ("finetune.init_from=EMPTY", "empty_dir"),
+]
+
+
+@pytest.mark.parametrize(("override", "named"), BAD_TRAIN_OVERRIDES, ids=[o for o, _ in BAD_TRAIN_OVERRIDES])
+def test_a_bad_config_is_one_line_and_writes_nothing(override, named, shards, tmp_path, capsys):
+    files = _files(tmp_path)
+    for word, path in files.items():
+        override = override.replace(f"={word}", f"={path}")
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2})
+    line = refused(["train", str(config), override], capsys, tmp_path)
+    assert named in line
+
+
+def test_a_refused_config_loads_no_torch_and_starts_no_process(shards, tmp_path):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2})
+    probe = ("import multiprocessing, sys\nfrom vitc.cli import main\n"
+             f"code = main(['train', {str(config)!r}, 'finetune.init_from=/nonexistent.safetensors'])\n"
+             "print(code, 'torch' in sys.modules, 'deepspeed' in sys.modules, len(multiprocessing.active_children()))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=HANG_S,
+                            check=False, cwd=ROOT)
+    assert result.stdout.split() == ["2", "False", "False", "0"], result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_another_models_run_directory_is_refused_before_the_engine(shards, tmp_path, capsys):
+    from vitc.cli import main
+
+    conv = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    assert main(["train", str(conv), "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    patchify = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", model=TINY_PATCHIFY)
+    line = refused(["train", str(patchify), "train.max_steps=2"], capsys, tmp_path)
+    assert TINY_CONV["name"] in line and TINY_PATCHIFY["name"] in line and "conv stem" in line
+
+
+def test_slurm_submit_flags_go_through_the_schema(tmp_path, capsys, shards):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    for flags, named in ((["--exit-wait-s", "0"], "slurm.exit_wait_s"), (["--nodes", "0"], "slurm.nodes"),
+                         (["--gpus-per-node", "-1"], "slurm.gpus_per_node")):
+        assert named in refused(["slurm", "submit", str(config), "--dry-run", *flags], capsys, tmp_path)
+
+
+def test_slurm_submit_without_sbatch_writes_nothing(tmp_path, capsys, shards, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    monkeypatch.setenv("PATH", str(tmp_path / "no_bin"))
+    assert "sbatch not found" in refused(["slurm", "submit", str(config)], capsys, tmp_path)
+
+
+def test_slurm_status_of_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    assert "not a run directory" in refused(["slurm", "status", str(tmp_path / "other")], capsys, tmp_path)
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--epochs", "0"],
+    ["demo", "--epochs", "-3"],
+    ["demo", "--out", "FILE"],
+    ["sweep", "plot", "SWEEP", "--step", "0"],
+    ["sweep", "plot", "SWEEP", "--step", "-1"],
+    ["sweep", "plot", "SWEEP", "--step", "nan"],
+    ["config", "show", "CONFIG", "--world", "0"],
+    ["config", "show", "CONFIG", "--world", "-2"],
+    ["eval", "CONFIG", "--weights", "a.safetensors", "weights=b.safetensors"],
+    ["export", "RUN", "--out", "DIR"],
+    ["export", "RUN", "--out", "FILE", "--format", "timm"],
+], ids=lambda argv: " ".join(argv))
+def test_a_bad_command_line_is_one_line_and_writes_nothing(argv, tmp_path, capsys, shards):
+    (tmp_path / "a_file").write_text("keep\n")
+    (tmp_path / "a_dir").mkdir()
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
+    where = {"FILE": tmp_path / "a_file", "DIR": tmp_path / "a_dir", "SWEEP": tmp_path / "sweep",
+             "CONFIG": config, "RUN": tmp_path / "run"}
+    argv = [str(where.get(a, a)) for a in argv]
+    refused(argv, capsys, tmp_path)
+    assert (tmp_path / "a_file").read_text() == "keep\n"
