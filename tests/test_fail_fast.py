@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -235,3 +236,59 @@ def test_a_bad_command_line_is_one_line_and_writes_nothing(argv, tmp_path, capsy
     argv = [str(where.get(a, a)) for a in argv]
     refused(argv, capsys, tmp_path)
     assert (tmp_path / "a_file").read_text() == "keep\n"
+
+
+def test_a_missing_data_path_in_a_sweep_is_refused_before_any_run_starts(shards, tmp_path, capsys):
+    from test_sweep import ONE_MODEL_SPEC, write_spec
+
+    from vitc.sweep.make import make_sweep
+
+    sweep = tmp_path / "sweep"
+    make_sweep(write_spec(tmp_path / "spec", shards, samples=1, body=ONE_MODEL_SPEC), sweep,
+               [f"data.train_shards={tmp_path / 'lost'}"])
+    line = refused(["sweep", "run", str(sweep)], capsys, tmp_path)
+    assert str(tmp_path / "lost") in line and "does not exist" in line
+
+
+def test_a_sweep_without_ema_is_refused_by_sweep_make(shards, tmp_path, capsys):
+    from test_sweep import ONE_MODEL_SPEC, write_spec
+
+    spec = write_spec(tmp_path / "spec", shards, samples=1, body=ONE_MODEL_SPEC)
+    line = refused(["sweep", "make", str(spec), str(tmp_path / "sweep"), "optim.ema_alpha=0"], capsys, tmp_path)
+    assert "optim.ema_alpha" in line
+    line = refused(["sweep", "make", str(spec), str(tmp_path / "sweep"), "eval.every_epochs=0"], capsys, tmp_path)
+    assert "eval.every_epochs=0" in line
+
+
+def test_the_deepspeed_keys_vitc_accepts_are_the_installed_deepspeeds():
+    import deepspeed
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from vitc.deepspeed_keys import (
+        DEEPSPEED_KEYS,
+        DEEPSPEED_VERSION,
+        ZERO_OPTIMIZATION_KEYS,
+    )
+
+    class Recording(dict):  # the top-level keys DeepSpeedConfig asks its dict for
+        asked: ClassVar[set] = set()
+
+        def get(self, key, *default):
+            Recording.asked.add(key)
+            return super().get(key, *default)
+
+        def __getitem__(self, key):
+            Recording.asked.add(key)
+            return super().__getitem__(key)
+
+        def __contains__(self, key):
+            Recording.asked.add(key)
+            return super().__contains__(key)
+
+    DeepSpeedConfig(Recording(train_batch_size=8, train_micro_batch_size_per_gpu=8, gradient_accumulation_steps=1))
+    zero = {name for name, f in DeepSpeedZeroConfig.model_fields.items()} | {
+        f.alias for f in DeepSpeedZeroConfig.model_fields.values() if f.alias}
+    assert deepspeed.__version__ == DEEPSPEED_VERSION
+    assert Recording.asked <= DEEPSPEED_KEYS
+    assert zero == ZERO_OPTIMIZATION_KEYS

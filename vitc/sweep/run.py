@@ -18,11 +18,13 @@ outcome.
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitc.config import load_config
+from vitc.distributed.signals import Interrupted
 from vitc.errors import VitcError
 from vitc.outcome import RunOutcome, read_outcome
 from vitc.sweep.make import RunPlan, read_runs
@@ -99,8 +101,9 @@ def run_local(sweep_dir: str | Path, retries: int = RETRIES, jobs: int = 1) -> d
                 eta = (time.perf_counter() - start) / len(outcomes) * (len(todo) + len(running)) / jobs
                 log.info("[%d/%d] %s: %s; eta %.0f s", len(outcomes), len(outcomes) + len(todo) + len(running),
                          plan.id, outcome.describe(), eta)
-    if received:  # the signal was meant for the sweep: the same command resumes it
-        log.warning("sweep %s stopped by a signal; run the same command to continue", sweep_dir)
+    if received:  # the signal was meant for the sweep: the same command resumes it (exit 128 + signal)
+        raise Interrupted(f"sweep {sweep_dir} stopped by a signal ({signal.Signals(received[0]).name}); run "
+                          "the same command to continue", received[0])
     return outcomes
 
 
