@@ -33,7 +33,7 @@ SURFACE = {
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
     "sweep report": [],
-    "slurm submit": ["--account", "--cpu-bind", "--dry-run", "--gpu-bind", "--gpus-per-node", "--mem", "--nodes",
+    "slurm submit": ["--account", "--cpu-bind", "--dry-run", "--exit-wait-s", "--gpu-bind", "--gpus-per-node", "--mem", "--nodes",
                      "--partition", "--time"],
     "slurm status": [],
 }

@@ -97,7 +97,7 @@ class ScheduleConfig:
     pycls `vitconfigs` 206d0db, pycls/core/optimizer.py), set once per epoch as the authors do or
     at every step (vitc/engine/schedule.py)."""
 
-    epochs: int = bounded(100, ge=1)
+    epochs: int = bounded(100, ge=1, le=100_000)  # the paper's longest schedules are 300-400 epochs
     warmup_epochs: float = bounded(5.0, ge=0)  # at most schedule.epochs
     warmup_factor: float = bounded(0.1, ge=0, le=1)
     # cosine ends at min_lr_factor × lr (the released configs' OPTIM.MIN_LR: 0.005)
@@ -139,7 +139,7 @@ class TrainConfig:
     seed: int = 0
     # Stop once the run has made this many optimizer steps in total, counted over every
     # invocation (a resumed run at or past it stops at once); the schedule still spans `epochs`.
-    max_steps: int | None = bounded(None, ge=0)
+    max_steps: int | None = bounded(None, ge=1)  # null: no limit
     # Parameters kept fixed: key prefixes (`stem` covers `stem.convs.0.weight`, not `stem_x`). They
     # leave the optimizer and weight decay, and a BatchNorm whose parameters are all frozen keeps its
     # running statistics (eval mode) while the rest trains. Paper Appendix C: ViT_C-72GF's stem.
@@ -196,7 +196,7 @@ class SlurmConfig:
     # USR1 this long before the time limit: room to finish a step and write a checkpoint.
     signal_seconds: int = bounded(600, ge=0)
     # srun --wait: once one rank has exited, the rest get this long before the job is ended.
-    exit_wait_s: int = bounded(120, ge=0)
+    exit_wait_s: int = bounded(120, ge=1)  # srun --wait=0 would wait forever
     # Exported before srun (site NCCL settings such as NCCL_SOCKET_IFNAME go here).
     env: dict[str, str] = field(default_factory=dict)
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. "--exclusive"

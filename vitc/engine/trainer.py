@@ -96,12 +96,16 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     except BaseException as error:
         ending.record_failure(error)
         raise
-    if outcome.status == "preempted" and preempt.interrupted:
-        raise Interrupted(f"interrupted (SIGINT): {cfg.train.run_dir} saved at step {outcome.step}; "
-                          "`vitc train` with the same config resumes from it")
-    if outcome.status == "preempted" and dist.is_main:
-        requeue_job(dist.slurm_job)  # ends this Slurm job at once: only after the checkpoint and the outcome
-    return outcome
+    if outcome.status != "preempted":
+        return outcome
+    # requeue_job ends this Slurm job at once when it requeues: only after the checkpoint and the outcome
+    if not preempt.interrupted and dist.is_main and requeue_job(dist.slurm_job):
+        return outcome
+    if dist.slurm_job and not dist.is_main:  # rank 0's exit code speaks for the job
+        return outcome
+    signum = preempt.received or signal.SIGTERM  # a peer's signal: this rank got none itself
+    raise Interrupted(f"interrupted ({signal.Signals(signum).name}): {cfg.train.run_dir} saved at step "
+                      f"{outcome.step}; `vitc train` with the same config resumes from it", signum)
 
 
 
@@ -145,9 +149,18 @@ class Trainer(Resuming):
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.global_batch = self.run.global_batch
         self.bn_loader = self._precise_bn_loader()
+        self.metrics = None
         for loader in (self.loader, self.eval_loader, self.bn_loader):
             if loader is not None:  # forked before the model exists, so that they do not map it
                 loader.start_workers()
+        try:
+            self._build(cfg, dist, rt)
+        except BaseException:  # the workers wait for a first pass: let them go, or exit waits for them
+            self.close()
+            raise
+
+    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime) -> None:
+        """The model, its EMA, the engine and the resumed state, after the loaders' workers started."""
         model = self._build_model()
         rule = ema_rule(cfg, self.global_batch)
         sharded = rule is not None and self.run.zero_stage == 3
@@ -240,12 +253,16 @@ class Trainer(Resuming):
                     with self.goodput.timed("evaluation"):
                         self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
-            for loader in (self.loader, self.eval_loader, self.bn_loader):
-                if loader is not None:
-                    loader.close()
-            if self.metrics is not None:
-                self.metrics.close()
+            self.close()
         return stopped
+
+    def close(self) -> None:
+        """Stop the loaders' workers and close the metrics files; every exit path calls this."""
+        for loader in (self.loader, self.eval_loader, self.bn_loader):
+            if loader is not None:
+                loader.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _train_epoch(self) -> str:
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""

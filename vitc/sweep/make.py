@@ -186,6 +186,7 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
     settings = sample_runs(spec, stems)
     configs = {s.id: run_config(spec, s, sweep_dir, list(overrides)) for s in settings}
     runs = [plan_run(s, configs[s.id]) for s in settings]
+    check_sweep_requirements(configs)  # before anything is written
     changed = changed_runs(sweep_dir, runs, configs)
     if changed and not force:
         raise VitcError(f"{sweep_dir} was made with other settings: run {changed[0]} would change "
@@ -196,6 +197,20 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
         save_config(configs[plan.id], sweep_dir / plan.config)
     atomic_write_text(sweep_dir / RUNS_CSV, runs_table(runs))  # last: a directory with runs.csv has all its configs
     return runs
+
+
+def check_sweep_requirements(configs: dict[str, Config]) -> None:
+    """A sweep's error is its EMA model's best evaluation (vitc/sweep/analysis.py): every run must
+    keep an EMA and evaluate it, or `vitc sweep collect` refuses the sweep after it was trained."""
+    for run_id, cfg in configs.items():
+        if cfg.optim.ema_alpha <= 0:
+            raise VitcError(f"sweep run {run_id}: optim.ema_alpha is {cfg.optim.ema_alpha:g}, but a sweep's "
+                            "error is its EMA model's: set optim.ema_alpha > 0 (e.g. 1e-5) in the spec's "
+                            "overrides or the model configs")
+        if cfg.eval.every_epochs == 0 or cfg.data.val_shards is None:
+            raise VitcError(f"sweep run {run_id}: the EMA model is never evaluated (eval.every_epochs="
+                            f"{cfg.eval.every_epochs}, data.val_shards={cfg.data.val_shards}): a sweep's "
+                            "error is its EMA model's best evaluation")
 
 
 def changed_runs(sweep_dir: Path, runs: list[RunPlan], configs: dict[str, Config]) -> list[str]:

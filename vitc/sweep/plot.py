@@ -9,6 +9,7 @@ curve below 1), crashed runs and runs without an outcome yet are left out.
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: flo
              name: str = "edf") -> tuple[Path, Path]:
     """Write <name>.png (the report's EDF of error) and <name>.csv (error threshold, EDF of each
     curve) into `out_dir` (default: the sweep directory); returns their paths."""
+    if not (math.isfinite(step) and 0 < step <= 100):
+        raise VitcError(f"vitc sweep plot --step: expected an error resolution in percent, > 0 and <= 100, "
+                        f"got {step:g}")
     found = [c for c in curves(load_runs(sweep_dir)) if c.errors]
     if not found:
         raise VitcError(f"{sweep_dir}: no run has finished or diverged yet: nothing to plot")
