@@ -16,10 +16,13 @@ generator): the transforms' parameters are drawn on the CPU even for CUDA images
 """
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+_GENERATOR = threading.RLock()  # one seeded block at a time on torch's global CPU generator
 
 
 def _seed(*parts) -> int:
@@ -49,9 +52,10 @@ def part_seed(seed: int, part: str) -> int:
 def drawing_from(seed: int) -> Iterator[None]:
     """torch's global CPU generator seeded with `seed` inside the block, its state restored after."""
     generator = torch.default_generator
-    state = generator.get_state()
-    generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        generator.set_state(state)
+    with _GENERATOR:
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            generator.set_state(state)

@@ -132,8 +132,11 @@ class _Loader:
             self._waiting = _start(self._dataloader)
 
     def _delivered(self):
-        """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
-        stream = self.stream
+        """(worker, payload, its shared buffer or None) as the DataLoader delivers them.
+
+        The workers are forked here, on the calling (training) thread, not lazily on the thread that
+        iterates the result (GPU decode's): PR_SET_PDEATHSIG kills a worker when the thread that
+        forked it ends, which would kill persistent workers with each pass's decode thread."""
         if self._dataloader is None or not self.cfg.data.persistent_workers:
             self._dataloader = self._new_dataloader()
         self.bad_samples_before += sum(self._bad)  # counts restart with the pass
@@ -144,6 +147,10 @@ class _Loader:
             retain_freed_memory()  # float batches are made here, on the CPU: no page faults for each
         iterator = self._waiting if self._waiting is not None else _start(self._dataloader)
         self._waiting = None
+        return self._delivering(iterator, device)
+
+    def _delivering(self, iterator, device: torch.device | None):
+        stream = self.stream
         for item in iterator:
             if isinstance(item, Failure):
                 raise VitcError(item.message)
@@ -178,7 +185,10 @@ class _Loader:
         left part-way (its generator suspended, still referenced) is closed first. Process exit
         closes every loader (`_close_at_exit`)."""
         self.stream.release_waiting()
-        if self._pass is not None and (delivered := self._pass()) is not None:
+        # GPU decode: its thread reads the pass and closes it; one still waiting for a worker's batch
+        # after the timeout is a daemon that ends when it arrives (the workers' shutdown sends it)
+        gpu_done = self.gpu.close() if self.gpu is not None else True
+        if gpu_done and self._pass is not None and (delivered := self._pass()) is not None:
             delivered.close()
         self._dataloader = self._waiting = self._pass = None
 
