@@ -26,8 +26,13 @@ from loaders import eval_loader, train_loader
 from PIL import Image
 
 from vitc.config import load_config
+from vitc.data.loading.epoch_plan import (
+    EpochPlanner,
+    even_quotas,
+    train_batches_per_rank,
+)
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
-from vitc.data.shards.manifest import Manifest, ShardRecord
+from vitc.data.shards.manifest import Manifest, Shard, ShardRecord
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.run import class_count
@@ -133,6 +138,14 @@ def test_no_sample_twice_and_union_is_dataset_less_remainder(two_rank_run):
         assert len(seen) == sum(SIZES) - two_rank_run[0]["remainder"]
 
 
+def test_the_samples_an_epoch_leaves_out_are_read_in_the_next(two_rank_run):
+    rank0, rank1 = two_rank_run
+    assert 0 < rank0["remainder"] < 2 * BATCH  # less than a batch on every rank
+    left_out = set(range(sum(SIZES))) - set(rank0["epochs"][0] + rank1["epochs"][0])
+    assert len(left_out) == rank0["remainder"]
+    assert left_out <= set(rank0["epochs"][1] + rank1["epochs"][1])
+
+
 def test_a_new_epoch_is_a_new_order(two_rank_run):
     for rank in two_rank_run:
         assert rank["epochs"][0] != rank["epochs"][1]
@@ -152,6 +165,34 @@ def test_eval_sees_every_sample_exactly_once_across_ranks(two_rank_run):
     labels = [v for v in rank0["eval_labels"] + rank1["eval_labels"] if v >= 0]  # -1 = padding
     assert sorted(labels) == list(range(sum(SIZES)))
     assert rank0["shapes"] == [[BATCH, 3, 16, 16], "torch.float32"]
+
+
+def test_a_rank_with_one_shard_keeps_every_worker_reading(tmp_path):
+    shards = write_shards(tmp_path, sizes=(32,))
+    loader = train_loader(plain_config(shards, "data.workers=4"), DistEnv(), num_classes=32)
+    labels = labels_of(loader)
+    assert loader.state_dict()["worker_batches"] == [2, 2, 2, 2]  # batches each worker delivered
+    assert sorted(labels) == list(range(32)) and loader.remainder == 0
+
+
+@pytest.mark.parametrize("sizes", [SIZES, (50,), (7, 7)])
+@pytest.mark.parametrize("world_size,workers", [(1, 4), (2, 4), (3, 2), (4, 1)])
+def test_every_worker_of_every_rank_reads_an_equal_share_once(sizes, world_size, workers):
+    shards = tuple(Shard(f"train-{i:06d}.tar", f"/s/train-{i:06d}.tar", n) for i, n in enumerate(sizes))
+    batch, everything = 2, {(f"train-{i:06d}.tar", k) for i, n in enumerate(sizes) for k in range(n)}
+    batches = train_batches_per_rank(sum(sizes), batch, world_size)
+    left_out = set()
+    for epoch in range(3):
+        read = []
+        for rank in range(world_size):
+            plans = EpochPlanner(shards, workers, batch, batches, 7, rank, world_size).plans(epoch, None, 0.0)
+            assert [p.samples for p in plans] == [q * batch for q in even_quotas(batches, workers)]
+            assert all(p.samples > 0 for p in plans) or batches < workers  # no idle worker
+            read += [(p.shard.name, k) for plan in plans for p in plan.pieces for k in range(p.start, p.stop)]
+        assert len(read) == len(set(read)) == world_size * batches * batch  # each sample at most once
+        assert left_out <= set(read)  # what the last epoch left out is read in this one
+        left_out = everything - set(read)
+        assert len(left_out) < world_size * batch
 
 
 def test_bad_samples_are_skipped_and_counted(tmp_path):

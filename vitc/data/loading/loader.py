@@ -6,10 +6,11 @@
         for images, targets in loader: ...                # len(loader) batches on every rank
     state = loader.state_dict()                           # into the checkpoint; load_state_dict resumes
 
-Train: shards are dealt to ranks once (balanced by sample count from the manifest) and to workers
-per epoch; every rank yields exactly `len(loader)` full batches, computed from the manifest alone;
-the samples left over (`remainder`, logged) differ from epoch to epoch. Order is a function of
-(data.seed, epoch, rank, worker): per-worker shard order, then webdataset's shuffle buffer.
+Train: every rank reads an equal window of the data set and every worker an equal run of it, cut
+across shards by sample ranges (vitc.data.loading.epoch_plan); every rank yields exactly `len(loader)`
+full batches, computed from the manifest alone; the samples that do not fill a batch on every rank
+(`remainder`, logged) are read first by the next epoch. Order is a function of
+(data.seed, epoch, rank, worker): the pieces dealt to a worker, then webdataset's shuffle buffer.
 `data.resampled: true` draws shards with replacement instead (len = num_samples / global batch).
 Targets are float [B, num_classes] (MixUp/CutMix, label smoothing) when those are on, else int64.
 
@@ -42,9 +43,8 @@ from vitc.data.loading.epoch_plan import (
     EpochPlanner,
     FixedPlans,
     WorkerPlan,
-    assign_to_ranks,
-    assign_to_workers,
     delivery_order,
+    eval_deal,
     train_batches_per_rank,
 )
 from vitc.data.loading.gpu_decode import GpuDecode
@@ -249,28 +249,23 @@ class TrainLoader(_Loader):
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
-        if cfg.data.resampled:
-            rank_shards = shards
-            self._len = manifest_samples(shards) // (dist.world_size * batch)
-        else:
-            by_rank = assign_to_ranks(shards, dist.world_size)
-            rank_shards = by_rank[dist.rank]
-            self._len = train_batches_per_rank(by_rank, batch, self.workers)
+        self._len = train_batches_per_rank(manifest_samples(shards), batch, dist.world_size)
         if self._len == 0:
             raise VitcError(f"data.train_shards: {manifest_samples(shards)} samples in {len(shards)} shards "
-                            f"give no full batch of {batch} per rank on {dist.world_size} ranks x {self.workers} "
-                            f"workers: use more or smaller shards, fewer workers, or data.resampled: true")
+                            f"give no full batch of {batch} per rank on {dist.world_size} ranks: add data or "
+                            f"lower train.micro_batch")
         used = self._len * batch * dist.world_size
         self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
         d = cfg.data
-        planner = EpochPlanner(tuple(rank_shards), self.workers, batch, self._len, d.seed, dist.rank, d.resampled)
+        planner = EpochPlanner(tuple(shards), self.workers, batch, self._len, d.seed, dist.rank, dist.world_size,
+                               d.resampled)
         self.stream = BatchStream(planner, self.workers, batch, recipe.num_classes,
                                   TrainSampleTransform(recipe), self.gpu is None, d.shuffle_buffer, d.resampled,
                                   d.max_bad_fraction, d.read_timeout_s)
         if dist.rank == 0:
             log.info("train loader: %d batches of %d per rank per epoch on %d ranks; %d of %d samples "
-                     "left out per epoch (shard imbalance and per-worker partial batches)",
-                     self._len, batch, dist.world_size, self.remainder, manifest_samples(shards))
+                     "do not fill a batch on every rank: each epoch leaves that many out and the next reads "
+                     "them first", self._len, batch, dist.world_size, self.remainder, manifest_samples(shards))
 
     def __len__(self) -> int:
         return self._len
@@ -331,9 +326,9 @@ class EvalLoader(_Loader):
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe, on_gpu: bool = False):
         super().__init__(cfg, dist, batch, _normalize_batch, None, on_gpu)
         self.recipe = recipe
-        by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
-        plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
-        self._len = max(sum(math.ceil(manifest_samples(w) / batch) for w in workers) for workers in by_rank)
+        by_rank = eval_deal(shards, dist.world_size, self.workers)
+        plans = tuple(WorkerPlan(w, None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
+        self._len = max(sum(math.ceil(sum(p.samples for p in w) / batch) for w in workers) for workers in by_rank)
         d = cfg.data
         self.stream = BatchStream(FixedPlans(plans), self.workers, batch, recipe.num_classes,
                                   EvalSampleTransform(recipe), self.gpu is None, 0, False, d.max_bad_fraction,
