@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -142,13 +143,6 @@ def recorded(run_dir: str | os.PathLike, info: CheckpointInfo, key: str):
     """What the marker of `info` records under `key` ("architecture", "classes"); None when it
     predates the key."""
     return _read_marker(checkpoint_root(run_dir) / info.tag / MARKER).get(key)
-
-
-def resume_point(run_dir: Path, rank: int) -> CheckpointInfo | None:
-    """newest_intact_checkpoint, read by rank 0 alone and shared with every rank. Every rank."""
-    found: list = [newest_intact_checkpoint(run_dir) if rank == 0 else None]
-    tdist.broadcast_object_list(found, src=0)
-    return found[0]
 
 
 # what a resumed model may change: regularization, not the parameters' shapes or the function
@@ -312,13 +306,13 @@ def continue_schedule(scheduler, fresh: FreshSchedule, position: int) -> float:
     world size carries the saving run's schedule, and DeepSpeed's ZeRO-3 universal load gives every
     param group the first group's hyperparameters (no-decay groups would decay): both are undone."""
     scheduler.lr_lambdas, scheduler.base_lrs = list(fresh.lambdas), list(fresh.base_lrs)
-    scheduler.last_epoch = position
-    for group, hyper, base, multiplier in zip(scheduler.optimizer.param_groups, fresh.groups,
-                                              fresh.base_lrs, fresh.lambdas):
+    for group, hyper in zip(scheduler.optimizer.param_groups, fresh.groups):
         group.update(hyper)
-        group["lr"] = base * multiplier(position)
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
-    return scheduler._last_lr[0]
+    scheduler.last_epoch = position - 1
+    with warnings.catch_warnings():  # torch warns of a step before the optimizer's: this is a restore
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()  # every group's lr at `position`, and the scheduler's own record of it
+    return scheduler.get_last_lr()[0]
 
 
 def _write_rank_files(engine, root: Path, work: Path, state: dict,

@@ -24,9 +24,10 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from vitc.checkpoint import resume_point
 from vitc.checkpoint import store as checkpoint
-from vitc.checkpoint import universal
 from vitc.checkpoint.lock import run_lock
+from vitc.checkpoint.resume_point import ResumePoint
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
 from vitc.distributed.env import DistEnv, discover
@@ -50,7 +51,7 @@ from vitc.engine.precise_bn import (
     precise_bn,
     precise_bn_loader,
 )
-from vitc.engine.resume import Resuming
+from vitc.engine.resume import client_state, restore
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
@@ -82,12 +83,14 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     try:
         rt = resolve_runtime(cfg.train, dist)
         run = run_on(cfg, dist, rt)  # before anything heavy starts
-        convert_before_joining(cfg, dist, run)  # before any collective can time out
+        converted = (resume_point.before_joining(Path(cfg.train.run_dir), dist.world_size, run.zero_stage,
+                                                 dist.rank, cfg.optim.name)
+                     if cfg.checkpoint.resume else None)  # before any collective can time out
         handlers = {s: signal.getsignal(s) for s in SIGNALS}
         with engine_session(dist, rt, cfg.train.dist_timeout_s):
             try:
                 preempt = PreemptionSignal()
-                ending.trainer = Trainer(cfg, dist, rt, preempt, run)
+                ending.trainer = Trainer(cfg, dist, rt, preempt, run, converted)
                 outcome = ending.record(ending.trainer.fit())
                 tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
             finally:
@@ -109,19 +112,7 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
 
 
 
-def convert_before_joining(cfg: Config, dist: DistEnv, run: Run) -> None:
-    """A checkpoint saved on another number of ranks is converted (rank 0; the others wait for the
-    directory on the filesystem) before the process group forms, so no collective timeout bounds
-    the conversion. Only then are the checkpoint's files verified by every rank (the same-size
-    case leaves that to rank 0 in `resume_point`); a damaged newest one falls back as resume does."""
-    saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
-    if saved is not None and (saved.world_size, saved.zero_stage) != (dist.world_size, run.zero_stage):
-        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir, quiet=not dist.is_main)
-        if saved is not None:
-            universal.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank,
-                                   cfg.optim.name)
-
-class Trainer(Resuming):
+class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
 
     evaluation: Score | None = None  # the run's last evaluation (kept across a resume)
@@ -129,7 +120,7 @@ class Trainer(Resuming):
     skipped_in_row: int = 0  # optimizer steps DeepSpeed skipped in a row, up to the last one
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal,
-                 run: Run | None = None):
+                 run: Run | None = None, resume: ResumePoint | None = None):
         from vitc.data.loading.loader import build_eval_loader, build_train_loader
 
         self.goodput = Goodput()  # start-up runs from here to the first step
@@ -154,12 +145,12 @@ class Trainer(Resuming):
             if loader is not None:  # forked before the model exists, so that they do not map it
                 loader.start_workers()
         try:
-            self._build(cfg, dist, rt)
+            self._build(cfg, dist, rt, resume)
         except BaseException:  # the workers wait for a first pass: let them go, or exit waits for them
             self.close()
             raise
 
-    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime) -> None:
+    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime, converted: ResumePoint | None) -> None:
         """The model, its EMA, the engine and the resumed state, after the loaders' workers started."""
         model = self._build_model()
         rule = ema_rule(cfg, self.global_batch)
@@ -168,18 +159,20 @@ class Trainer(Resuming):
         self.ema = ModelEMA(model, rule) if rule is not None and not sharded else None
         self.step = self.epoch = self.micro_in_epoch = 0
         self.last_saved: CheckpointInfo | None = None
-        resume = checkpoint.resume_point(self.run_dir, dist.rank) if cfg.checkpoint.resume else None
+        resume = converted or (resume_point.agreed(self.run_dir, dist.world_size, self.run.zero_stage, dist.rank,
+                                                   cfg.optim.name) if cfg.checkpoint.resume else None)
         if resume:
-            checkpoint.same_architecture(self.run_dir, resume, self.run.spec)
-        tag, load_universal = (universal.loadable_tag(self.run_dir, resume, dist.world_size,
-                                                      self.run.zero_stage, dist.rank, cfg.optim.name)
-                               if resume else (None, False))
-        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, load_universal)
+            checkpoint.same_architecture(self.run_dir, resume.info, self.run.spec)
+        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch,
+                                                   bool(resume and resume.universal))
         if sharded:  # ZeRO-3: this rank's partitions, as deepspeed.initialize made them
             self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
         if resume:
-            self._restore(resume, tag)
+            restored = restore(self, resume)
+            self.step, self.epoch, self.micro_in_epoch = restored.step, restored.epoch, restored.micro_in_epoch
+            self.total_steps, self.last_saved = restored.total_steps, resume.info
+            self.evaluation, self.ema_evaluation = restored.evaluation, restored.ema_evaluation
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
         self._init_performance(bool(resume))
         if dist.is_main:
@@ -465,6 +458,6 @@ class Trainer(Resuming):
                               self.dist.world_size, self.run.zero_stage)
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
-        checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
+        checkpoint.save(self.engine, self.run_dir, info, client_state(self), self.dist.rank,
                         self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info
