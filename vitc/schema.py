@@ -49,7 +49,12 @@ class ModelConfig:
     # registry model's), since a conv stem's total stride is its patch size.
     patch_size: int | None = bounded(None, ge=1)
     stem_channels: list[int] | None = bounded(None, ge=1)
-    stem_strides: list[int] | None = bounded(None, ge=1, le=2)
+    stem_strides: list[int] | None = bounded(None, ge=1)  # 1 or 2 for 3×3 convs (ViTSpec.validate)
+    # the stem as data (Table 3, Fig. 7): each conv's kernel and padding before the final 1×1
+    # (unset: 3×3, padding 1), and the norm after each ("batch", or "layer" for ViT_C(ln))
+    stem_kernels: list[int] | None = bounded(None, ge=1)
+    stem_paddings: list[int] | None = bounded(None, ge=0)
+    stem_norm: Literal["batch", "layer"] | None = None
     classifier: Literal["token", "pool"] | None = None
     # layer-norm epsilon; None = the registry's 1e-6 (the released configs' LN.EPS, pycls vitconfigs 206d0db)
     norm_eps: float | None = None
