@@ -230,3 +230,17 @@ def test_appendix_b_16gf_pair_is_registered():
     p, c, c4 = get_spec("vit_p_16gf"), get_spec("vit_c_16gf"), get_spec("vit_c_4gf")
     assert (p.depth, p.width, p.stem) == (48, 384, "patchify")
     assert (c.depth, c.width, c.stem_channels, c.stem_strides) == (47, 384, c4.stem_channels, c4.stem_strides)
+
+
+def test_auto_augment_uses_the_authors_fill_and_interpolation_and_states_its_policy():
+    import torchvision.transforms.v2 as v2
+
+    from vitc.data.loading.transforms import Recipe, TrainSampleTransform
+
+    entry = CODE["autoaugment"]
+    augment = TrainSampleTransform(Recipe(image_size=32, num_classes=10)).augment
+    assert isinstance(augment, v2.AutoAugment) and augment.policy == v2.AutoAugmentPolicy.IMAGENET
+    assert entry["vitc"]["policy"] == "torchvision ImageNet" != entry["value"]["policy"]  # a stated difference
+    assert augment.interpolation == v2.InterpolationMode.BILINEAR
+    assert entry["vitc"]["interpolation"] == entry["value"]["interpolation"] == "bilinear"
+    assert augment.fill == entry["vitc"]["fill"] == entry["value"]["fill"] == 128  # pycls's grey

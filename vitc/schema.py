@@ -225,7 +225,8 @@ class DataConfig:
     resampled: bool = False  # draw shards with replacement (no epoch boundary in the data)
     crop_scale: list[float] = bounded([0.08, 1.0], gt=0, le=1)  # RandomResizedCrop area [min, max]
     hflip: float = bounded(0.5, ge=0, le=1)
-    # AutoAugment (the paper's recipe, from the authors' pycls configs), RandAugment as an option.
+    # AutoAugment (the paper's recipe, from the authors' pycls configs: torchvision's ImageNet policy
+    # with pycls's fill and interpolation, docs/paper_runs.md), RandAugment as an option.
     auto_augment: Literal["autoaugment", "randaugment", "none"] = "autoaugment"
     randaugment_magnitude: int = bounded(9, ge=0, le=30)  # torchvision's 31 bins
     randaugment_num_ops: int = bounded(2, ge=1)
