@@ -23,7 +23,11 @@ import webdataset as wds
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.loading.epoch_plan import EpochPlanner, even_quotas, train_batches_per_rank
+from vitc.data.loading.epoch_plan import (
+    EpochPlanner,
+    even_quotas,
+    train_batches_per_rank,
+)
 from vitc.data.loading.loader import build_eval_loader, build_train_loader
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
 from vitc.data.shards.manifest import Manifest, Shard, ShardRecord

@@ -11,6 +11,7 @@ from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.ema_files import ema_saved
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import config_to_dict
+from vitc.data.ledger import RECORD, position_record
 from vitc.engine.runtime import rng_state, seed_everything, set_rng_state
 from vitc.errors import VitcError
 from vitc.outcome import read_outcome
@@ -31,6 +32,14 @@ class Resuming:
                 "config": config_to_dict(self.cfg), "buffers": checkpoint.buffer_state(self.engine.module),
                 "architecture": checkpoint.architecture(self.run.spec),
                 "classes": self.run.train.manifest.classes if self.run.train else None}
+
+    def _log_data_position(self, event: str, resumed_from: int | None = None) -> None:
+        """Where training is in its data (rank 0's loader state) into metrics.jsonl, at start and with
+        every checkpoint: `vitc data ledger` replays the run from these records. Rank 0 writes."""
+        if self.metrics is not None:
+            self.metrics.write(RECORD, self.step, position_record(
+                event, self.epoch, self.micro_in_epoch, self.steps_per_epoch * self.accum,
+                self.loader.state_dict(), resumed_from))
 
     def _restore(self, info: CheckpointInfo, tag: str) -> None:
         """Load weights, optimizer, schedule, position, RNG, loader and EMA. Every rank."""

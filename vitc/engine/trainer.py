@@ -157,6 +157,7 @@ class Trainer(Resuming):
         if resume:
             self._restore(resume, tag)
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
+        self._log_data_position("start", resume.step if resume else None)
         if dist.is_main:
             self._write_run_files(lr)
 
@@ -392,6 +393,7 @@ class Trainer(Resuming):
                               self.dist.world_size, self.run.zero_stage)
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
+        self._log_data_position("save")  # before the checkpoint is complete: a resume finds it logged
         checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
                         self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info
