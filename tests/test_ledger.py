@@ -14,7 +14,7 @@ from engine_runs import digit_shards, torchrun, vitc, write_config
 from test_resume_exact import kill_once_saved
 
 from vitc.cli import main
-from vitc.data.ledger import build_ledger
+from vitc.data.ledger import build_ledger, surviving
 
 STEPS_PER_EPOCH = 16
 
@@ -79,3 +79,15 @@ def test_a_directory_without_data_positions_is_one_clear_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1}) + "\n")
     result = vitc("data", "ledger", str(tmp_path), check=False)
     assert result.returncode == 2 and "no 'data' records" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_the_stretches_leading_to_the_newest_checkpoint_count():
+    def record(event, step, resumed_from=None):
+        return {"event": event, "step": step, "resumed_from": resumed_from}
+
+    log = [record("start", 0), record("save", 4), record("save", 8), record("save", 12),  # 12: damaged
+           record("start", 8, resumed_from=8), record("save", 10), record("save", 14)]
+    assert [(r["event"], r["step"]) for r in surviving(log, newest_step=10)] == \
+        [("start", 0), ("save", 4), ("save", 8), ("start", 8), ("save", 10)]
+    restarted = [*log, record("start", 0)]  # checkpoint.resume: false in the same directory
+    assert [r["step"] for r in surviving(restarted, newest_step=10)] == [0]

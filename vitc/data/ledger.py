@@ -79,7 +79,7 @@ class EpochExposure:
                 "twice": int((c == 2).sum()), "more": int((c > 2).sum()),
                 "never_examples": [names(i) for i in np.flatnonzero(c == 0)[:EXAMPLES]],
                 "repeated_examples": [names(i) for i in np.flatnonzero(c > 1)[:EXAMPLES]],
-                "digest": hashlib.blake2b(c.astype(np.uint16).tobytes(), digest_size=8).hexdigest()}
+                "digest": hashlib.blake2b(c.tobytes(), digest_size=8).hexdigest()}
 
 
 @dataclass
@@ -144,7 +144,8 @@ class _Replay:
         self.starts = list(itertools.accumulate((s.samples for s in ordered), initial=0))
         self.first = dict(zip(self.names, self.starts))
         self.total = self.starts[-1]
-        self.epochs: dict[int, EpochExposure] = {}
+        self.epochs: dict[int, EpochExposure] = {}  # being counted
+        self.summaries: dict[int, dict] = {}  # counted: one count array per epoch would not fit at 21k scale
 
     def name(self, index: int) -> str:
         i = bisect.bisect_right(self.starts, index) - 1
@@ -152,8 +153,14 @@ class _Replay:
 
     def exposure(self, epoch: int) -> EpochExposure:
         if epoch not in self.epochs:
-            self.epochs[epoch] = EpochExposure(epoch + 1, np.zeros(self.total, dtype=np.int32))
+            self.epochs[epoch] = EpochExposure(epoch + 1, np.zeros(self.total, dtype=np.uint16))
         return self.epochs[epoch]
+
+    def summarize(self, before: int | None = None) -> list[dict]:
+        """Summaries of the epochs before `before` (all: None), their counts dropped; every summary so far."""
+        for epoch in [e for e in self.epochs if before is None or e < before]:
+            self.summaries[epoch] = self.epochs.pop(epoch).summary(self.name)
+        return [self.summaries[e] for e in sorted(self.summaries)]
 
     def deliver(self, layout: Layout, epoch: int, start: list[int], stop: list[int]) -> None:
         """Count the batches [start[w], stop[w]) of every worker of every rank in `epoch`."""
@@ -239,7 +246,10 @@ def build_ledger(run_dir: str | Path) -> Ledger:
             step = before["resumed_from"]
             resumed = saves[step] if step in saves else _saved_loader_state(run_dir, step)
         epoch, consumed, micro = _begin(before, resumed, layout)
+        replay.summarize(before=epoch)  # the path never returns to an earlier epoch
         end = record["loader"]
+        if end["epoch"] < epoch:  # saved again before the next epoch began: nothing read
+            continue
         while epoch < end["epoch"]:  # the rest of an epoch that ended before this checkpoint
             finished = _advance(layout, consumed, record["micro_per_epoch"] - micro)
             replay.deliver(layout, epoch, consumed, finished)
@@ -252,5 +262,5 @@ def build_ledger(run_dir: str | Path) -> Ledger:
             replay.exposure(end["epoch"]).complete = True
     last = path[-1]["loader"]
     return Ledger(str(run_dir), replay.total,
-                  [replay.epochs[e].summary(replay.name) for e in sorted(replay.epochs)],
+                  replay.summarize(),
                   len(path), int(last.get("bad_samples", 0)))
