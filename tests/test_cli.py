@@ -23,6 +23,7 @@ SURFACE = {
                      "--shuffle-seed", "--workers"],
     "shards verify": ["--workers"],
     "shards index": ["--prefix", "--workers"],
+    "data ledger": ["--json"],
     "train": [],
     "eval": ["--weights"],
     "export": ["--dtype", "--ema", "--format", "--out"],

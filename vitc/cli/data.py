@@ -1,6 +1,7 @@
-"""`vitc shards build|verify|index` and `vitc bench data`."""
+"""`vitc shards build|verify|index`, `vitc data ledger` and `vitc bench data`."""
 
 import argparse
+import json
 import sys
 
 from vitc.cli.args import add_timing_args
@@ -44,6 +45,29 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     print(bench_data(args.shards, args.images, args.batch, args.workers, args.rounds, args.auto_augment,
                      args.random_erasing, not args.no_shard_build, processes=args.processes).describe())
     return 0
+
+
+def cmd_data_ledger(args: argparse.Namespace) -> int:
+    from vitc.data.ledger import build_ledger
+
+    ledger = build_ledger(args.run_dir)
+    print(json.dumps(ledger.to_json(), indent=1) if args.json else ledger.describe())
+    return 0
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="what a run's loader delivered")
+    data_sub = data.add_subparsers(dest="data", required=True, metavar="ACTION")
+    ledger = data_sub.add_parser(
+        "ledger", help="per epoch, which samples a run trained on: once, never, twice (docs/loader.md)",
+        description="Reconstruct which samples each epoch of the run in RUN_DIR delivered to training, "
+                    "across restarts and world-size changes, from its config, its metrics.jsonl data "
+                    "positions (one at every start and checkpoint) and its newest checkpoint; print per "
+                    "epoch how many samples were seen once, never, twice or more, and a digest of the "
+                    "per-sample counts (equal digests: the same samples, as often). Reads no images.")
+    ledger.add_argument("run_dir", metavar="RUN_DIR")
+    ledger.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    ledger.set_defaults(func=cmd_data_ledger)
 
 
 def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
@@ -92,6 +116,7 @@ def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
     _add_shards_parser(sub)
+    _add_data_parser(sub)
     bench_data = bench_sub.add_parser(
         "data", help="train loader images/s/core vs torchvision ImageFolder and bare JPEG decode",
         description="Images/s per core of (a) the vitc train loader, (b) torchvision ImageFolder + "

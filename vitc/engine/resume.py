@@ -14,6 +14,7 @@ from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.ema_files import ema_saved
 from vitc.checkpoint.resume_point import ResumePoint
 from vitc.config import config_to_dict
+from vitc.data.ledger import RECORD, position_record
 from vitc.engine.runtime import rng_state, seed_everything, set_rng_state
 from vitc.errors import VitcError
 from vitc.outcome import Score, read_outcome
@@ -32,6 +33,15 @@ class Restored:
     total_steps: int  # the optimizer step the run ends at (moves when the world size changed)
     evaluation: Score | None
     ema_evaluation: Score | None
+
+
+def log_data_position(trainer, event: str, resumed_from: int | None = None) -> None:
+    """Where training is in its data (rank 0's loader state) into metrics.jsonl, at start and with
+    every checkpoint: `vitc data ledger` replays the run from these records. Rank 0 writes."""
+    if trainer.metrics is not None:
+        trainer.metrics.write(RECORD, trainer.step, position_record(
+            event, trainer.epoch, trainer.micro_in_epoch, trainer.steps_per_epoch * trainer.accum,
+            trainer.loader.state_dict(), resumed_from))
 
 
 def client_state(trainer) -> dict:

@@ -51,7 +51,7 @@ from vitc.engine.precise_bn import (
     precise_bn,
     precise_bn_loader,
 )
-from vitc.engine.resume import client_state, restore
+from vitc.engine.resume import client_state, log_data_position, restore
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
@@ -175,6 +175,7 @@ class Trainer:
             self.evaluation, self.ema_evaluation = restored.evaluation, restored.ema_evaluation
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
         self._init_performance(bool(resume))
+        log_data_position(self, "start", resume.info.step if resume else None)
         if dist.is_main:
             self._write_run_files(lr)
 
@@ -458,6 +459,7 @@ class Trainer:
                               self.dist.world_size, self.run.zero_stage)
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
+        log_data_position(self, "save")  # before the checkpoint is complete: a resume finds it logged
         checkpoint.save(self.engine, self.run_dir, info, client_state(self), self.dist.rank,
                         self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info

@@ -14,6 +14,9 @@ samples left after one epoch's window are the first ones the next epoch reads. E
 out of at most one epoch in a row, and no sample is read twice within an epoch.
 """
 
+import bisect
+import functools
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -103,37 +106,30 @@ def train_batches_per_rank(samples: int, batch: int, world_size: int) -> int:
     return samples // (batch * world_size)
 
 
-def cycle(shards: tuple[Shard, ...], data_seed: int) -> list[Shard]:
-    """The shards in the order the epochs walk through them: by name, then shuffled once per run, so
-    that a rank's window mixes shards written apart (a shard directory may be written class by class)."""
+@functools.lru_cache(maxsize=4)
+def cycle(shards: tuple[Shard, ...], data_seed: int) -> tuple[tuple[Shard, ...], tuple[int, ...]]:
+    """The shards in the order the epochs walk through them, with each one's first position: by name,
+    then shuffled once per run, so that a rank's window mixes shards written apart (a shard directory
+    may be written class by class)."""
     order = sorted(shards, key=lambda s: s.name)
     random.Random(f"{data_seed}/cycle").shuffle(order)
-    return order
+    return tuple(order), tuple(itertools.accumulate((s.samples for s in order), initial=0))
 
 
 def rank_window(shards: tuple[Shard, ...], data_seed: int, epoch: int, rank: int, world_size: int,
                 length: int) -> list[Piece]:
     """The `length` samples rank `rank` reads in `epoch`: its window of the cycle, which starts where the
     previous epoch's reading stopped (the remainder comes first in the next epoch)."""
-    order = cycle(shards, data_seed)
-    total = sum(s.samples for s in order)
-    start = (epoch * world_size * length + rank * length) % total
-    return _span(order, start, length)
-
-
-def _span(order: list[Shard], start: int, length: int) -> list[Piece]:
-    """`length` samples of the cycle `order` from position `start`, wrapping around, as pieces."""
-    out, offset = [], 0
-    while length:
-        for shard in order:
-            lo = max(start - offset, 0)
-            offset += shard.samples
-            if lo >= shard.samples or not length:
-                continue
-            take = min(shard.samples - lo, length)
-            out.append(Piece(shard, lo, lo + take))
-            length -= take
-        start = offset = 0  # wrapped: from the beginning of the cycle
+    order, starts = cycle(shards, data_seed)
+    position = (epoch * world_size * length + rank * length) % starts[-1]
+    out, i = [], bisect.bisect_right(starts, position) - 1
+    while length:  # the window's pieces, wrapping around the end of the cycle
+        offset = position - starts[i]
+        take = min(order[i].samples - offset, length)
+        if take:
+            out.append(Piece(order[i], offset, offset + take))
+        length -= take
+        position, i = (starts[i + 1], i + 1) if i + 1 < len(order) else (0, 0)
     return out
 
 
@@ -191,6 +187,16 @@ def delivery_order(quotas: list[int], skips: list[int]) -> list[int]:
             elif r < quota:
                 order.append(w)
     return order
+
+
+def resume_point(state: dict, world_size: int, workers: int, batch: int,
+                 batches: int) -> tuple[list[int] | None, float | None]:
+    """Where a saved loader state continues on this layout: (batches each worker consumed, None) when
+    ranks, workers and batch match; else (None, the fraction of the epoch consumed), since per-worker
+    positions do not map onto another split."""
+    if all(state.get(k) == v for k, v in (("world_size", world_size), ("workers", workers), ("batch", batch))):
+        return list(state["worker_batches"]), None
+    return None, min(1.0, state["batches_consumed"] / max(1, state.get("batches_per_epoch", batches)))
 
 
 def skips_after(consumed: list[int] | None, quotas: list[int], fraction: float) -> list[int]:

@@ -45,6 +45,7 @@ from vitc.data.loading.epoch_plan import (
     WorkerPlan,
     delivery_order,
     eval_deal,
+    resume_point,
     train_batches_per_rank,
 )
 from vitc.data.loading.gpu_decode import GpuDecode
@@ -244,16 +245,18 @@ class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe,
-                 gpu: GpuDecode | None = None, on_gpu: bool = False):
+                 gpu: GpuDecode | None = None, on_gpu: bool = False, grad_accum: int = 1):
         super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu, on_gpu)
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
-        self._len = train_batches_per_rank(manifest_samples(shards), batch, dist.world_size)
+        # whole optimizer steps: an epoch then reads floor(samples / global batch) global batches,
+        # the same on any number of ranks when train.global_batch is fixed
+        self._len = train_batches_per_rank(manifest_samples(shards), batch * grad_accum, dist.world_size) * grad_accum
         if self._len == 0:
             raise VitcError(f"data.train_shards: {manifest_samples(shards)} samples in {len(shards)} shards "
-                            f"give no full batch of {batch} per rank on {dist.world_size} ranks: add data or "
-                            f"lower train.micro_batch")
+                            f"give no full optimizer step ({grad_accum} x {batch} images) per rank on "
+                            f"{dist.world_size} ranks: add data or lower train.micro_batch")
         used = self._len * batch * dist.world_size
         self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
         d = cfg.data
@@ -289,12 +292,9 @@ class TrainLoader(_Loader):
             raise VitcError(f"loader state: expected version {STATE_VERSION}, got {state!r:.200}")
         self.epoch, self.bad_samples_before = int(state["epoch"]), int(state.get("bad_samples", 0))
         self._bad = [0] * self.workers
-        same = all(state.get(k) == v for k, v in
-                   (("world_size", self.dist.world_size), ("workers", self.workers), ("batch", self.batch)))
-        self._worker_batches = list(state["worker_batches"]) if same else [0] * self.workers
-        saved_len = max(1, state.get("batches_per_epoch", self._len))
-        self._resume_fraction = None if same else min(1.0, state["batches_consumed"] / saved_len)
-        if not same:
+        consumed, self._resume_fraction = resume_point(state, self.dist.world_size, self.workers, self.batch, self._len)
+        self._worker_batches = consumed if consumed is not None else [0] * self.workers
+        if consumed is None:
             log.warning("loader state saved with world_size/workers/batch %s/%s/%s, now %s/%s/%s: resuming "
                         "epoch %d at the same fraction (%.3f), not the exact sample", state.get("world_size"),
                         state.get("workers"), state.get("batch"), self.dist.world_size, self.workers,
@@ -374,8 +374,9 @@ def build_train_loader(cfg, run, dist: DistEnv, gpu: GpuDecode | None = None) ->
     `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
     if run.train is None:
         raise VitcError("data.train_shards is not set: training needs shards (see docs/loader.md)")
+    # len() is a multiple of the run's gradient accumulation: an epoch is whole optimizer steps
     return TrainLoader(cfg, dist, run.micro_batch, list(run.train.shards),
-                       Recipe.from_config(cfg, run.spec.num_classes), gpu, run.on_gpu)
+                       Recipe.from_config(cfg, run.spec.num_classes), gpu, run.on_gpu, run.grad_accum)
 
 
 def build_eval_loader(cfg, run, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
