@@ -164,7 +164,8 @@ def test_the_engine_table_prints_paired_overheads_and_the_noise_floor():
 def _data_bench(**extra):
     from vitc.bench.data import DataBench
 
-    rates = {"loader": 600.0, "imagefolder": 300.0, "decode": 1000.0, "turbo_decode": 1600.0, **extra}
+    rates = {"loader": 600.0, "imagefolder": 300.0, "decode": 1000.0, "turbo_decode": 1600.0,
+             "gpu_decode_cpu_share": 5000.0, **extra}
     return DataBench(602, (375, 500), 32, 2, "autoaugment", rates, dict(rates), None, (2.0, 0.6),
                      dali_ratio=1.5 if "dali" in extra else None)
 
@@ -173,6 +174,7 @@ def test_data_bench_prints_dali_and_the_bare_vitc_decoder_and_says_how_to_get_da
     with_dali = _data_bench(dali=400.0).describe()
     assert "(d) DALI's CPU pipeline" in with_dali and "(a)/(d) = 1.50  (target >= 1.5)" in with_dali
     assert "(e) bare vitc decoder (simplejpeg)" in with_dali and "(a)/(c) = 0.60  (target >= 0.6)" in with_dali
+    assert "(f) (a)'s CPU share, decode on GPU    5000" in with_dali
     without = _data_bench().describe()
     assert "(a)/(d)" not in without and "not installed: pip install vitc[dali-bench]" in without
 

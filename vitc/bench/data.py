@@ -45,7 +45,6 @@ from vitc.data.shards.manifest import Manifest, resolve_shards
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 
-
 ROWS = {"loader": "(a) vitc train loader", "imagefolder": "(b) ImageFolder + DataLoader",
         "decode": "(c) bare PIL decode, in-process", "dali": "(d) DALI's CPU pipeline",
         "turbo_decode": "(e) bare vitc decoder (simplejpeg)",
@@ -72,10 +71,10 @@ class DataBench:
     random_erasing: float = 0.0
 
     def describe(self) -> str:
-        lines = [f"data bench: {self.images} images ({self.image_size[1]}x{self.image_size[0]} JPEG), batch "
+        title = (f"data bench: {self.images} images ({self.image_size[1]}x{self.image_size[0]} JPEG), batch "
                  f"{self.batch}, {self.workers} workers, {self.auto_augment}, random erasing "
-                 f"{self.random_erasing:g}, 224 px, median of rounds",
-                 "                                   img/s/core (CPU time)   img/s (wall clock)"]
+                 f"{self.random_erasing:g}, 224 px, median of rounds")
+        lines = [title, "                                   img/s/core (CPU time)   img/s (wall clock)"]
         lines += [f"  {ROWS[k]:33s}{self.rates[k]:8.0f}                {self.wall_rates[k]:8.0f}"
                   for k in ROWS if k in self.rates]
         lines.append(f"  (a)/(b) = {self.ratios[0]:.2f}  (target >= 1.25)    (a)/(c) = {self.ratios[1]:.2f}  "
