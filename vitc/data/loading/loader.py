@@ -101,7 +101,7 @@ class _Loader:
 
     @property
     def gpu_fallbacks(self) -> int:
-        """Samples of this run on this rank that nvJPEG could not take, decoded on the CPU instead."""
+        """Samples of this run on this rank that the GPU decoder could not take, decoded on the CPU instead."""
         return self.gpu.fallbacks if self.gpu is not None else 0
 
     def _batches(self, order: list[int] | None = None, first: int = 0, epoch_seed: str = ""):
@@ -382,7 +382,7 @@ Resolved = tuple[tuple[Shard, ...], Manifest]  # a shard list and its manifest (
 def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
                        gpu: GpuDecode | None = None, resolved: Resolved | None = None) -> TrainLoader:
     """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
-    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device).
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvImageCodec or nvJPEG on this rank's device).
     `resolved`: data.train_shards as the run resolved and checked them (vitc.run.resolve_run);
     without it they are resolved here and the manifest's classes checked against `num_classes`."""
     if resolved is None:
