@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from vitc.bench import fragments
+from vitc.bench.data import dali_installed
 from vitc.bench.engine import format_engine_bench
 from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 from vitc.cli import main
@@ -158,3 +159,32 @@ def test_the_engine_table_prints_paired_overheads_and_the_noise_floor():
     assert re.search(r"^zero3 +12\.00 +\+25\.0%", table, re.M)
     assert "the plain loop timed twice differs by +2.6%" in table  # median of +0 % and +5.3 %
     assert "each loop is its median of 2 processes" in table
+
+
+def _data_bench(**extra):
+    from vitc.bench.data import DataBench
+
+    rates = {"loader": 600.0, "imagefolder": 300.0, "decode": 1000.0, "turbo_decode": 1600.0,
+             "gpu_decode_cpu_share": 5000.0, **extra}
+    return DataBench(602, (375, 500), 32, 2, "autoaugment", rates, dict(rates), None, (2.0, 0.6),
+                     dali_ratio=1.5 if "dali" in extra else None)
+
+
+def test_data_bench_prints_dali_and_the_bare_vitc_decoder_and_says_how_to_get_dali():
+    with_dali = _data_bench(dali=400.0).describe()
+    assert "(d) DALI's CPU pipeline" in with_dali and "(a)/(d) = 1.50  (target >= 1.5)" in with_dali
+    assert "(e) bare vitc decoder (simplejpeg)" in with_dali and "(a)/(c) = 0.60  (target >= 0.6)" in with_dali
+    assert "(f) (a)'s CPU share, decode on GPU    5000" in with_dali
+    without = _data_bench().describe()
+    assert "(a)/(d)" not in without and "not installed: pip install vitc[dali-bench]" in without
+
+
+@pytest.mark.skipif(not dali_installed(), reason="NVIDIA DALI is not installed (pip install vitc[dali-bench])")
+def test_dalis_pipeline_reads_every_full_batch_of_the_shards_once_per_epoch(tmp_path):
+    from vitc.bench.data import dali_epoch
+
+    shards = tmp_path / "shards"
+    photo_imagefolder(tmp_path / "photos", classes=2, per_class=5)
+    assert main(["shards", "build", str(tmp_path / "photos"), str(shards), "--samples-per-shard", "4"]) == 0
+    epoch = dali_epoch(str(shards), batch=4, threads=1, auto_augment=True, image_size=32)
+    assert epoch() == 8 and epoch() == 8  # 10 samples: two full batches of 4, every epoch

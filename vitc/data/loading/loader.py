@@ -102,7 +102,7 @@ class _Loader:
 
     @property
     def gpu_fallbacks(self) -> int:
-        """Samples of this run on this rank that nvJPEG could not take, decoded on the CPU instead."""
+        """Samples of this run on this rank that the GPU decoder could not take, decoded on the CPU instead."""
         return self.gpu.fallbacks if self.gpu is not None else 0
 
     def _batches(self, order: list[int] | None = None, first: int = 0, epoch_seed: str = ""):
@@ -371,7 +371,7 @@ def build_train_loader(cfg, run, dist: DistEnv, gpu: GpuDecode | None = None) ->
     """The train loader for this rank of `run`, a vitc.run.Run (its training shards, already checked
     against the class count; `run.micro_batch` images per rank; its device). Not imported for the
     annotation: vitc.run reads this package's manifests, and the packages must not import each other.
-    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvImageCodec or nvJPEG on this rank's device)."""
     if run.train is None:
         raise VitcError("data.train_shards is not set: training needs shards (see docs/loader.md)")
     # len() is a multiple of the run's gradient accumulation: an epoch is whole optimizer steps
