@@ -116,6 +116,7 @@ def two_rank_run(tmp_path_factory):
     return json.loads((root / "out.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_rank_yields_the_same_number_of_batches(two_rank_run):
     rank0, rank1 = two_rank_run
     assert rank0["len"] == rank1["len"] > 0
@@ -331,6 +332,7 @@ def test_a_loader_state_of_another_version_is_refused(tmp_path):
         loader.load_state_dict({"version": 99})
 
 
+@pytest.mark.slow
 def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
     from vitc.cli import main
 
@@ -365,6 +367,7 @@ print("end of script", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", ["whole pass", "part of a pass", "workers started, never used"])
 def test_a_script_using_the_loader_exits_without_closing_it(tmp_path, use):
     # Loader workers ignore SIGTERM, which is how multiprocessing's exit handler stops DataLoader's

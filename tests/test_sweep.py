@@ -205,6 +205,7 @@ def test_run_retries_every_run_without_a_final_outcome(shards, tmp_path):
     assert [p.id for p in pending_runs(sweep)] == [r.id for r in runs[2:]]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_is_retried_the_set_number_of_times_then_counted_apart(shards, tmp_path, capsys):
     spec = write_spec(tmp_path / "spec", shards, samples=1, body=ONE_MODEL_SPEC)
     sweep = tmp_path / "sweep"
