@@ -4,7 +4,6 @@ tests/conftest.py turns `digit_shards` into the `shards` fixture."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -121,18 +120,10 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 
 def kill_after_checkpoint(config: Path, run_dir: Path, step: int) -> None:
-    """Start `vitc train CONFIG` in a process and SIGKILL it as soon as checkpoint `step` is
-    marked complete (the kill lands wherever the run is: the next step, or its next save)."""
+    """`vitc train CONFIG` in one process, SIGKILLed as soon as checkpoint `step` is marked
+    complete (the kill lands wherever the run is: the next step, or its next save)."""
     marker = checkpoint.checkpoint_root(run_dir) / checkpoint.tag_for(step) / checkpoint.MARKER
-    proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config), f"train.run_dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"the training process ended before checkpoint {step}"
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    killed_once_saved(1, marker, "train", str(config), f"train.run_dir={run_dir}")
 
 
 def exported(run_dir: Path, tmp: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -155,3 +146,31 @@ def peak_rss_added(ranks: int, out_prefix: Path, steps: int, *train_args: str) -
                         *train_args], env=default_malloc(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(Path(f"{out_prefix}.{r}.json").read_text())["added"] for r in range(ranks)]
+
+
+def vitc_on(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """`vitc ARGS` on `nproc` ranks, one thread each; not checked (a refusal is an outcome too)."""
+    return subprocess.run([*launcher(nproc), "-m", "vitc.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+
+
+def killed_once_saved(nproc: int, marker: Path, *args: str) -> None:
+    """`vitc ARGS` on `nproc` ranks, every process of it killed with SIGKILL once `marker` exists
+    (torchrun starts its workers in sessions of their own: each is killed by its pid)."""
+    import psutil
+
+    proc = subprocess.Popen([*launcher(nproc), "-m", "vitc.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, f"ended before {marker}: {proc.stderr.read()[-2000:]}"
+            time.sleep(0.02)
+    finally:
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for member in family:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+        psutil.wait_procs(family, timeout=30)

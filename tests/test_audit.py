@@ -11,7 +11,7 @@ from vitc.audit.parity import choose_conv_depth
 from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.models.cost import model_cost
-from vitc.models.spec import MODELS, get_spec
+from vitc.models.spec import MODELS, get_spec, twin_name
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("data") / "model_costs.json"
@@ -84,7 +84,7 @@ def test_parity_tolerance_is_a_config_value(capsys):
 def test_scale_up_conv_depths_are_the_ones_the_audit_chooses():
     for name, spec in MODELS.items():
         if spec.stem == "conv":
-            twin = MODELS[name.replace("vit_c_", "vit_p_")]
+            twin = MODELS[twin_name(name)]
             assert choose_conv_depth(twin, spec) == spec.depth, name
 
 
@@ -111,7 +111,7 @@ def test_unknown_model_in_audit_is_one_clear_error(capsys):
 def shipped_model_costs() -> dict[str, list[int]]:
     """Analytic flops/params/acts of every shipped run config that names a model."""
     out = {}
-    for path in sorted(REPO.glob("configs/*/*.yaml")):
+    for path in sorted([*REPO.glob("configs/*/*.yaml"), *REPO.glob("vitc/resources/demo/*.yaml")]):
         if path.parent.name == "sweeps":
             continue
         cfg = load_config(path)

@@ -4,6 +4,7 @@ login-node commands (plan, sweep make, slurm submit --dry-run) load neither torc
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -153,3 +154,25 @@ LOGIN_NODE_COMMANDS = {
 def test_login_node_commands_load_neither_torch_nor_deepspeed(command, tmp_path):
     outcome = loaded_by(LOGIN_NODE_COMMANDS[command](tmp_path))
     assert outcome == {"code": 0, "loaded": []}
+
+
+def documented_floors() -> dict[str, int]:
+    """docs/architecture.md's floor diagram: package or module -> its floor number (a floor's line
+    starts with its number; the names on it end in / or .py)."""
+    floors = {}
+    diagram = (REPO / "docs" / "architecture.md").read_text().split("```", 2)[1]
+    for line in diagram.splitlines():
+        words = line.split()
+        if words and words[0].isdigit():
+            for name in words[1:]:
+                if re.fullmatch(r"[a-z_]+(/|\.py)", name):
+                    floors[name.rstrip("/").removesuffix(".py")] = int(words[0])
+    return floors
+
+
+def test_every_package_imports_only_from_its_floor_or_below():
+    floors = documented_floors()
+    graph = package_graph()
+    assert set(graph) <= set(floors), f"packages missing from docs/architecture.md: {set(graph) - set(floors)}"
+    upward = sorted((unit, dep) for unit, deps in graph.items() for dep in deps if floors[dep] > floors[unit])
+    assert upward == []

@@ -18,6 +18,7 @@ SURFACE = {
                    "--rounds", "--shards", "--workers"],
     "bench engine": ["--batch", "--iters", "--model", "--processes", "--rounds", "--stages"],
     "bench startup": ["--out", "--rounds"],
+    "bench meters": ["--batch", "--iters", "--log-every", "--model", "--processes", "--rounds", "--stage"],
     "shards build": ["--max-shard-bytes", "--max-side", "--prefix", "--quality", "--samples-per-shard",
                      "--shuffle-seed", "--workers"],
     "shards verify": ["--workers"],
@@ -32,7 +33,7 @@ SURFACE = {
     "sweep collect": [],
     "sweep plot": ["--name", "--out", "--step"],
     "sweep report": [],
-    "slurm submit": ["--account", "--cpu-bind", "--dry-run", "--gpu-bind", "--gpus-per-node", "--mem", "--nodes",
+    "slurm submit": ["--account", "--cpu-bind", "--dry-run", "--exit-wait-s", "--gpu-bind", "--gpus-per-node", "--mem", "--nodes",
                      "--partition", "--time"],
     "slurm status": [],
 }

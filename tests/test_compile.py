@@ -25,3 +25,10 @@ def test_a_checkpoint_resumes_with_compile_switched_either_way(shards, tmp_path)
     dims = {k: v for k, v in TINY_PATCHIFY.items() if k not in ("name", "num_classes")}
     expected = VisionTransformer(with_overrides(get_spec("vit_p_1gf"), **dims, num_classes=10)).state_dict()
     assert weights.keys() == expected.keys()  # no `_orig_mod.` prefix from the compiled run
+
+
+def test_compile_at_zero3_is_refused_in_one_line(shards, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run")
+    assert main(["train", str(config), "train.compile=true", "train.zero_stage=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vitc: error: train.compile=true with ZeRO-3 is not supported")

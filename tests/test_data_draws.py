@@ -6,10 +6,10 @@ where batches are compared whole). Sample k has class k, so with mixing off a la
 """
 
 import torch
+from loaders import train_loader
 from test_data_loader import BATCH, write_shards
 
 from vitc.config import load_config
-from vitc.data.loading.loader import build_train_loader
 from vitc.distributed.env import DistEnv
 
 SIZES = (9, 7, 8, 8)
@@ -25,7 +25,7 @@ def pixels_by_sample(shards, workers: int, epoch: int) -> dict[int, torch.Tensor
     """label -> finished image, mixing and smoothing off so that a label names its sample."""
     cfg = default_recipe(shards, f"data.workers={workers}", "data.mixup_alpha=0", "data.cutmix_alpha=0",
                          "data.label_smoothing=0")
-    loader = build_train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
+    loader = train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
     loader.set_epoch(epoch)
     return {int(label): image for images, labels in loader for image, label in zip(images, labels)}
 
@@ -45,12 +45,12 @@ def test_a_sample_gets_the_same_pixels_whatever_the_number_of_workers(tmp_path):
 def test_a_resumed_loader_yields_exactly_the_batches_the_straight_one_yields(tmp_path):
     shards = write_shards(tmp_path, SIZES)
     cfg = default_recipe(shards, "data.workers=2")
-    straight = list(build_train_loader(cfg, DistEnv(), num_classes=sum(SIZES)))
-    interrupted = build_train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
+    straight = list(train_loader(cfg, DistEnv(), num_classes=sum(SIZES)))
+    interrupted = train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
     for consumed, _ in enumerate(interrupted, 1):
         if consumed == 3:  # an odd count: the resumed DataLoader starts its round-robin at the wrong worker
             break
-    resumed = build_train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
+    resumed = train_loader(cfg, DistEnv(), num_classes=sum(SIZES))
     resumed.load_state_dict(interrupted.state_dict())
     rest = list(resumed)  # its worker skips the consumed samples without decoding them
     assert len(rest) == len(straight) - 3
@@ -64,5 +64,5 @@ def test_loading_leaves_the_training_process_random_stream_alone(tmp_path):
     torch.manual_seed(5)
     expected = torch.rand(4)
     torch.manual_seed(5)
-    list(build_train_loader(default_recipe(shards, "data.workers=0"), DistEnv(), num_classes=sum(SIZES)))
+    list(train_loader(default_recipe(shards, "data.workers=0"), DistEnv(), num_classes=sum(SIZES)))
     assert torch.equal(torch.rand(4), expected)  # dropout and drop path draw what they would have

@@ -9,9 +9,11 @@ import http.server
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -20,12 +22,17 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 import webdataset as wds
+from loaders import eval_loader, train_loader
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.loading.loader import build_eval_loader, build_train_loader
+from vitc.data.loading.epoch_plan import (
+    EpochPlanner,
+    even_quotas,
+    train_batches_per_rank,
+)
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
-from vitc.data.shards.manifest import Manifest, ShardRecord
+from vitc.data.shards.manifest import Manifest, Shard, ShardRecord
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.run import class_count
@@ -81,22 +88,22 @@ def _rank_main(rank: int, shards: str, init_file: str, out: str) -> None:
     torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     cfg = plain_config(shards)
     dist = DistEnv(rank=rank, world_size=2)
-    loader = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    loader = train_loader(cfg, dist, num_classes=sum(SIZES))
     epochs = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)
         epochs.append(labels_of(loader))
     # interrupted after 3 batches of epoch 0, then a new loader resumes from the saved state
-    first = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    first = train_loader(cfg, dist, num_classes=sum(SIZES))
     head = []
     for images, labels in first:
         head += labels.tolist()
         if len(head) == 3 * BATCH:
             break
-    resumed = build_train_loader(cfg, dist, num_classes=sum(SIZES))
+    resumed = train_loader(cfg, dist, num_classes=sum(SIZES))
     resumed.load_state_dict(first.state_dict())
     tail = labels_of(resumed)
-    evaluated = list(build_eval_loader(cfg, dist))
+    evaluated = list(eval_loader(cfg, dist))
     result = {"len": len(loader), "remainder": loader.remainder, "epochs": epochs, "head": head, "tail": tail,
               "eval_batches": len(evaluated), "eval_labels": labels_of(evaluated),
               "shapes": [list(evaluated[0][0].shape), str(evaluated[0][0].dtype)]}
@@ -132,6 +139,14 @@ def test_no_sample_twice_and_union_is_dataset_less_remainder(two_rank_run):
         assert len(seen) == sum(SIZES) - two_rank_run[0]["remainder"]
 
 
+def test_the_samples_an_epoch_leaves_out_are_read_in_the_next(two_rank_run):
+    rank0, rank1 = two_rank_run
+    assert 0 < rank0["remainder"] < 2 * BATCH  # less than a batch on every rank
+    left_out = set(range(sum(SIZES))) - set(rank0["epochs"][0] + rank1["epochs"][0])
+    assert len(left_out) == rank0["remainder"]
+    assert left_out <= set(rank0["epochs"][1] + rank1["epochs"][1])
+
+
 def test_a_new_epoch_is_a_new_order(two_rank_run):
     for rank in two_rank_run:
         assert rank["epochs"][0] != rank["epochs"][1]
@@ -153,9 +168,37 @@ def test_eval_sees_every_sample_exactly_once_across_ranks(two_rank_run):
     assert rank0["shapes"] == [[BATCH, 3, 16, 16], "torch.float32"]
 
 
+def test_a_rank_with_one_shard_keeps_every_worker_reading(tmp_path):
+    shards = write_shards(tmp_path, sizes=(32,))
+    loader = train_loader(plain_config(shards, "data.workers=4"), DistEnv(), num_classes=32)
+    labels = labels_of(loader)
+    assert loader.state_dict()["worker_batches"] == [2, 2, 2, 2]  # batches each worker delivered
+    assert sorted(labels) == list(range(32)) and loader.remainder == 0
+
+
+@pytest.mark.parametrize("sizes", [SIZES, (50,), (7, 7)])
+@pytest.mark.parametrize("world_size,workers", [(1, 4), (2, 4), (3, 2), (4, 1)])
+def test_every_worker_of_every_rank_reads_an_equal_share_once(sizes, world_size, workers):
+    shards = tuple(Shard(f"train-{i:06d}.tar", f"/s/train-{i:06d}.tar", n) for i, n in enumerate(sizes))
+    batch, everything = 2, {(f"train-{i:06d}.tar", k) for i, n in enumerate(sizes) for k in range(n)}
+    batches = train_batches_per_rank(sum(sizes), batch, world_size)
+    left_out = set()
+    for epoch in range(3):
+        read = []
+        for rank in range(world_size):
+            plans = EpochPlanner(shards, workers, batch, batches, 7, rank, world_size).plans(epoch, None, 0.0)
+            assert [p.samples for p in plans] == [q * batch for q in even_quotas(batches, workers)]
+            assert all(p.samples > 0 for p in plans) or batches < workers  # no idle worker
+            read += [(p.shard.name, k) for plan in plans for p in plan.pieces for k in range(p.start, p.stop)]
+        assert len(read) == len(set(read)) == world_size * batches * batch  # each sample at most once
+        assert left_out <= set(read)  # what the last epoch left out is read in this one
+        left_out = everything - set(read)
+        assert len(left_out) < world_size * batch
+
+
 def test_bad_samples_are_skipped_and_counted(tmp_path):
     shards = write_shards(tmp_path, sizes=(10, 6), bad={2: "truncated", 12: "no_label"})
-    loader = build_train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0.5"),
+    loader = train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0.5"),
                                 DistEnv(), num_classes=16)
     labels = labels_of(loader)
     assert loader.bad_samples == 2
@@ -165,7 +208,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
 
 def test_bad_samples_above_the_threshold_stop_the_run_naming_the_shard(tmp_path):
     shards = write_shards(tmp_path, sizes=(8,), bad={5: "truncated"})
-    loader = build_train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0"), DistEnv(),
+    loader = train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0"), DistEnv(),
                                 num_classes=8)
     with pytest.raises(VitcError, match=r"train-000000\.tar.*max_bad_fraction"):
         list(loader)
@@ -174,7 +217,7 @@ def test_bad_samples_above_the_threshold_stop_the_run_naming_the_shard(tmp_path)
 def test_missing_shard_file_is_an_error_naming_it(tmp_path):
     shards = write_shards(tmp_path, sizes=(8, 8))
     (shards / "train-000001.tar").unlink()
-    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=16)
+    loader = train_loader(plain_config(shards), DistEnv(), num_classes=16)
     with pytest.raises(VitcError, match=r"train-000001\.tar"):
         list(loader)
 
@@ -185,7 +228,7 @@ def test_a_stalled_pipe_is_an_error_within_the_timeout(tmp_path):
     cfg = plain_config(shards, "data.workers=0", "data.read_timeout_s=1")
     cfg.data.train_shards, cfg.data.train_manifest = [url], str(shards / "manifest.json")
     with pytest.raises(VitcError, match=r"shard train-000000\.tar: no data for 1 s"):
-        list(build_train_loader(cfg, DistEnv(), num_classes=8))
+        list(train_loader(cfg, DistEnv(), num_classes=8))
 
 
 def test_a_failing_pipe_command_is_an_error_naming_the_shard(tmp_path):
@@ -194,17 +237,17 @@ def test_a_failing_pipe_command_is_an_error_naming_the_shard(tmp_path):
     cfg.data.train_shards = f"pipe:cat {tmp_path}/nowhere/train-000000.tar"
     cfg.data.train_manifest = str(shards / "manifest.json")
     with pytest.raises(VitcError, match=r"shard train-000000\.tar: read failed"):
-        list(build_train_loader(cfg, DistEnv(), num_classes=8))
+        list(train_loader(cfg, DistEnv(), num_classes=8))
 
 
 def test_brace_pattern_needs_and_uses_a_manifest(tmp_path):
     shards = write_shards(tmp_path / "s", sizes=(8, 8))
     cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0", "model.num_classes=auto")
     assert class_count(cfg) == 16
-    assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
+    assert len(labels_of(train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
     cfg.data.train_shards = f"pipe:cat {shards}/train-000000.tar"
     with pytest.raises(VitcError, match="data.train_manifest"):
-        build_train_loader(cfg, DistEnv(), num_classes=16)
+        train_loader(cfg, DistEnv(), num_classes=16)
 
 
 def serve(directory) -> http.server.ThreadingHTTPServer:
@@ -224,7 +267,7 @@ def test_a_manifest_at_an_http_url_is_read_through_iopath(tmp_path, monkeypatch)
         cfg = plain_config(f"{shards}/train-{{000000..000001}}.tar", "data.workers=0",
                            f"data.train_manifest={url}/manifest.json", "model.num_classes=auto")
         assert class_count(cfg) == 16
-        assert len(labels_of(build_train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
+        assert len(labels_of(train_loader(cfg, DistEnv(), num_classes=16))) == 4 * BATCH
         cfg.data.train_manifest = f"{url}/elsewhere/manifest.json"
         with pytest.raises(VitcError, match=r"shard manifest .*/elsewhere/manifest\.json cannot be read"):
             class_count(cfg)
@@ -236,7 +279,7 @@ def test_paper_recipe_gives_soft_targets(tmp_path):
     shards = write_shards(tmp_path, sizes=(8, 8))
     cfg = load_config(None, [f"data.train_shards={shards}", "model.image_size=16", f"train.micro_batch={BATCH}",
                              "data.workers=0", "data.random_erasing=0.25"])
-    images, targets = next(iter(build_train_loader(cfg, DistEnv(), num_classes=16)))
+    images, targets = next(iter(train_loader(cfg, DistEnv(), num_classes=16)))
     assert images.shape == (BATCH, 3, 16, 16) and images.dtype == torch.float32
     assert targets.shape == (BATCH, 16) and torch.allclose(targets.sum(1), torch.ones(BATCH))
 
@@ -246,25 +289,25 @@ def test_cuda_options_fall_back_to_cpu_with_a_warning(tmp_path, caplog, key):
     shards = write_shards(tmp_path, sizes=(8,))
     cfg = plain_config(shards, "data.workers=0", f"data.{key}=cuda")
     with caplog.at_level(logging.WARNING):
-        loader = build_train_loader(cfg, DistEnv(), num_classes=8)
+        loader = train_loader(cfg, DistEnv(), num_classes=8)
     assert f"data.{key} is 'cuda' but CUDA is not available" in caplog.text
     assert len(labels_of(loader)) == 2 * BATCH
 
 
 def test_resampled_mode_yields_num_samples_over_batch(tmp_path):
     shards = write_shards(tmp_path, sizes=(5, 3))
-    loader = build_train_loader(plain_config(shards, "data.resampled=true"), DistEnv(), num_classes=8)
+    loader = train_loader(plain_config(shards, "data.resampled=true"), DistEnv(), num_classes=8)
     assert len(loader) == 8 // BATCH
     assert len(labels_of(loader)) == len(loader) * BATCH
 
 
 def test_resume_on_another_worker_count_continues_at_the_same_fraction(tmp_path, caplog):
     shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
-    first = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    first = train_loader(plain_config(shards), DistEnv(), num_classes=32)
     for done, _ in enumerate(first, start=1):
         if done == 3:
             break
-    resumed = build_train_loader(plain_config(shards, "data.workers=0"), DistEnv(), num_classes=32)
+    resumed = train_loader(plain_config(shards, "data.workers=0"), DistEnv(), num_classes=32)
     with caplog.at_level(logging.WARNING):
         resumed.load_state_dict(first.state_dict())
     assert "same fraction" in caplog.text
@@ -275,7 +318,7 @@ def test_resume_on_another_worker_count_continues_at_the_same_fraction(tmp_path,
 
 def test_persistent_workers_serve_each_epoch_in_its_own_order(tmp_path):
     shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
-    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    loader = train_loader(plain_config(shards), DistEnv(), num_classes=32)
     seen, workers = [], []
     for epoch in range(3):
         loader.set_epoch(epoch)
@@ -283,7 +326,7 @@ def test_persistent_workers_serve_each_epoch_in_its_own_order(tmp_path):
         workers.append({p.pid for p in psutil.Process().children()})
     assert workers[0] and workers[0] == workers[1] == workers[2]  # forked once, kept
     for epoch, labels in enumerate(seen):  # the same order a loader forking workers for that epoch gives
-        fresh = build_train_loader(plain_config(shards, "data.persistent_workers=false"), DistEnv(), 32)
+        fresh = train_loader(plain_config(shards, "data.persistent_workers=false"), DistEnv(), 32)
         fresh.set_epoch(epoch)
         assert labels_of(fresh) == labels
     assert seen[0] != seen[1] != seen[2]
@@ -291,8 +334,8 @@ def test_persistent_workers_serve_each_epoch_in_its_own_order(tmp_path):
 
 def test_an_epoch_left_part_way_continues_when_iterated_again(tmp_path):
     shards = write_shards(tmp_path, sizes=(9, 7, 8, 8))
-    whole = labels_of(build_train_loader(plain_config(shards), DistEnv(), num_classes=32))
-    loader = build_train_loader(plain_config(shards), DistEnv(), num_classes=32)
+    whole = labels_of(train_loader(plain_config(shards), DistEnv(), num_classes=32))
+    loader = train_loader(plain_config(shards), DistEnv(), num_classes=32)
     head = []
     for images, labels in loader:
         head += labels.tolist()
@@ -327,7 +370,7 @@ def test_too_little_shared_memory_for_the_batch_buffers_is_one_clear_error(monke
 
 
 def test_a_loader_state_of_another_version_is_refused(tmp_path):
-    loader = build_train_loader(plain_config(write_shards(tmp_path, sizes=(8,)), "data.workers=0"), DistEnv(), 8)
+    loader = train_loader(plain_config(write_shards(tmp_path, sizes=(8,)), "data.workers=0"), DistEnv(), 8)
     with pytest.raises(VitcError, match="loader state"):
         loader.load_state_dict({"version": 99})
 
@@ -350,12 +393,14 @@ def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
     assert "each candidate is its median process; their spread per core: (a) +" in out
 
 
+# tests/ on the path for loaders.py, the repository for vitc (as pytest runs it)
+TESTS_PATH = os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
 _SCRIPT = """
 import sys
 from vitc.config import load_config
-from vitc.data.loading.loader import build_train_loader
+from loaders import train_loader
 from vitc.distributed.env import DistEnv
-loader = build_train_loader(load_config(None, sys.argv[2:]), DistEnv(), num_classes=32)
+loader = train_loader(load_config(None, sys.argv[2:]), DistEnv(), num_classes=32)
 if sys.argv[1] == "whole pass":
     sum(len(labels) for _, labels in loader)
 elif sys.argv[1] == "part of a pass":
@@ -377,7 +422,7 @@ def test_a_script_using_the_loader_exits_without_closing_it(tmp_path, use):
                  "data.workers=2", "data.shuffle_buffer=8"]  # persistent workers and the default recipe
     try:
         done = subprocess.run([sys.executable, "-c", _SCRIPT, use, *overrides], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": TESTS_PATH})
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the script hung at exit ({use}); its output: {e.stdout!r}")
     assert done.returncode == 0, done.stderr

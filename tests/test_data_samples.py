@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import webdataset as wds
+from loaders import eval_loader
 from PIL import Image
 
 from vitc.config import load_config
-from vitc.data.loading.loader import build_eval_loader
 from vitc.data.samples import BadSample, sample_label
 from vitc.data.shards.manifest import Manifest, ShardRecord
 from vitc.data.shards.verify import scan_shard
@@ -73,7 +73,7 @@ def test_verify_and_the_loader_agree_on_every_label_form(tmp_path):
     scan = scan_shard(shards / "val-000000.tar", decode=True, num_classes=NUM_CLASSES)
     cfg = load_config(None, [f"data.val_shards={shards}", "model.image_size=16", "data.workers=0",
                              f"model.num_classes={NUM_CLASSES}", "data.max_bad_fraction=1"])
-    loader = build_eval_loader(cfg, DistEnv(), batch_size=4)
+    loader = eval_loader(cfg, DistEnv(), batch_size=4)
     loaded = [int(v) for _, labels in loader for v in labels if v >= 0]
 
     verified_bad = {key for key, _ in scan.bad}

@@ -5,9 +5,17 @@ import json
 
 import pytest
 import torch
+from engine_runs import (
+    ROOT,
+    exported,
+    metrics,
+    run_ranks,
+    torchrun_command,
+    vitc,
+    write_config,
+)
 from torch import nn
 
-from engine_runs import ROOT, exported, metrics, run_ranks, torchrun_command, vitc, write_config
 from vitc.engine.ema import EMARule, ModelEMA
 from vitc.plan.memory import ZeroSetup, model_states
 

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from vitc.config import load_config, model_spec
-from vitc.distributed.env import DistEnv
 from vitc.deepspeed_config import deepspeed_config
+from vitc.distributed.env import DistEnv
 from vitc.engine.optim import build_optimizer, param_groups
 from vitc.engine.runtime import resolve_runtime
 from vitc.engine.schedule import WarmupCosine, warmup_cosine
@@ -18,10 +18,11 @@ TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.stem_channels
         "model.stem_strides=[2,2]", "model.image_size=32", "model.num_classes=10"]
 
 
-def test_paper_schedule_warms_up_from_a_tenth_then_decays_to_the_floor():
-    schedule = load_config(None, ["schedule.epochs=100", "schedule.warmup_epochs=5"]).schedule
+def test_per_step_schedule_warms_up_from_a_tenth_then_decays_to_the_floor():
+    schedule = load_config(None, ["schedule.epochs=100", "schedule.warmup_epochs=5",
+                                  "schedule.lr_update=step"]).schedule
     f = warmup_cosine(schedule, steps_per_epoch=10)
-    assert f.total_steps == 1000 and f.warmup_steps == 50
+    assert f.total == 1000 and f.warmup == 50 and f.steps_per_unit == 1
     assert f(0) == pytest.approx(0.1, rel=1e-3)  # pycls WARMUP_FACTOR 0.1: warmup from 0.1 × lr
     cosine_at_25 = 0.005 + 0.995 * 0.5 * (1 + math.cos(math.pi * 25 / 1000))
     assert f(25) == pytest.approx((0.1 * 0.5 + 0.5) * cosine_at_25)  # halfway through the warmup
@@ -31,8 +32,37 @@ def test_paper_schedule_warms_up_from_a_tenth_then_decays_to_the_floor():
     assert f(500) == pytest.approx(0.005 + 0.995 * 0.5)  # half-period cosine: midpoint is halfway
 
 
+def pycls_get_epoch_lr(cur_epoch: int, max_epoch: int, warmup_epochs: float, warmup_factor: float,
+                       min_lr: float) -> float:
+    """pycls vitconfigs 206d0db, pycls/core/optimizer.py `get_epoch_lr` with LR_POLICY cos, as a
+    multiplier of BASE_LR (the rule written out, to compare against)."""
+    lr = 0.5 * (1.0 + math.cos(math.pi * cur_epoch / max_epoch))
+    lr = (1.0 - min_lr) * lr + min_lr
+    if cur_epoch < warmup_epochs:
+        alpha = cur_epoch / warmup_epochs
+        lr *= warmup_factor * (1.0 - alpha) + alpha
+    return lr
+
+
+def test_default_schedule_sets_the_lr_once_per_epoch_as_the_authors_trainer_does():
+    # pycls trainer.py train_epoch: lr = get_epoch_lr(cur_epoch), set before the epoch's first step
+    schedule = load_config(None, ["schedule.epochs=20", "schedule.warmup_epochs=5"]).schedule
+    assert schedule.lr_update == "epoch"
+    steps = 7
+    f = warmup_cosine(schedule, steps_per_epoch=steps)
+    for epoch in range(20):
+        want = pycls_get_epoch_lr(epoch, 20, 5, 0.1, 0.005)
+        assert [f(epoch * steps + i) for i in range(steps)] == pytest.approx([want] * steps), epoch
+    assert f(0) == pytest.approx(0.1) and f(5 * steps) == pytest.approx(pycls_get_epoch_lr(5, 20, 5, 0.1, 0.005))
+
+
+def test_lr_update_is_checked_when_the_config_loads():
+    with pytest.raises(VitcError, match="schedule.lr_update"):
+        load_config(None, ["schedule.lr_update=iteration"])
+
+
 def test_warmup_rises_linearly_every_iteration():
-    f = WarmupCosine(total_steps=10**9, warmup_steps=4, warmup_factor=0.2, floor=0.0)
+    f = WarmupCosine(total=10**9, warmup=4, warmup_factor=0.2, floor=0.0)
     assert [round(f(t), 6) for t in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
 
 
@@ -49,7 +79,7 @@ def test_no_weight_decay_on_what_the_model_names():
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in no_decay["params"]} == model.no_weight_decay_params()
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.24
-    assert "pos_embed" not in {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in decay["params"]}  # as pycls: decayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 

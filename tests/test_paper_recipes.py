@@ -42,7 +42,7 @@ def resolved_recipe(entry: dict) -> dict:
         "label_smoothing": d.label_smoothing, "augment": d.auto_augment, "random_erasing": d.random_erasing,
         "drop_path": spec.drop_path, "train_size": spec.image_size,
         "test_resize": round(spec.image_size / d.eval_crop_ratio), "test_crop": spec.image_size,
-        "frozen": cfg.train.freeze,
+        "frozen": cfg.train.freeze, "pca_lighting_std": d.pca_std,
     }
 
 
@@ -85,16 +85,18 @@ def test_every_released_config_is_pinned():
     assert sum(name.startswith("IN21k_") for name in PINNED) == 6
 
 
-def test_the_72gf_stem_loads_and_freezes_exactly_the_layers_it_shares_with_the_36gf_stem():
+def test_the_72gf_stem_loads_and_freezes_every_3x3_layer_of_the_36gf_stem():
+    # Appendix C: ViT_C-72GF's stem is initialised from the ImageNet-21k ViT_C-36GF and kept frozen
     entry = PINNED["IN21k_ViT-C-72GF_adamw_128gpus.yaml"]
     cfg = load_config(REPO / entry["config"], ["data.train_shards=null"])
-    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["vitc"]
+    assert cfg.finetune.init_keys == cfg.train.freeze == entry["frozen"]["value"] == ["stem.convs"]
     assert cfg.finetune.init_from == load_config(REPO / "configs/in21k/vit_c_36gf.yaml").train.run_dir
     shapes = {name: layer_shapes(name) for name in ("vit_c_36gf", "vit_c_72gf")}
-    layers = {k.rsplit(".", 1)[0] for k in shapes["vit_c_72gf"] if k.startswith("stem.")}
-    shared = [layer for layer in layers if all(shapes["vit_c_36gf"].get(k) == shape for k, shape in
-                                               shapes["vit_c_72gf"].items() if k.startswith(layer + "."))]
-    assert sorted(shared) == sorted(cfg.train.freeze)
+    stem = {k: v for k, v in shapes["vit_c_72gf"].items() if k.startswith("stem.")}
+    convs = {k: v for k, v in stem.items() if k.startswith("stem.convs.")}
+    assert convs and all(shapes["vit_c_36gf"][k] == v for k, v in convs.items())
+    # only the 1×1 to the width differs: it trains
+    assert {k for k in stem if shapes["vit_c_36gf"][k] != stem[k]} == {"stem.proj.weight", "stem.proj.bias"}
 
 
 def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
@@ -105,3 +107,84 @@ def layer_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in VisionTransformer(get_spec(name)).state_dict().items()}
+
+
+CODE = json.loads((REPO / "tests/data/paper_recipes.json").read_text())["code"]
+
+
+def test_weight_decay_spares_only_biases_and_norms_as_the_authors_code_does():
+    import torch
+
+    from vitc.engine.optim import param_groups
+    from vitc.models.spec import get_spec
+    from vitc.models.vit import VisionTransformer
+
+    assert CODE["weight_decay_exempt"]["value"] == ["bias", "LayerNorm", "BatchNorm"]
+    model = VisionTransformer(get_spec("vit_c_1gf", depth=1, width=48, heads=2, image_size=32,
+                                       stem_channels=(8, 16), stem_strides=(2, 2), num_classes=3))
+    decay, no_decay = param_groups(model, 0.24)
+    names = {id(p): n for n, p in model.named_parameters()}
+    norms = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
+    exempt = {n for n, _ in model.named_parameters() if n.endswith(".bias") or n.rsplit(".", 1)[0] in norms}
+    assert {names[id(p)] for p in no_decay["params"]} == exempt
+    assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in decay["params"]}
+
+
+@pytest.mark.parametrize("released", sorted(PINNED))
+def test_each_paper_config_sets_the_lr_once_per_epoch(released):
+    assert CODE["lr_update"]["value"] == "epoch"
+    cfg = load_config(REPO / PINNED[released]["config"], ["data.train_shards=null"])
+    assert cfg.schedule.lr_update == CODE["lr_update"]["value"]
+
+
+def test_pca_lighting_is_pycls_lighting_before_normalisation():
+    import torch
+
+    from vitc.data.loading.draws import drawing_from, part_seed
+    from vitc.data.loading.transforms import (
+        EIG_VALS,
+        EIG_VECS,
+        MEAN,
+        STD,
+        Recipe,
+        TrainBatchTransform,
+    )
+
+    pinned = CODE["pca_lighting"]["value"]
+    assert (list(EIG_VALS), [list(r) for r in EIG_VECS]) == (pinned["eig_vals"], pinned["eig_vecs"])
+    assert Recipe.from_config(load_config(None, []), 10).pca_std == pinned["std"]
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    seeds = torch.tensor([11, 12, 13])
+    plain = Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0)
+    x, _ = TrainBatchTransform(plain)(images, torch.arange(3), seeds, 0)
+    for image, out, seed in zip(images, x, seeds.tolist()):
+        with drawing_from(part_seed(seed, "lighting")):
+            alpha = (torch.randn(3, dtype=torch.float64) * pinned["std"]).tolist()
+        # pycls transforms.lighting on the 0..1 RGB image, then color_norm (imagenet.py _prepare_im)
+        rgb = [sum(pinned["eig_vecs"][i][j] * alpha[j] * pinned["eig_vals"][j] for j in range(3)) for i in range(3)]
+        im = image.double() / 255
+        want = torch.stack([(im[i] + rgb[i] - MEAN[i] / 255) / (STD[i] / 255) for i in range(3)])
+        assert torch.allclose(out.double(), want, atol=1e-4)
+    off = Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, pca_std=0)
+    x_off, _ = TrainBatchTransform(off)(images, torch.arange(3), seeds, 0)
+    assert not torch.allclose(x, x_off)
+
+
+def test_pca_lighting_draws_are_a_function_of_the_sample_seed_alone():
+    import torch
+
+    from vitc.data.loading.transforms import Recipe, TrainBatchTransform
+
+    plain = TrainBatchTransform(Recipe(image_size=8, num_classes=10, mixup_alpha=0, cutmix_alpha=0,
+                                       label_smoothing=0))
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    both, _ = plain(images.clone(), torch.arange(2), torch.tensor([5, 6]), batch_seed=0)
+    alone, _ = plain(images[1:].clone(), torch.arange(1), torch.tensor([6]), batch_seed=9)
+    assert torch.equal(both[1], alone[0])  # same sample seed, same shift, whatever the batch
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    again, _ = plain(images.clone(), torch.arange(2), torch.tensor([5, 6]), batch_seed=0)
+    assert torch.equal(both, again) and torch.equal(torch.get_rng_state(), state)
+    from vitc.data.loading.transforms import lighting_shift
+
+    assert not torch.equal(lighting_shift(5, 0.1), lighting_shift(6, 0.1))

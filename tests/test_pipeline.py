@@ -32,7 +32,7 @@ FINETUNE_YAML = """
 _base_: pretrain.yaml
 model: {image_size: 48}
 data: {train_shards: %(ft)s, val_shards: %(ft)s}
-optim: {base_lr: 0.0}
+optim: {base_lr: 0.0, ema_alpha: 1.0e-5}
 finetune: {head: map}
 """
 
@@ -73,6 +73,10 @@ def test_pipeline_runs_every_stage_resumes_midway_and_redoes_a_deleted_output(co
 
     result = json.loads((run / "eval.json").read_text())
     assert result["count"] == 20 * len(FINETUNE_CLASSES) and 0.0 <= result["top1"] <= 100.0
+    # the paper reports the EMA model (§5.4): eval.json's top level is the EMA's, the raw beside it
+    assert result["reported"] == "ema" and result["weights"] == str(run / "finetune.ema.safetensors")
+    assert result["top1"] == result["ema"]["top1"] and result["raw"]["weights"] == str(run / "finetune.safetensors")
+    assert (run / "finetune.ema.safetensors").is_file() and not (run / "pretrain.ema.safetensors").exists()
 
     pre_w, ft_w = load_file(str(run / "pretrain.safetensors")), load_file(str(run / "finetune.safetensors"))
     rows = [int(c) for c in FINETUNE_CLASSES]

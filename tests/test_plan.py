@@ -7,23 +7,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from engine_runs import peak_rss_added
 from torch import nn
 
-from engine_runs import peak_rss_added
 from vitc.audit.flops import traced_cost
 from vitc.cli import main
+from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
+from vitc.deepspeed_config import deepspeed_config
 from vitc.errors import VitcError
 from vitc.models.cost import largest_layer_params, model_cost
 from vitc.models.spec import get_spec
 from vitc.models.vit import VisionTransformer
 from vitc.plan.activations import activation_memory
-from vitc.plan.comm import zero_comm_volume
+from vitc.plan.comm import comm_volume
+from vitc.plan.deepspeed_model import DeepSpeedModel
 from vitc.plan.gpus import get_gpu, load_gpus
 from vitc.plan.memory import ZeroSetup, deepspeed_model_states_bytes, model_states
-from vitc.plan.planner import plan_memory, sweep
+from vitc.plan.planner import plan_memory, plan_run, sweep
 from vitc.plan.setup import Cluster, load_run_config, run_setup
 from vitc.plan.throughput import compute_time
+from vitc.run import resolve_run
 
 # nn.Sequential(Linear(1000, 2000), ReLU(), Linear(2000, 10))
 MLP_PARAMS = 1000 * 2000 + 2000 + 2000 * 10 + 10  # 2,022,010
@@ -102,7 +106,9 @@ def test_states_agree_with_deepspeeds_own_estimator(stage):
 @pytest.mark.parametrize("params", [VIT_C_1GF_PARAMS, 364_508_941, 1_000_000_007])
 def test_the_torch_free_estimate_is_deepspeeds_own_formula(params):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     largest = 23_609_657
     for nodes, gpus_per_node in ((1, 8), (2, 8), (16, 8), (1, 3)):
@@ -156,15 +162,104 @@ def test_activation_formula_matches_what_autograd_saves(checkpointing):
 # ---- communication and time ------------------------------------------------------------------
 
 
-def test_zero_communication_volumes_by_hand():
-    one = 9_135_872 * 7 // 8  # ViT_C-1GF bf16 grads, (N-1)/N of them over 8 ranks
+def ds_model(stage: int, precision: str, *passthrough: str, world: int = 8) -> DeepSpeedModel:
+    """What the planner reads from the dict the engine would pass (vitc.deepspeed_config)."""
+    cfg = load_config(None, ["model.name=vit_c_1gf", f"train.zero_stage={stage}",
+                             f"train.precision={precision}", *passthrough])
+    return DeepSpeedModel.from_config(deepspeed_config(resolve_run(cfg, world, "gpu", shards=())))
 
-    assert zero_comm_volume(VIT_C_1GF_PARAMS, 0, "bf16", 8).all_reduce == 2 * one
-    zero3 = zero_comm_volume(VIT_C_1GF_PARAMS, 3, "bf16", 8)
-    assert (zero3.reduce_scatter, zero3.all_gather) == (one, 2 * one)
-    mlp = zero_comm_volume(MLP_PARAMS, 2, "fp32", 2, accum=4)  # reduce-scatter every micro-batch
-    assert (mlp.reduce_scatter, mlp.all_gather) == (4 * 4_044_020, 4_044_020)
-    assert zero_comm_volume(MLP_PARAMS, 3, "fp32", 1).total == 0
+
+def test_zero_communication_volumes_by_hand():
+    bf16, fp32 = (VIT_C_1GF_PARAMS * b * 7 // 8 for b in (2, 4))  # (N-1)/N of the params over 8 ranks
+
+    # vitc reduces gradients in fp32 whatever the compute precision (vitc/deepspeed_config.py)
+    assert comm_volume(VIT_C_1GF_PARAMS, ds_model(0, "bf16"), 8).all_reduce == 2 * fp32
+    assert comm_volume(VIT_C_1GF_PARAMS, ds_model(1, "bf16"), 8).all_reduce == 2 * fp32  # BF16_Optimizer
+    zero2 = comm_volume(VIT_C_1GF_PARAMS, ds_model(2, "bf16"), 8, accum=4)  # every micro-batch
+    assert (zero2.reduce_scatter, zero2.all_gather) == (4 * fp32, bf16)
+    zero3 = comm_volume(VIT_C_1GF_PARAMS, ds_model(3, "bf16", "deepspeed.communication_data_type=bf16"), 8)
+    assert (zero3.reduce_scatter, zero3.all_gather) == (bf16, 2 * bf16)
+    assert comm_volume(MLP_PARAMS, ds_model(3, "fp32", world=1), 1).total == 0
+
+
+# DeepSpeed 0.19's choice of optimizer wrapper for vitc's dict (engine.py _do_optimizer_sanity_check)
+WRAPPERS = {(0, "fp32"): "none", (0, "bf16"): "none",
+            (1, "bf16"): "BF16_Optimizer", (1, "fp32"): "DeepSpeedZeroOptimizer",
+            (1, "fp16"): "DeepSpeedZeroOptimizer", (2, "bf16"): "DeepSpeedZeroOptimizer",
+            (2, "fp32"): "DeepSpeedZeroOptimizer", (2, "fp16"): "DeepSpeedZeroOptimizer",
+            (3, "bf16"): "DeepSpeedZeroOptimizer_Stage3", (3, "fp32"): "DeepSpeedZeroOptimizer_Stage3",
+            (3, "fp16"): "DeepSpeedZeroOptimizer_Stage3"}
+
+
+@pytest.mark.parametrize("stage,precision", sorted(WRAPPERS))
+def test_the_plan_reads_its_engine_assumptions_from_the_deepspeed_dict(stage, precision):
+    """For every stage × precision, the wrapper, the dtypes and the overlap come from the dict the
+    engine passes: flipping a key in the `deepspeed:` passthrough changes the plan."""
+    def plan(*passthrough: str):
+        cfg = load_run_config("vit_c_18gf", [f"train.zero_stage={stage}", f"train.precision={precision}",
+                                             "train.micro_batch=64", "train.reduce_bucket_size=10000000",
+                                             *passthrough])
+        return plan_run(run_setup(cfg, Cluster(2, 8, dataset_size=10_000)))
+
+    base = plan()
+    ds = base.setup.deepspeed
+    assert ds.wrapper == WRAPPERS[stage, precision]
+    assert ds.comm_dtype == ds.grad_accum_dtype == "fp32"
+    assert ds.param_dtype == ("fp32" if stage == 0 and precision == "bf16" else precision)  # autocast
+    # the reduction dtype comes from the dict: bf16 halves the gradient traffic
+    halved = plan(f"deepspeed.communication_data_type={'fp16' if precision == 'fp16' else 'bf16'}")
+    grads = lambda p: p.comm.all_reduce + p.comm.reduce_scatter
+    assert grads(halved) == grads(base) // 2 or grads(halved) == grads(base) // 2 + 1
+    if ds.zero_optimizer:
+        # overlap_comm as the dict says: off, every reduction waits for backward to end
+        assert ds.overlap_comm and ds.reduction_overlaps_backward
+        serial = plan("deepspeed.zero_optimization.overlap_comm=false")
+        assert not serial.setup.deepspeed.overlap_comm
+        assert serial.exposed_comm_s > base.exposed_comm_s and serial.mfu < base.mfu
+        assert serial.memory.states.buckets < base.memory.states.buckets  # one reduce bucket, not two
+        # the bucket size as the dict says: one as large as the model hides nothing
+        whole = plan("deepspeed.zero_optimization.reduce_bucket_size=1000000000")
+        assert whole.exposed_comm_s > base.exposed_comm_s
+    else:  # reduced after backward whatever overlap_comm says
+        assert base.exposed_comm_s == pytest.approx(base.comm_s)
+        assert plan("deepspeed.zero_optimization.overlap_comm=true").exposed_comm_s == base.exposed_comm_s
+
+
+def test_zero0_fp16_with_fp32_accumulation_is_refused_as_deepspeed_refuses_it():
+    # deepspeed.initialize raises NotImplementedError for this mix; the plan says so in one line
+    with pytest.raises(VitcError, match="ZeRO-0 with fp16 parameters and fp32 gradient accumulation"):
+        ds_model(0, "fp16")
+    assert ds_model(0, "fp16", "deepspeed.data_types.grad_accum_dtype=fp16").wrapper == "FP16_Optimizer"
+
+
+def test_the_default_gpu_stage_overlaps_where_bf16_zero1_would_not():
+    setup = run_setup(load_run_config("vit_c_72gf", []), Cluster(16, 8))
+    default = plan_run(setup)
+    zero1 = plan_run(run_setup(load_run_config("vit_c_72gf", ["train.zero_stage=1"]), Cluster(16, 8)))
+    assert default.setup.zero_stage == 2 and default.setup.deepspeed.reduction_overlaps_backward
+    assert zero1.setup.deepspeed.wrapper == "BF16_Optimizer" and zero1.exposed_comm_s == zero1.comm_s
+    assert default.step_s < zero1.step_s and default.mfu > zero1.mfu
+    assert run_setup(load_run_config("vit_c_1gf", []), Cluster(1, 2, "cpu")).zero_stage == 1
+
+
+def test_plan_prints_the_step_split_and_the_predicted_mfu_with_what_limits_it(capsys):
+    assert main(["plan", "vit_c_72gf", "--nodes", "16", "--gpus-per-node", "8"]) == 0
+    out = capsys.readouterr().out
+    step = next(line for line in out.splitlines() if line.startswith("  step "))
+    assert "compute" in step and "exposed communication" in step and "data wait" in step
+    mfu = next(line for line in out.splitlines() if "predicted MFU" in line)
+    assert "limited by" in mfu and "all-gather of the updated bf16 parameters" in mfu
+    assert "DeepSpeed runs DeepSpeedZeroOptimizer (ZeRO-2)" in out
+
+
+def test_a_loader_that_cannot_keep_up_shows_as_data_wait(capsys):
+    args = ["plan", "vit_c_1gf", "--nodes", "1", "--gpus-per-node", "8", "--format", "json"]
+    assert main([*args, "--loader-rate", "1000000", "--node-cores", "4"]) == 0
+    fed = json.loads(capsys.readouterr().out)["plan"]["step"]
+    assert main([*args, "--loader-rate", "10", "--node-cores", "4"]) == 0
+    starved = json.loads(capsys.readouterr().out)["plan"]["step"]
+    assert fed["data_wait_s"] == 0 and starved["data_wait_s"] > 0
+    assert starved["compute_s"] == fed["compute_s"]
 
 
 def test_compute_time_counts_a_multiply_add_as_two_datasheet_flops():

@@ -4,11 +4,11 @@ on two ranks, each over its own images, the recomputed statistics are those of a
 
 import pytest
 import torch
+from engine_runs import ROOT, run_ranks, torchrun_command
+from precise_bn_probe import rank_batches, small_convnet
 from safetensors import safe_open
 from torch import nn
 
-from engine_runs import ROOT, run_ranks, torchrun_command
-from precise_bn_probe import rank_batches, small_convnet
 from vitc.config import load_config
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import batches_per_rank, recompute_bn_stats

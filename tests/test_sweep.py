@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vitc.cli import main
@@ -17,11 +18,11 @@ from vitc.config import load_config
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.errors import VitcError
 from vitc.outcome import RunOutcome, read_outcome, write_outcome
-from vitc.run import scaled_lr
+from vitc.run import resolve_run
 from vitc.sweep.analysis import load_runs
 from vitc.sweep.collect import RESULTS_CSV
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.sweep.make import global_batch, load_spec, make_sweep, read_runs
+from vitc.sweep.make import load_spec, make_sweep, read_runs
 from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,13 +208,19 @@ def test_run_retries_every_run_without_a_final_outcome(shards, tmp_path):
 
 @pytest.mark.slow
 def test_a_crashed_run_is_retried_the_set_number_of_times_then_counted_apart(shards, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
     spec = write_spec(tmp_path / "spec", shards, samples=1, body=ONE_MODEL_SPEC)
     sweep = tmp_path / "sweep"
-    (run,) = make_sweep(spec, sweep, [f"data.train_shards={tmp_path / 'lost'}"])  # every start crashes
+    weights = tmp_path / "other.safetensors"  # found wrong only once the model loads it: every start fails
+    save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(weights))
+    (run,) = make_sweep(spec, sweep, [f"finetune.init_from={weights}"])
 
-    assert main(["sweep", "run", str(sweep), "--retries", "1"]) == 0
+    assert main(["sweep", "run", str(sweep), "--retries", "1"]) == 1
 
-    assert "trained 1 runs: 1 failed" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "trained 1 runs: 1 failed" in out
+    assert f"vitc: error: 1 of 1 runs failed ({run.id})" in err
     assert (sweep / "runs" / run.id / "train.log").read_text().count("vitc: error:") == 2  # 1 + 1 retry
     assert main(["sweep", "collect", str(sweep)]) == 0
     (counted,) = load_runs(sweep)
@@ -237,8 +244,8 @@ def test_a_signal_to_a_sweep_running_two_at_once_checkpoints_both_and_starts_no_
 
     sweeping.send_signal(signal.SIGTERM)
 
-    assert sweeping.wait() == 0
-    assert "stopped by a signal; run the same command to continue" in sweeping.stderr.read()
+    assert sweeping.wait() == 128 + signal.SIGTERM  # stopped, not done: the shell's code for the signal
+    assert "stopped by a signal (SIGTERM); run the same command to continue" in sweeping.stderr.read()
     for run in (first, second):  # each saved where the signal found it, to resume from
         outcome = read_outcome(sweep / "runs" / run.id)
         assert outcome.status == "preempted" and outcome.step > 0
@@ -316,8 +323,8 @@ def test_runs_csv_gives_the_lr_at_the_reference_batch_and_the_lr_at_the_runs_glo
     for plan in runs:
         cfg = load_config(tmp_path / "sweep" / plan.config)
         assert cfg.optim.base_lr == plan.lr and cfg.optim.reference_batch == 16
-        assert global_batch(cfg) == 64 and plan.scaled_lr == pytest.approx(4 * plan.lr)
-        assert scaled_lr(cfg.optim, global_batch(cfg)) == plan.scaled_lr  # what the trainer computes
+        run = resolve_run(cfg, 2, shards=())  # what the trainer resolves on the job's 2 ranks
+        assert run.global_batch == 64 and plan.scaled_lr == pytest.approx(4 * plan.lr) == run.lr
 
 
 def test_sweep_planning_imports_no_torch():

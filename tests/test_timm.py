@@ -19,13 +19,13 @@ from engine_runs import (
 from safetensors.torch import save_file
 from timm.models import save_for_hf
 
-import vitc.weights.timm_models  # noqa: F401  (registers vitc's models in timm's registry)
 from vitc.cli import main
 from vitc.config import load_config, model_spec
 from vitc.data.shards.manifest import Manifest
 from vitc.errors import VitcError
 from vitc.models.spec import get_spec
 from vitc.models.vit import VisionTransformer
+from vitc.weights import timm_models  # noqa: F401  (registers vitc's models in timm's registry)
 from vitc.weights.init_from import init_model
 from vitc.weights.timm_format import (
     from_timm_keys,

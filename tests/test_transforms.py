@@ -11,8 +11,15 @@ from PIL import Image
 from vitc.config import load_config
 from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
 from vitc.data.loading.draws import drawing_from, part_seed
-from vitc.data.loading.transforms import (EvalSampleTransform, InPlaceCutMix, InPlaceMixUp, Recipe, TrainBatchTransform,
-                                  TrainSampleTransform, center_crop_box)
+from vitc.data.loading.transforms import (
+    EvalSampleTransform,
+    InPlaceCutMix,
+    InPlaceMixUp,
+    Recipe,
+    TrainBatchTransform,
+    TrainSampleTransform,
+    center_crop_box,
+)
 from vitc.errors import VitcError
 
 

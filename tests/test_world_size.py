@@ -9,6 +9,7 @@ import torch
 from engine_runs import ROOT, launcher, run_ranks, write_config
 
 from vitc.checkpoint import store as checkpoint
+from vitc.checkpoint import universal
 from vitc.engine.schedule import warmup_cosine
 from vitc.schema import ScheduleConfig
 
@@ -60,7 +61,7 @@ def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_p
     # a finished conversion is kept: resuming again loads it as it is
     (root / "step_00000003_universal" / "kept").touch()
     info = checkpoint.newest_checkpoint(tmp_path / "run")
-    assert checkpoint.loadable_tag(tmp_path / "run", info, 1, 2, rank=0) == ("step_00000003_universal", True)
+    assert universal.loadable_tag(tmp_path / "run", info, 1, 2, rank=0) == ("step_00000003_universal", True)
     assert (root / "step_00000003_universal" / "kept").exists()
     for key in ("epoch_position", "schedule_fraction"):
         assert resumed["state"][key].item() == pytest.approx(saved["state"][key].item(), abs=1 / 50)

@@ -8,6 +8,7 @@ keys and that the model exists, so a bad config stops before anything heavy star
 
 import dataclasses
 import logging
+import math
 import types
 from collections.abc import Hashable
 from pathlib import Path
@@ -15,6 +16,11 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from vitc.deepspeed_keys import (
+    DEEPSPEED_KEYS,
+    DEEPSPEED_VERSION,
+    ZERO_OPTIMIZATION_KEYS,
+)
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
 from vitc.models.spec import MODELS, ViTSpec, get_spec
@@ -58,6 +64,22 @@ def check_relations(cfg: Config) -> None:
         log.info("model.patch_size is %d: the product of model.stem_strides %s", spec.patch_size,
                  model.stem_strides)
     _check_key_prefixes(cfg, spec)
+    check_deepspeed_keys(cfg.deepspeed)
+
+
+def check_deepspeed_keys(section: dict) -> None:
+    """`deepspeed:` keys DeepSpeed reads (vitc.deepspeed_keys); DeepSpeed itself ignores an unknown
+    top-level key, so a misspelt one would change nothing, silently."""
+    for key, value in section.items():
+        if key not in DEEPSPEED_KEYS:
+            raise VitcError(f"deepspeed.{key}: not a key DeepSpeed {DEEPSPEED_VERSION} reads"
+                            f"{did_you_mean(key, sorted(DEEPSPEED_KEYS))}")
+        if key == "zero_optimization" and isinstance(value, dict):
+            for sub in value:
+                if sub not in ZERO_OPTIMIZATION_KEYS:
+                    raise VitcError(f"deepspeed.zero_optimization.{sub}: not a key of DeepSpeed "
+                                    f"{DEEPSPEED_VERSION}'s ZeRO config"
+                                    f"{did_you_mean(sub, sorted(ZERO_OPTIMIZATION_KEYS))}")
 
 
 def _check_key_prefixes(cfg: Config, spec: ViTSpec) -> None:
@@ -107,8 +129,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise VitcError(f"malformed override '{item}': expected key=value, e.g. model.depth=12")
+    if not text.strip():  # `model.depth=` would otherwise read as null: the registry's value, silently
+        raise VitcError(f"override '{item}' has no value: expected {key}=VALUE ({key}=null for the default)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise VitcError(f"malformed override '{item}': the value is not valid YAML ({e.problem})")
     return key, _yaml11_float(value)
@@ -319,6 +343,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     elif tp is float:
         value = _yaml11_float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # .inf and .nan pass every range comparison
+            raise VitcError(f"'{key}' in {origin}: expected a finite number, got {value!r}")
         out = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)

@@ -1,9 +1,29 @@
-"""A resolved run -> DeepSpeed's config dict, then the `deepspeed:` passthrough section merged over it."""
+"""A resolved run -> DeepSpeed's config dict, then the `deepspeed:` passthrough section merged over it.
+
+One numeric model for every precision and every ZeRO stage: the parameters, their gradients, the
+optimizer's masters and moments and all communication stay fp32; bf16 (or fp16) is the compute
+type of the matmuls and convolutions inside `torch.autocast` (DeepSpeed's `torch_autocast`, which
+deepspeed 0.19 runs at ZeRO 0-3). Why this one and not DeepSpeed's `bf16` mode (parameters cast to
+bf16, fp32 masters in the optimizer):
+- DeepSpeed has no ZeRO-0 mode with bf16 parameters and fp32 masters (engine.py
+  `_do_optimizer_sanity_check` raises for bf16 parameters with fp32 accumulation without ZeRO, and
+  bf16 accumulation updates the bf16 parameters with no master), so ZeRO-0 needs autocast anyway:
+  the only model that is the same at every stage is this one;
+- the module's weights are the masters: the EMA averages them, export and `init_from` read them,
+  frozen parameters are never rounded, and a resume at another stage or world size moves fp32
+  values only;
+- fp16 gets torch's GradScaler from DeepSpeed at every stage (ZeRO-0 included, where DeepSpeed's
+  `fp16` mode crashed at initialize for the same accumulation reason).
+Cost (docs/engine.md "Numerics"): a whole fp32 copy of the parameters at ZeRO 0-2 (2 bytes a
+parameter more than bf16 parameters), and ZeRO-3 gathers fp32 weights (autocast casts them per op).
+"""
 
 from typing import Any
 
 from vitc.config import merge_dicts
 from vitc.run import Run
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def deepspeed_config(run: Run, load_universal: bool = False) -> dict[str, Any]:
@@ -13,14 +33,13 @@ def deepspeed_config(run: Run, load_universal: bool = False) -> dict[str, Any]:
         "gradient_accumulation_steps": run.grad_accum,
         "train_batch_size": run.global_batch,
         "zero_optimization": run.zero,
-        "bf16": {"enabled": run.precision == "bf16" and run.zero_stage > 0},
-        "fp16": {"enabled": run.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # DeepSpeed's own bf16/fp16 modes cast the parameters: off, the autocast below instead
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
         # Gradients are summed over micro-batches and over ranks in fp32, whatever the compute
-        # precision: with 8-16 accumulation steps a bf16 sum loses the small contributions.
+        # precision: with 8-16 accumulation steps a low-precision sum loses the small contributions.
         # deepspeed 0.19 reads both keys in runtime/config.py and honours them at every stage:
         # ZeRO-0 all-reduces in `communication_data_type` (engine.py `allreduce_bucket`);
-        # ZeRO-1 bf16 with fp32 accumulation runs runtime/bf16_optimizer.py (engine.py
-        # `_do_optimizer_sanity_check`), whose fp32 gradient buffers are built with `grad_acc_dtype`;
         # ZeRO-1/2 (zero/stage_1_and_2.py `gradient_accumulation_dtype`, `average_tensor`) and
         # ZeRO-3 (zero/stage3.py, the same names) accumulate and reduce in those dtypes.
         "data_types": {"grad_accum_dtype": "fp32"},
@@ -33,12 +52,13 @@ def deepspeed_config(run: Run, load_universal: bool = False) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
     }
-    if run.precision == "bf16" and run.zero_stage == 0:
-        # deepspeed 0.19 has no ZeRO-0 bf16 mode that accumulates in fp32 (engine.py
-        # `_do_optimizer_sanity_check` raises for that mix): ZeRO-0 keeps fp32 parameters and
-        # gradients and computes under torch.autocast in bf16. No module's gradients are marked
-        # for bf16 communication (`lower_precision_safe_modules`, runtime/torch_autocast.py).
-        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    if run.precision in AUTOCAST_DTYPES:
+        # No module's parameters are marked for low-precision communication
+        # (`lower_precision_safe_modules`, runtime/torch_autocast.py): with the default list
+        # ZeRO-3 would gather Linear/Conv weights in bf16 and also reduce their gradients in bf16
+        # (zero/stage3.py `get_param_comm_dtype`), breaking the fp32 reduction above.
+        ds["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[run.precision],
+                                "lower_precision_safe_modules": []}
     if run.clip_grad is not None:
         ds["gradient_clipping"] = run.clip_grad
     return merge_dicts(ds, run.passthrough)  # a passthrough key wins over the generated one

@@ -55,6 +55,9 @@ class RunOutcome:
     ema_evaluation: Score | None  # ... and of their EMA
     error: str | None  # the error's one line when diverged or failed
     wall_s: float  # of this invocation
+    # goodput (share of wall time in productive steps) and the shares lost to data wait,
+    # checkpoint saves, evaluation, start-up and steps a restart repeated (vitc/engine/meters.py)
+    performance: dict | None = None
 
     def describe(self) -> str:
         where = f" at epoch {self.epoch}, step {self.step}" if self.step is not None else ""
@@ -109,7 +112,7 @@ class RunEnding:
         if t is None:  # failed before the model, data and engine were built
             return RunOutcome(status, None, None, 0, None, None, error, wall_s)
         return RunOutcome(status, t.step, t.epoch, t.engine.skipped_steps, t.evaluation,
-                          t.ema_evaluation, error, wall_s)
+                          t.ema_evaluation, error, wall_s, t.performance())
 
     def record(self, status: str, error: str | None = None) -> RunOutcome:
         """The outcome; rank 0 writes it."""

@@ -22,8 +22,7 @@ from vitc.models.spec import ViTSpec
 from vitc.schema import Config, OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from vitc.data.shards.manifest import Manifest
-    from vitc.data.shards.manifest import Shard
+    from vitc.data.shards.manifest import Manifest, Shard
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -70,11 +69,12 @@ class Run:
 
 
 def resolve_run(cfg: Config, world_size: int, device_kind: str = "cpu",
-                shards: Collection[str] = ("train", "val"), bf16: bool = True) -> Run:
+                shards: Collection[str] = ("train", "val"), bf16: bool = True, count_classes: bool = True) -> Run:
     """`cfg` on `world_size` ranks of `device_kind` ('gpu' or 'cpu'; `bf16`: the GPU computes in it).
 
     `shards` names the lists to resolve ('train', 'val'; a key left unset in `data:` stays None);
-    the training manifest is read regardless when `model.num_classes` is `auto`. Errors a user
+    the training manifest is read regardless when `model.num_classes` is `auto`, unless
+    `count_classes` is False (then the class count and model stay None). Errors a user
     can cause (a batch that does not divide, a manifest that cannot be read) are VitcErrors.
     """
     if device_kind not in ("gpu", "cpu"):
@@ -82,9 +82,10 @@ def resolve_run(cfg: Config, world_size: int, device_kind: str = "cpu",
     on_gpu = device_kind == "gpu"
     accum = grad_accum(cfg.train, world_size)
     global_batch = cfg.train.micro_batch * accum * world_size
-    train = _shard_set(cfg, "train") if "train" in shards or cfg.model.num_classes == "auto" else None
+    auto = cfg.model.num_classes == "auto" and count_classes
+    train = _shard_set(cfg, "train") if "train" in shards or auto else None
     val = _shard_set(cfg, "val") if "val" in shards else None
-    num_classes = class_count(cfg, train)
+    num_classes = class_count(cfg, train) if count_classes or cfg.model.num_classes != "auto" else None
     check_classes(cfg, train, val)
     return Run(world_size=world_size, micro_batch=cfg.train.micro_batch, grad_accum=accum,
                global_batch=global_batch, lr=scaled_lr(cfg.optim, global_batch),
@@ -173,6 +174,14 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
     """DeepSpeed's zero_optimization for `cfg`; `deepspeed.zero_optimization` keys win."""
     train, given = cfg.train, cfg.deepspeed.get("zero_optimization", {})
     stage = given.get("stage", train.zero_stage)
+    if stage == "auto":  # the schema's comment says why
+        stage = 2 if on_gpu else 1
+    if stage == 3 and train.compile:
+        # dynamo traces ZeRO-3's per-module gather/release hooks once per module type and stack depth,
+        # hits its recompile limit within the first step and runs those frames eagerly (docs/engine.md)
+        raise VitcError("train.compile=true with ZeRO-3 is not supported: torch.compile recompiles "
+                        "DeepSpeed's per-module ZeRO-3 hooks past its limit; use train.zero_stage 0-2 "
+                        "with compile, or train.compile=false at ZeRO-3")
     if stage not in (0, 1, 2, 3):
         raise VitcError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     zero: dict[str, Any] = {"stage": stage}

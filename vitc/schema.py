@@ -93,14 +93,18 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Per-iteration lr schedule: linear warmup from a factor, then half-period cosine (the paper's recipe;
-    pycls `vitconfigs` 206d0db, pycls/core/optimizer.py)."""
+    """lr schedule: linear warmup from a factor, then half-period cosine (the paper's recipe;
+    pycls `vitconfigs` 206d0db, pycls/core/optimizer.py), set once per epoch as the authors do or
+    at every step (vitc/engine/schedule.py)."""
 
-    epochs: int = bounded(100, ge=1)
+    epochs: int = bounded(100, ge=1, le=100_000)  # the paper's longest schedules are 300-400 epochs
     warmup_epochs: float = bounded(5.0, ge=0)  # at most schedule.epochs
     warmup_factor: float = bounded(0.1, ge=0, le=1)
     # cosine ends at min_lr_factor × lr (the released configs' OPTIM.MIN_LR: 0.005)
     min_lr_factor: float = bounded(0.005, ge=0, le=1)
+    # `epoch`: the lr is set once per epoch (pycls trainer.py `get_epoch_lr(cur_epoch)`, the authors');
+    # `step`: the same curve evaluated at every optimizer step (vitc's option)
+    lr_update: Literal["epoch", "step"] = "epoch"
 
 
 @dataclass
@@ -113,7 +117,9 @@ class TrainConfig:
     # (world size × micro_batch), which must divide (the paper's runs: 2048; ImageNet-21k: 4096).
     global_batch: int | None = bounded(None, ge=1)
     grad_accum: int | None = bounded(None, ge=1)  # null: 1, or what global_batch gives
-    zero_stage: Literal[0, 1, 2, 3] = 1
+    # `auto`: 2 on GPU (gradients reduce-scattered bucket by bucket during backward, overlap_comm),
+    # 1 on CPU (gloo has no side stream to overlap on; ZeRO-2 only adds copies there). docs/plan.md
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     # `auto`: bf16 on GPU, fp32 on CPU. fp16 uses DeepSpeed's dynamic loss scaling.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     clip_grad: float | None = bounded(None, gt=0)  # max global gradient norm; null = no clipping
@@ -121,7 +127,9 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     # A collective that waits longer than this ends the job instead of hanging it.
     dist_timeout_s: int = bounded(1800, ge=1)
-    reduce_bucket_size: int = bounded(500_000_000, ge=1)
+    # elements; a bucket is reduced once full, the last after backward: one smaller than the model
+    # lets the reduction overlap backward (DeepSpeed's 5e8 holds all of a 72GF model). docs/plan.md
+    reduce_bucket_size: int = bounded(50_000_000, ge=1)
     allgather_bucket_size: int = bounded(500_000_000, ge=1)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC stem input: `auto` = on GPU
     # torch.compile the model (inductor; on the CPU it needs a C++ compiler) through DeepSpeed's
@@ -131,7 +139,7 @@ class TrainConfig:
     seed: int = 0
     # Stop once the run has made this many optimizer steps in total, counted over every
     # invocation (a resumed run at or past it stops at once); the schedule still spans `epochs`.
-    max_steps: int | None = bounded(None, ge=0)
+    max_steps: int | None = bounded(None, ge=1)  # null: no limit
     # Parameters kept fixed: key prefixes (`stem` covers `stem.convs.0.weight`, not `stem_x`). They
     # leave the optimizer and weight decay, and a BatchNorm whose parameters are all frozen keeps its
     # running statistics (eval mode) while the rest trains. Paper Appendix C: ViT_C-72GF's stem.
@@ -188,10 +196,20 @@ class SlurmConfig:
     # USR1 this long before the time limit: room to finish a step and write a checkpoint.
     signal_seconds: int = bounded(600, ge=0)
     # srun --wait: once one rank has exited, the rest get this long before the job is ended.
-    exit_wait_s: int = bounded(120, ge=0)
+    exit_wait_s: int = bounded(120, ge=1)  # srun --wait=0 would wait forever
     # Exported before srun (site NCCL settings such as NCCL_SOCKET_IFNAME go here).
     env: dict[str, str] = field(default_factory=dict)
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. "--exclusive"
+
+    @property
+    def tasks_per_node(self) -> int:
+        """Training processes per node: one per GPU, or one CPU task when gpus_per_node is 0."""
+        return self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        """The ranks the job starts (what the trainer's world size will be)."""
+        return self.nodes * self.tasks_per_node
 
 
 @dataclass
@@ -222,6 +240,9 @@ class DataConfig:
     randaugment_num_ops: int = bounded(2, ge=1)
     # Off: the paper's recipe (the authors' pycls configs) has no random erasing; DeiT uses 0.25.
     random_erasing: float = bounded(0.0, ge=0, le=1)
+    # AlexNet-style PCA lighting noise, std of its three draws; 0 = off. pycls's TRAIN.PCA_STD
+    # default, not overridden by the released configs (vitc/data/loading/transforms.py)
+    pca_std: float = bounded(0.1, ge=0)
     mixup_alpha: float = bounded(0.8, ge=0)  # the released configs; 0 = off
     cutmix_alpha: float = bounded(1.0, ge=0)  # the released configs; 0 = off
     label_smoothing: float = bounded(0.1, ge=0, le=1)  # the released configs

@@ -12,7 +12,7 @@ from vitc.config import load_config, model_spec
 from vitc.errors import VitcError
 from vitc.models.cost import model_cost
 from vitc.models.spec import MODELS, PAPER_MODELS, ViTSpec, twin_name
-from vitc.run import class_count
+from vitc.run import resolve_run
 
 # fvcore and the per-module formulas are independent counts of one convention; they must agree.
 ANALYTIC_AGREEMENT = 0.01
@@ -47,17 +47,24 @@ def resolve_targets(targets: list[str], overrides: list[str], resolution: int | 
             cfg = load_config(target, extra)
         else:
             cfg = load_config(None, [f"model.name={target}", *extra])
-        out.append((model_spec(cfg.model, _auto_num_classes(cfg, target)), cfg.audit.parity_tolerance))
+        out.append((_model_of(cfg, target), cfg.audit.parity_tolerance))
     return out
 
 
-def _auto_num_classes(cfg, target: str) -> int | None:
-    """`model.num_classes`, the training manifest's count for `auto` (vitc.run.class_count)."""
+def _model_of(cfg, target: str) -> ViTSpec:
+    """The model the trainer builds for `cfg` (vitc.run): for `model.num_classes: auto`, with the
+    training manifest's class count."""
     try:
-        return class_count(cfg)
+        run = resolve_run(cfg, 1, shards=())
     except VitcError as e:
+        if cfg.model.num_classes != "auto":
+            raise
         raise VitcError(f"{target}: model.num_classes is 'auto' and the training manifest cannot be "
-                        f"read ({e}); pass --num-classes K to audit without the data")
+                        f"read ({e}); pass --num-classes K to audit without the data") from None
+    if run.model is None:
+        raise VitcError(f"{target}: model.num_classes is 'auto' and the config names no training "
+                        "shards to count classes in; pass --num-classes K")
+    return run.model
 
 
 def audit_row(spec: ViTSpec) -> AuditRow:

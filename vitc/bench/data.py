@@ -33,6 +33,7 @@ from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.data.shards.manifest import Manifest, resolve_shards
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
+from vitc.run import resolve_run
 
 
 @dataclass
@@ -125,7 +126,8 @@ def _single_threaded() -> None:
 def loader_epoch(overrides: list[str], num_classes: int):
     """(a): one epoch of vitc's train loader per call."""
     _single_threaded()
-    loader = build_train_loader(load_config(None, overrides), DistEnv(), num_classes)
+    cfg = load_config(None, [*overrides, f"model.num_classes={num_classes}"])
+    loader = build_train_loader(cfg, resolve_run(cfg, 1, shards=("train",)), DistEnv())
     return lambda: sum(images.shape[0] for images, _ in loader)
 
 

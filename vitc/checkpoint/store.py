@@ -15,9 +15,7 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,7 +36,6 @@ PARTIAL = ".partial-"  # a tag being written: renamed to its name once complete
 UNIVERSAL_SUFFIX = "_universal"
 # Required by deepspeed.checkpoint.ds_to_universal; 0.2 is the version DeepSpeed's own trainers write.
 UNIVERSAL_INFO = {"universal_checkpoint_version": 0.2}
-CONVERT_POLL_S = 2.0  # how often ranks other than 0 look for a finished conversion
 
 
 @dataclass(frozen=True)
@@ -64,20 +61,38 @@ def _read_marker(marker: Path) -> dict:
     try:
         return json.loads(marker.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VitcError(f"checkpoint marker {marker} is unreadable ({e}); delete its directory")
+        raise VitcError(f"checkpoint marker {marker} is unreadable ({e})")
+
+
+def _marker_info(marker: Path) -> CheckpointInfo | str:
+    """The marker's record, or why it cannot be trusted (missing, unreadable, fields missing)."""
+    if not marker.is_file():
+        return f"it has no completion marker {MARKER}"
+    try:
+        record = _read_marker(marker)
+        return CheckpointInfo(**{k: v for k, v in record.items() if k in _INFO_FIELDS})
+    except (VitcError, TypeError, AttributeError, OSError) as e:
+        return f"its completion marker {MARKER} is unreadable ({str(e).splitlines()[0][:120]})"
+
+
+_INFO_FIELDS = {f.name for f in fields(CheckpointInfo)}
+
+
+def _tag_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, directory) of every tag a save began: complete, damaged, or cut short (.partial-)."""
+    found = []
+    for path in checkpoint_root(run_dir).glob("*step_*"):
+        number = path.name.removeprefix(PARTIAL).removeprefix("step_")
+        if path.is_dir() and number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
-    """Every complete checkpoint of a run, oldest first; tags without a marker are ignored."""
-    found = []
-    names = {f.name for f in fields(CheckpointInfo)}
-    for marker in checkpoint_root(run_dir).glob(f"step_*/{MARKER}"):
-        record = _read_marker(marker)
-        try:
-            found.append(CheckpointInfo(**{k: v for k, v in record.items() if k in names}))
-        except TypeError as e:
-            raise VitcError(f"checkpoint marker {marker} is unreadable ({e}); delete its directory")
-    return sorted(found, key=lambda c: c.step)
+    """Every checkpoint with a readable marker, oldest first; others are left out (see
+    `newest_intact_checkpoint` for what is said about them)."""
+    found = [_marker_info(path / MARKER) for _, path in _tag_dirs(run_dir) if not path.name.startswith(PARTIAL)]
+    return sorted((i for i in found if isinstance(i, CheckpointInfo)), key=lambda c: c.step)
 
 
 def newest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
@@ -100,21 +115,27 @@ def damage(run_dir: str | os.PathLike, info: CheckpointInfo) -> str | None:
     return _checked[key]
 
 
-def newest_intact_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
-    """The newest complete checkpoint whose files match its marker. Damaged newer ones are
-    skipped with one warning line naming what is damaged."""
-    damaged = []
-    for info in reversed(complete_checkpoints(run_dir)):
-        problem = damage(run_dir, info)
+def newest_intact_checkpoint(run_dir: str | os.PathLike, quiet: bool = False) -> CheckpointInfo | None:
+    """The newest checkpoint whose marker is readable and whose files match it. Newer tags that
+    are not (a save cut short, a missing or corrupt marker, a truncated or missing file) are
+    skipped with one warning line naming each and why (`quiet`: no line, for ranks other than 0).
+    Nothing is deleted: whoever looks can still see what happened."""
+    skipped = []
+    for _, path in reversed(_tag_dirs(run_dir)):
+        if path.name.startswith(PARTIAL):
+            skipped.append(f"{path.name} (a save cut short)")
+            continue
+        info = _marker_info(path / MARKER)
+        problem = info if isinstance(info, str) else damage(run_dir, info)
         if problem is None:
-            if damaged:
-                log.warning("checkpoint %s damaged (%s): using %s instead", ", ".join(t for t, _ in damaged),
-                            "; ".join(p for _, p in damaged), info.tag)
+            if skipped and not quiet:
+                log.warning("skipped checkpoint %s: using %s", "; ".join(skipped), info.tag)
             return info
-        damaged.append((info.tag, problem))
+        skipped.append(f"{path.name} ({problem})")
+    damaged = [s for s in skipped if not s.startswith(PARTIAL)]
     if damaged:
-        raise VitcError(f"no intact checkpoint in {checkpoint_root(run_dir)}: "
-                        + "; ".join(p for _, p in damaged) + "; delete the damaged directories to start over")
+        raise VitcError(f"no intact checkpoint in {checkpoint_root(run_dir)}: " + "; ".join(damaged)
+                        + "; move the damaged directories away to start the run over")
     return None
 
 
@@ -122,13 +143,6 @@ def recorded(run_dir: str | os.PathLike, info: CheckpointInfo, key: str):
     """What the marker of `info` records under `key` ("architecture", "classes"); None when it
     predates the key."""
     return _read_marker(checkpoint_root(run_dir) / info.tag / MARKER).get(key)
-
-
-def resume_point(run_dir: Path, rank: int) -> CheckpointInfo | None:
-    """newest_intact_checkpoint, read by rank 0 alone and shared with every rank. Every rank."""
-    found: list = [newest_intact_checkpoint(run_dir) if rank == 0 else None]
-    tdist.broadcast_object_list(found, src=0)
-    return found[0]
 
 
 # what a resumed model may change: regularization, not the parameters' shapes or the function
@@ -253,58 +267,6 @@ def prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def loadable_tag(run_dir: Path, info: CheckpointInfo, world_size: int, zero_stage: int, rank: int) -> tuple[str, bool]:
-    """(tag to load, whether it is a universal checkpoint). A ZeRO checkpoint saved on another
-    number of ranks (or at another stage) is converted once, by rank 0, into TAG_universal while
-    the other ranks wait for it on the filesystem: no collective, so no collective timeout bounds
-    a conversion (`vitc train` calls this before the process group forms). Every rank calls this."""
-    same_layout = info.world_size == world_size and info.zero_stage == zero_stage
-    if same_layout or (info.zero_stage == 0 and zero_stage == 0):
-        return info.tag, False  # ZeRO-0 keeps whole optimizer state: any world size loads it
-    if info.zero_stage == 0 or zero_stage == 0:
-        raise VitcError(f"checkpoint {info.tag} was saved at ZeRO stage {info.zero_stage}; this run "
-                        f"uses train.zero_stage={zero_stage}. DeepSpeed's universal checkpoints "
-                        "convert between ZeRO stages 1-3 only: set train.zero_stage accordingly")
-    universal = checkpoint_root(run_dir) / (info.tag + UNIVERSAL_SUFFIX)
-    if rank == 0 and not universal.is_dir():
-        log.info("checkpoint %s was saved on %d rank(s), this run has %d: converting it to a "
-                 "universal checkpoint", info.tag, info.world_size, world_size)
-        convert_to_universal(checkpoint_root(run_dir), info.tag)
-    while not universal.is_dir():  # rank 0 converts; a failure there ends the job (torchrun, srun --kill-on-bad-exit)
-        time.sleep(CONVERT_POLL_S)
-    return universal.name, True
-
-
-def convert_to_universal(root: Path, tag: str, workers: int | None = None) -> Path:
-    """Run `python -m deepspeed.checkpoint.ds_to_universal` on root/tag into root/TAG_universal with
-    `workers` parallel extract and merge processes (default: this process's CPUs), its progress in
-    the log. It works in root/.convert-TAG, renamed at the end: a finished conversion is a
-    TAG_universal directory and is kept; a half one is the work directory, which is redone."""
-    workers = workers or len(os.sched_getaffinity(0))
-    work = root / f".convert-{tag}"
-    if work.exists():
-        log.warning("an unfinished conversion of %s was left in %s: converting again", tag, work)
-        shutil.rmtree(work)
-    out = work / (tag + UNIVERSAL_SUFFIX)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
-           "--output_folder", str(out), "--num_extract_workers", str(workers),
-           # merging holds whole tensors per worker: DeepSpeed advises fewer merge than extract workers
-           "--num_merge_workers", str(max(1, workers // 2))]
-    tail: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                log.info("ds_to_universal: %s", line[-300:])
-                tail = [*tail[-4:], line]
-    if proc.returncode != 0:
-        raise VitcError(f"converting checkpoint {root / tag} to a universal checkpoint failed "
-                        f"(kept for a retry in {work}):\n" + "\n".join(tail))
-    os.replace(out, root / out.name)
-    shutil.rmtree(work, ignore_errors=True)
-    return root / out.name
-
-
 def buffer_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every buffer of `module` (BatchNorm statistics), on the CPU, for the client state: a universal
     checkpoint carries parameters and optimizer state only, and DeepSpeed skips the module's
@@ -344,13 +306,13 @@ def continue_schedule(scheduler, fresh: FreshSchedule, position: int) -> float:
     world size carries the saving run's schedule, and DeepSpeed's ZeRO-3 universal load gives every
     param group the first group's hyperparameters (no-decay groups would decay): both are undone."""
     scheduler.lr_lambdas, scheduler.base_lrs = list(fresh.lambdas), list(fresh.base_lrs)
-    scheduler.last_epoch = position
-    for group, hyper, base, multiplier in zip(scheduler.optimizer.param_groups, fresh.groups,
-                                              fresh.base_lrs, fresh.lambdas):
+    for group, hyper in zip(scheduler.optimizer.param_groups, fresh.groups):
         group.update(hyper)
-        group["lr"] = base * multiplier(position)
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
-    return scheduler._last_lr[0]
+    scheduler.last_epoch = position - 1
+    with warnings.catch_warnings():  # torch warns of a step before the optimizer's: this is a restore
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()  # every group's lr at `position`, and the scheduler's own record of it
+    return scheduler.get_last_lr()[0]
 
 
 def _write_rank_files(engine, root: Path, work: Path, state: dict,

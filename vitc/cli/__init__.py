@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except VitcError as e:
         print(f"vitc: error: {e}", file=sys.stderr)
         return 2
-    except Interrupted as e:  # Ctrl-C during training: the step is saved
+    except Interrupted as e:  # a signal during training: the step is saved, the job not requeued
         print(f"vitc: {e}", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C before training started (or in another command): nothing to save
         print("vitc: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -4,22 +4,42 @@ import argparse
 import json
 
 from vitc.cli.args import one_config
+from vitc.errors import VitcError
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from vitc.config import config_to_dict, dump_config, load_config
+    from vitc.config import config_to_dict, load_config
+    from vitc.preflight import device_kind
     from vitc.run import derived_values
 
+    if args.world < 1:
+        raise VitcError(f"vitc config show --world: expected 1 or more ranks, got {args.world}")
     cfg = load_config(one_config(args, "config show"), args.overrides)
-    device = args.device or ("cpu" if cfg.train.device == "cpu" else "gpu")
+    device = args.device or device_kind(cfg)
     derived = {"derived": derived_values(cfg, args.world, device)}
+    shown = {**config_to_dict(cfg), "model": resolved_model(cfg, derived["derived"]["num_classes"])}
     if args.format == "json":
-        print(json.dumps({**config_to_dict(cfg), **derived}, indent=1))
-    else:  # the config as `vitc train` saves it, then the derived values
-        print(dump_config(cfg) + yaml.safe_dump(derived, sort_keys=False).rstrip("\n"))
+        print(json.dumps({**shown, **derived}, indent=1))
+    else:  # the config as `vitc train` resolves it, then the derived values
+        print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=None) + yaml.safe_dump(derived, sort_keys=False).rstrip("\n"))
     return 0
+
+
+def resolved_model(cfg, num_classes) -> dict:
+    """The `model:` section with every value the registry fills in (width, depth, heads, ...)."""
+    from vitc.config import config_to_dict, model_spec
+
+    model = config_to_dict(cfg)["model"]
+    spec = model_spec(cfg.model, num_classes if isinstance(num_classes, int) else 1)
+    for key, value in model.items():
+        if value is None and hasattr(spec, key):
+            value = getattr(spec, key)
+            model[key] = list(value) if isinstance(value, tuple) else value
+    if isinstance(num_classes, int):  # `auto`, counted in the training manifest
+        model["num_classes"] = num_classes
+    return model
 
 
 def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
@@ -34,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     show.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     show.add_argument("--world", type=int, default=1, help="ranks (GPUs) of the run (default 1)")
     show.add_argument("--device", choices=("gpu", "cpu"),
-                      help="what `auto` resolves for (default: cpu if train.device=cpu, else gpu)")
+                      help="what `auto` resolves for (default: this machine's: gpu if it has a visible GPU "
+                           "and train.device is not cpu, else cpu)")
     show.add_argument("--format", choices=("yaml", "json"), default="yaml")
     show.set_defaults(func=cmd_config_show, split="configs")

@@ -1,16 +1,22 @@
 """`vitc train`, `vitc eval`, `vitc export`, `vitc demo` and `vitc bench engine`."""
 
 import argparse
+import json
 
 from vitc.cli.args import add_timing_args, job_rank, one_config
+from vitc.errors import VitcError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vitc.config import load_config
-    from vitc.engine.trainer import train
+    from vitc.preflight import check_run_inputs
 
     cfg = load_config(one_config(args, "train"), args.overrides)
     dist = job_rank(args)
+    check_run_inputs(cfg, dist.world_size)  # before torch, the run's lock or a worker: writes nothing
+
+    from vitc.engine.trainer import train
+
     outcome = train(cfg, dist)
     if dist.is_main:
         print(f"{cfg.train.run_dir}: {outcome.describe()}")
@@ -21,9 +27,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitc.config import load_config
     from vitc.engine.evaluate import evaluate_weights
 
-    # `weights=FILE` is short for `eval.weights=FILE`, like --weights
+    # `weights=FILE` is short for `eval.weights=FILE`, like --weights; given both ways, neither wins
     overrides = [f"eval.{o}" if o.startswith("weights=") else o for o in args.overrides]
-    overrides += [f"eval.weights={args.weights}"] if args.weights else []
+    if args.weights:
+        named = [o for o in overrides if o.startswith("eval.weights=")]
+        if named:
+            raise VitcError(f"vitc eval: the weights are named twice (--weights {args.weights} and "
+                            f"{named[0]}): give one")
+        overrides.append(f"eval.weights={json.dumps(args.weights)}")  # JSON is YAML: the path stays text
     cfg = load_config(one_config(args, "eval"), overrides)
     dist = job_rank(args)
     accuracy = evaluate_weights(cfg, dist)
@@ -34,6 +45,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.format == "vitc" and out.is_dir():
+        raise VitcError(f"vitc export --out: '{out}' is a directory; expected a .safetensors file name "
+                        "(--format timm writes a directory)")
+    if args.format == "timm" and out.exists() and not out.is_dir():
+        raise VitcError(f"vitc export --format timm --out: '{out}' is a file; expected a directory")
+
     from vitc.weights.export import export_weights
 
     print(export_weights(args.run_dir, args.out, args.dtype, args.ema, args.format))
@@ -41,6 +61,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vitc.config import load_config
+
+    if args.epochs is not None:  # through the schema, as schedule.epochs in a config is
+        load_config(None, [f"schedule.epochs={args.epochs}"])
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise VitcError(f"vitc demo --out: '{args.out}' is a file; expected a directory for shards and runs")
+
     from vitc.pipelines.demo import format_demo, run_demo
 
     print(format_demo(run_demo(args.out, args.epochs)))
@@ -52,6 +81,14 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 
     print(format_engine_bench(bench_engine(args.model, args.batch, args.iters, args.rounds, args.stages,
                                                   processes=args.processes)))
+    return 0
+
+
+def cmd_bench_meters(args: argparse.Namespace) -> int:
+    from vitc.bench.meters import bench_meters, format_meters_bench
+
+    print(format_meters_bench(bench_meters(args.model, args.batch, args.iters, args.rounds, args.processes,
+                                           args.stage, args.log_every)))
     return 0
 
 
@@ -108,6 +145,14 @@ def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
     startup.add_argument("--out", default="runs/demo", help="directory for the demo shards and the run")
     startup.add_argument("--rounds", type=int, default=3, help="fresh processes timed (median taken)")
     startup.set_defaults(func=cmd_bench_startup)
+    meters = bench_sub.add_parser(
+        "meters", help="the training step with MFU/goodput metering vs without, each in its own process")
+    meters.add_argument("--model", default="vit_p_1gf")
+    meters.add_argument("--batch", type=int, default=32)
+    meters.add_argument("--stage", type=int, default=1, choices=(0, 1, 2, 3), help="ZeRO stage of the step")
+    meters.add_argument("--log-every", type=int, default=20, help="steps per log line (log.every_steps)")
+    add_timing_args(meters, rounds=5, iters=20)
+    meters.set_defaults(func=cmd_bench_meters)
 
 
 def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:

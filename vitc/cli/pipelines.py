@@ -1,6 +1,7 @@
 """`vitc pipeline` (21k pretrain -> 1k finetune) and `vitc sweep make|run|collect|plot|report`."""
 
 import argparse
+import sys
 
 from vitc.cli.args import job_rank
 from vitc.errors import VitcError
@@ -45,7 +46,7 @@ def cmd_sweep_make(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> int:
-    from vitc.sweep.run import run_local, slurm_array
+    from vitc.sweep.run import failed_summary, run_local, slurm_array
 
     if args.slurm or args.dry_run:
         script, job_id, count = slurm_array(args.sweep_dir, args.max_concurrent, args.dry_run)
@@ -56,6 +57,10 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     counts = {s: sum(o.status == s for o in outcomes.values()) for s in {o.status for o in outcomes.values()}}
     print(f"{args.sweep_dir}: trained {len(outcomes)} runs: "
           + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing left to train"))
+    failed = failed_summary(outcomes)
+    if failed:  # diverged runs are results (100 % error); a crashed run is not
+        print(f"vitc: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

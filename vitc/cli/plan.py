@@ -7,7 +7,7 @@ from vitc.errors import VitcError
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from vitc.plan.gpus import DEFAULT_GPUS_FILE
-    from vitc.plan.planner import check_fits, plan_run, sweep
+    from vitc.plan.planner import check_fits, plan_run, sweep, with_loader
     from vitc.plan.report import format_json, format_plan, format_sweep
     from vitc.plan.setup import Cluster, load_run_config, run_setup
     from vitc.plan.throughput import loader_need
@@ -25,6 +25,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if cfg.data.decode_device == "cpu":
         loader = loader_need(plan.run.images_per_s / setup.nodes, setup.gpu.name, setup.spec.image_size,
                              cfg.data.auto_augment, args.loader_rate, args.node_cores)
+        if loader.node_cores is not None:  # the GPUs wait for what the node's cores cannot make
+            plan = with_loader(plan, loader.node_cores * loader.per_core)
     if args.format == "json":
         print(format_json(plan, swept, loader))
     else:
@@ -43,8 +45,8 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     plan = sub.add_parser(
         "plan", help="memory, time and cost of a run at cluster scale, before booking it",
         description="Plan a run: per-GPU memory by ZeRO stage (model states, activations), the "
-                    "largest micro-batch that fits, step time at a stated MFU with ZeRO's "
-                    "communication, images/s, epoch and total time, GPU-hours; every assumption "
+                    "largest micro-batch that fits, step time (compute, exposed communication, "
+                    "data wait) with ZeRO's communication as DeepSpeed runs the run's config, predicted MFU, images/s, epoch and total time, GPU-hours; every assumption "
                     "is printed beside the result (docs/plan.md). CONFIG_OR_MODEL is a YAML config "
                     "or a registry model name; key=value overrides apply to it.")
     plan.add_argument("targets", nargs="+", metavar="CONFIG_OR_MODEL [key=value]")
@@ -52,7 +54,8 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: slurm.gpus_per_node)")
     plan.add_argument("--gpu", default="h100", help="a GPU of the table (default: h100)")
     plan.add_argument("--gpus-file", help="the GPU table (default: vitc/resources/gpus.yaml)")
-    plan.add_argument("--mfu", type=float, default=0.4, help="model flops utilization assumed (default 0.4)")
+    plan.add_argument("--mfu", type=float, default=0.4, help="share of peak the forward/backward kernels reach while nothing waits "
+                      "(default 0.4); the predicted MFU is this × the compute share of the step")
     plan.add_argument("--dataset-size", type=int,
                       help="images per epoch (default: the manifest of data.train_shards)")
     plan.add_argument("--sweep-nodes", metavar="N,N,...",

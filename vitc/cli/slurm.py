@@ -12,7 +12,7 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
     cfg = resolve_submission(one_config(args, "slurm submit"), args.overrides, nodes=args.nodes,
                              gpus_per_node=args.gpus_per_node, partition=args.partition,
                              time=args.time, account=args.account, mem=args.mem,
-                             cpu_bind=args.cpu_bind, gpu_bind=args.gpu_bind)
+                             cpu_bind=args.cpu_bind, gpu_bind=args.gpu_bind, exit_wait_s=args.exit_wait_s)
     result = submit(cfg, dry_run=args.dry_run)
     if args.dry_run:
         print(result.script, end="")
@@ -53,10 +53,16 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     slurm_submit.add_argument("--gpu-bind", metavar="B",
                               help="srun --gpu-bind, e.g. single:1 (one GPU per task, seen as cuda:0) or "
                                    "closest (default: slurm.gpu_bind)")
+    slurm_submit.add_argument("--exit-wait-s", type=int, metavar="S",
+                              help="once one task has exited, seconds the others get before the job is "
+                                   "ended (srun --wait; default: slurm.exit_wait_s)")
     slurm_submit.add_argument("--dry-run", action="store_true",
                               help="print the job script; write and submit nothing")
     slurm_submit.set_defaults(func=cmd_slurm_submit, split="configs")
     slurm_status = slurm_sub.add_parser(
-        "status", help="a run's newest job: state, requeues, last logged step, log file")
+        "status", help="a run's newest job: state, requeues, last logged step, log file",
+        description="Read RUN_DIR/slurm/jobs.txt (written by `vitc slurm submit`) and ask Slurm about "
+                    "the newest job: its state, how often it was requeued, the last step the run "
+                    "logged and the job's log file.")
     slurm_status.add_argument("run_dir", metavar="RUN_DIR")
     slurm_status.set_defaults(func=cmd_slurm_status)

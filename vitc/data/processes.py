@@ -8,12 +8,15 @@ SIGINT, SIGTERM and SIGUSR1 (the parent decides: the trainer saves and exits, a 
 ask Linux to SIGKILL them when their parent ends (prctl PR_SET_PDEATHSIG), whatever ends it.
 """
 
+import atexit
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.util  # its exit handler must be registered before ours
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from typing import TypeVar
@@ -37,6 +40,34 @@ def follow_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent ended before the request took effect
         os._exit(1)
+
+
+def stop_children(deadline_s: float = 3.0) -> list[int]:
+    """End every child process multiprocessing started that is still alive: SIGTERM, a join bounded
+    by `deadline_s` in all, then SIGKILL for the ones left (workers ignore SIGTERM while their parent
+    lives, see above). Returns the pids that had to be killed.
+
+    multiprocessing's own exit handler SIGTERMs its daemonic children and then joins them without a
+    deadline, so one child that outlives it (a loader worker waiting for a pass that never comes)
+    would hold the process, and a cluster job its GPUs, until the time limit. Every exit path of
+    `vitc` calls this first (vitc.cli.main and the exit handler below).
+    """
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    end = time.monotonic() + deadline_s
+    for child in children:
+        child.join(max(0.0, end - time.monotonic()))
+    killed = [child.pid for child in children if child.is_alive()]
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+    return killed
+
+
+# registered after multiprocessing.util's exit handler (imported above), so it runs before it: atexit is LIFO
+atexit.register(stop_children)
 
 
 def imap_unordered(fn: Callable[[T], R], tasks: list[T], workers: int) -> Iterator[R]:

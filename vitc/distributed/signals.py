@@ -2,8 +2,9 @@
 
 Slurm sends SIGUSR1 (`--signal=B:USR1@N`; the sbatch script forwards it to every task) and
 SIGTERM on cancellation; Ctrl-C sends SIGINT, which is handled alike (the steps since the last
-checkpoint are saved, not lost to a KeyboardInterrupt) except that the job is not requeued and
-`vitc train` exits 130, the shell's code for a process ended by SIGINT. The handler only sets a flag: the trainer polls it between steps and
+checkpoint are saved, not lost to a KeyboardInterrupt) except that the job is not requeued. A run
+that saved and was requeued exits 0; one that saved and was not (Ctrl-C, outside Slurm, a
+cancelled job) exits 128 + the signal, the shell's code for a process a signal ended. The handler only sets a flag: the trainer polls it between steps and
 all ranks agree (an all_reduce in the trainer) so every rank stops at the same step.
 """
 
@@ -22,7 +23,13 @@ INTERRUPTED_EXIT = 128 + signal.SIGINT
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C after saving; `vitc` prints the message and exits 130."""
+    """Training stopped by a signal after saving and was not requeued; `vitc` prints the message and
+    exits 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process
+    that a signal ended."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class PreemptionSignal:

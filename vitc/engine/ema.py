@@ -14,6 +14,12 @@ the number of steps per epoch, and the first update after warmup averages from t
 Integer buffers (BatchNorm's num_batches_tracked) are copied; pycls writes the average back into
 the integer tensor, and evaluation never reads them.
 
+What is averaged is the fp32 master weights at every stage and precision: vitc trains fp32
+parameters under autocast (vitc/deepspeed_config.py), so the module's parameters are the masters
+(ZeRO 1-2 copy the optimizer's fp32 partitions into them bit for bit after each step) and ZeRO-3's
+partition `ds_tensor` is the very tensor the optimizer updates (stage3.py aliases its fp32 group
+to the parameters' partitions when their dtypes agree); never a bf16 working copy.
+
 ZeRO 0-2 (`ModelEMA`): parameters are whole on every rank, so every rank keeps the same full fp32
 copy (4 bytes per parameter) and evaluates it as a plain model. ZeRO-3 (`ShardedEMA`): each rank
 keeps an fp32 copy of its own partition of every parameter (DeepSpeed's `param.ds_tensor`, 4Ψ/N

@@ -11,12 +11,11 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from vitc.config import model_spec
 from vitc.distributed.env import DistEnv
-from vitc.engine.runtime import process_group, resolve_runtime
+from vitc.engine.runtime import process_group, resolve_runtime, run_on
 from vitc.errors import VitcError
 from vitc.models.vit import VisionTransformer, adapt_state_dict
-from vitc.run import class_count, first_class_mismatch
+from vitc.run import first_class_mismatch
 from vitc.schema import Config
 from vitc.weights.export import load_weights, weight_classes
 
@@ -68,16 +67,14 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     """`vitc eval`: the weights in `cfg.eval.weights` (a `vitc export` file) on the eval data of
     `cfg`, distributed over the ranks of the job when launched by torchrun or srun. Every rank."""
     from vitc.data.loading.loader import build_eval_loader
-    from vitc.data.shards.manifest import resolve_shards
 
     if not cfg.eval.weights:
         raise VitcError("no weights to evaluate: pass --weights FILE (or eval.weights=FILE)")
     rt = resolve_runtime(cfg.train, dist)
-    # resolved once (a remote manifest is a download), for the class check and the loader
-    resolved = resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards") if cfg.data.val_shards else None
-    if resolved is not None:
-        same_classes(cfg, resolved[1].classes)
-    spec = model_spec(cfg.model, class_count(cfg))
+    run = run_on(cfg, dist, rt, shards=("val",))  # a remote manifest is downloaded once, here
+    if run.val is not None:
+        same_classes(cfg, run.val.manifest.classes)
+    spec = run.spec
     model = VisionTransformer(spec)
     try:
         model.load_state_dict(adapt_state_dict(load_weights(cfg.eval.weights), spec))
@@ -85,7 +82,7 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
         raise VitcError(f"{cfg.eval.weights} does not fit model '{spec.name}': "
                         f"{' '.join(str(e).split())[:400]}") from None
     with process_group(dist, rt, cfg.train.dist_timeout_s):
-        loader = build_eval_loader(cfg, dist, resolved=resolved)
+        loader = build_eval_loader(cfg, run, dist)
         model.to(rt.device)
         return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))
 

@@ -1,15 +1,23 @@
-"""Training metrics: a window of step timings, the console line, JSONL and TensorBoard.
+"""Training metrics: a window of steps, MFU and goodput, the console line, JSONL and TensorBoard.
 
-Only rank 0 builds a `MetricsLog`; the other ranks log nothing.
+Nothing here reads the device during a step: the loss and the image count arrive summed over
+ranks in the trainer's one flags all_reduce and are read at log time; the data wait on a GPU is
+measured with CUDA events (the GPU's idle gap between a step's last kernel and the next batch's
+first), read at log time too. Only rank 0 builds a `MetricsLog`; the other ranks log nothing.
 """
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
+
+FLOPS_PER_MULTIPLY_ADD = 2  # the audit counts a multiply-add as one flop, device peaks as two
 
 
 @dataclass
@@ -17,21 +25,152 @@ class Window:
     """Sums over the steps since the last log line."""
 
     steps: int = 0
-    images: int = 0
+    images: int = 0  # real images of every micro-batch on every rank (from the summed flags)
     loss_sum: float = 0.0
     data_s: float = 0.0
     start: float = field(default_factory=time.perf_counter)
 
-    def add(self, images: int, loss: float) -> None:
-        """One optimizer step; the time spent waiting for data is added to `data_s` as it passes."""
+    def add(self, images: int = 0, loss: float = 0.0) -> None:
+        """One optimizer step; images and loss may arrive later, when the flags are read."""
         self.steps += 1
         self.images += images
         self.loss_sum += loss
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, flops_per_image: float = 0.0, peak_flops: float = 0.0, world_size: int = 1) -> dict:
+        """Loss, images/s, data-wait share, step time; MFU when the flops and the peak are given:
+        audit flops per trained image (multiply-adds) × images/s over world × peak (datasheet flops)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"loss": self.loss_sum / max(self.steps, 1), "images_per_s": self.images / elapsed,
-                "data_wait": self.data_s / elapsed, "step_s": elapsed / max(self.steps, 1)}
+        images_per_s = self.images / elapsed
+        out = {"loss": self.loss_sum / max(self.steps, 1), "images_per_s": images_per_s,
+               "data_wait": min(self.data_s / elapsed, 1.0), "step_s": elapsed / max(self.steps, 1)}
+        if peak_flops > 0:
+            out["mfu"] = images_per_s * flops_per_image * FLOPS_PER_MULTIPLY_ADD / (world_size * peak_flops)
+        return out
+
+
+class DataWait:
+    """Time the device spends waiting for the next batch.
+
+    On CPU that is the host's time inside the loader. On a GPU the host's time in the loader is not
+    it: the host runs ahead of the GPU, and a copy from pageable memory inside the loader waits for
+    the queued step (a GPU sync counted as data wait). So an event is recorded after a step's work is
+    queued and another when the next batch is in hand; the gap between them on the GPU's timeline is
+    time the GPU sat idle for data. The pairs are read at log time, when the device is synced anyway."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pairs: list[tuple] = []
+        self.host_s = 0.0
+        self._start = 0.0
+        self._done = None
+
+    def before_batch(self) -> None:
+        self._start = time.perf_counter()
+        if self.cuda:
+            self._done = torch.cuda.Event(enable_timing=True)
+            self._done.record()
+
+    def after_batch(self) -> None:
+        self.host_s += time.perf_counter() - self._start
+        if self.cuda:
+            ready = torch.cuda.Event(enable_timing=True)
+            ready.record()
+            self.pairs.append((self._done, ready))
+
+    def read(self) -> float:
+        """Seconds of data wait since the last read (syncs on the recorded events on a GPU)."""
+        if self.cuda:
+            waited = sum(done.elapsed_time(ready) for done, ready in self.pairs) / 1e3
+        else:
+            waited = self.host_s
+        self.pairs, self.host_s = [], 0.0
+        return waited
+
+
+GOODPUT_PARTS = ("data_wait", "checkpoint", "evaluation", "startup", "lost_to_restarts")
+
+
+class Goodput:
+    """Where this invocation's wall time went: productive steps, and the rest by cause.
+
+    goodput = productive / wall time, productive = wall − data wait − checkpoint saves −
+    evaluation (with precise BN) − start-up (process start to the first step) − the steps a restart
+    repeats (steps past the checkpoint it resumed from that an earlier invocation had logged, at
+    this invocation's mean step time)."""
+
+    def __init__(self, start: float | None = None):
+        self.start = time.perf_counter() if start is None else start
+        self.seconds = dict.fromkeys(GOODPUT_PARTS, 0.0)
+
+    def add(self, part: str, seconds: float) -> None:
+        self.seconds[part] += seconds
+
+    def timed(self, part: str):
+        goodput = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                goodput.add(part, time.perf_counter() - self.t)
+
+        return _Timer()
+
+    def summary(self) -> dict[str, float]:
+        wall = max(time.perf_counter() - self.start, 1e-9)
+        lost = {part: min(s / wall, 1.0) for part, s in self.seconds.items()}
+        return {"goodput": max(0.0, 1.0 - sum(lost.values())), "wall_s": wall,
+                **{f"{part}_share": share for part, share in lost.items()}}
+
+
+def repeated_steps(run_dir: Path, resumed_step: int) -> int:
+    """Steps an earlier invocation logged past the checkpoint this one resumes from: work lost."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    last = resumed_step
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if record.get("kind") == "train":
+                last = max(last, int(record.get("step", 0)))
+    return last - resumed_step
+
+
+def device_peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """The device's peak (datasheet flops/s) in `precision`, and where it comes from: a GPU's
+    from the GPU table by its name (0 when not listed), a CPU's measured on a matmul."""
+    if device.type == "cuda":
+        from vitc.plan.gpus import load_gpus
+
+        name = torch.cuda.get_device_name(device).lower()
+        for key, gpu in load_gpus().items():
+            words = [w for w in re.split(r"[-_ ]", key) if w]
+            if gpu.kind == "gpu" and all(w in name for w in words) and gpu.peak_tflops.get(precision):
+                return gpu.peak_tflops[precision] * 1e12, f"gpus.yaml '{key}' for {name}"
+        return 0.0, f"{name} is not in the GPU table (vitc/resources/gpus.yaml): no MFU"
+    return measured_matmul_peak(), "a measured fp32 matmul on this CPU"
+
+
+_CPU_PEAK: list[float] = []
+
+
+def measured_matmul_peak(size: int = 512, repeats: int = 8) -> float:
+    """flops/s of a square fp32 matmul on the CPU, the best of a few (measured once a process)."""
+    if not _CPU_PEAK:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        _CPU_PEAK.append(2 * size**3 / best)
+    return _CPU_PEAK[0]
 
 
 def format_eta(seconds: float) -> str:
@@ -41,10 +180,12 @@ def format_eta(seconds: float) -> str:
 
 def console_line(record: dict) -> str:
     gnorm = record.get("grad_norm")
+    mfu = record.get("mfu")
     return (f"epoch {record['epoch'] + 1}/{record['epochs']} step {record['step']}/{record['total_steps']} "
             f"loss {record['loss']:.4f} lr {record['lr']:.3e} "
             f"gnorm {'-' if gnorm is None else f'{gnorm:.3f}'} {record['images_per_s']:.1f} img/s "
-            f"data {100 * record['data_wait']:.0f}% eta {format_eta(record['eta_s'])}")
+            f"data {100 * record['data_wait']:.0f}% mfu {'-' if mfu is None else f'{100 * mfu:.1f}%'} "
+            f"goodput {100 * record.get('goodput', 0):.0f}% eta {format_eta(record['eta_s'])}")
 
 
 class MetricsLog:

@@ -2,9 +2,10 @@
 finetuning with `finetune.layer_decay`, one pair per layer with a layer-wise lr scale (BEiT).
 Parameters frozen by `train.freeze` (`freeze`) are in no group.
 
-No weight decay on biases, norm parameters, position embedding and class token: the authors'
-code keeps them in their own groups (pycls branch `vitconfigs`, commit 206d0db,
-pycls/core/optimizer.py `construct_optimizer`).
+No weight decay on biases and norm parameters (LayerNorm, BatchNorm), and only on them: the
+authors' code gives those groups wd 0 and decays everything else, the position embedding and class
+token included (pycls branch `vitconfigs`, commit 206d0db, pycls/core/optimizer.py
+`construct_optimizer`; BIAS/LN/BN CUSTOM_WEIGHT_DECAY 0 in the released configs).
 """
 
 import re
@@ -19,8 +20,7 @@ from vitc.schema import Config, OptimConfig
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """[decayed params, params in `model.no_weight_decay_params()`]: the model says which skip
-    weight decay (biases, norms, position embedding, class token: the paper's recipe), no name
-    matching here."""
+    weight decay (biases and norms: the authors' recipe), no name matching here."""
     no_decay = model.no_weight_decay_params()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unknown = no_decay - {n for n, _ in model.named_parameters()}
@@ -105,8 +105,9 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, on_gpu: boo
     groups = groups or param_groups(model, optim.weight_decay)
     if optim.name == "adamw":
         fused = on_gpu if optim.fused == "auto" else optim.fused
-        if fused and not on_gpu:
-            raise VitcError("optim.fused=true needs a GPU (train.device); use optim.fused=auto")
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps,
-                                 fused=fused or None)
+        try:  # torch >= 2.4 has a fused AdamW on the CPU too; where it has none, torch refuses here
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps,
+                                     fused=fused or None)
+        except RuntimeError as e:
+            raise VitcError(f"optim.fused=true: {e}; use optim.fused=auto") from None
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)

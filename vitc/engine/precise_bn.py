@@ -44,14 +44,14 @@ def has_batchnorm(spec) -> bool:
     return any(layer.bn_relu for layer in stem_layers(spec))
 
 
-def precise_bn_loader(cfg, dist, num_classes: int, resolved=None):
+def precise_bn_loader(cfg, run, dist):
     """The training loader's images for precise BN: its augmentation, without MixUp/CutMix, which
     pycls applies in its training loop (`pycls/core/trainer.py`), not in the loader it passes to
     `compute_precise_bn_stats`."""
     from vitc.data.loading.loader import build_train_loader
 
     unmixed = replace(cfg, data=replace(cfg.data, mixup_alpha=0.0, cutmix_alpha=0.0))
-    return build_train_loader(unmixed, dist, num_classes, resolved=resolved)
+    return build_train_loader(unmixed, run, dist)
 
 
 def batches_per_rank(samples: int, micro_batch: int, world_size: int, available: int) -> int:

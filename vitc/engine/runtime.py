@@ -11,7 +11,7 @@ import platform
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +22,7 @@ import torch.distributed as tdist
 
 from vitc.distributed.env import DistEnv, gpu_index, wants_cuda
 from vitc.errors import VitcError
-from vitc.run import Run, resolve_precision, resolve_run
+from vitc.run import Run, resolve_run
 from vitc.schema import Config, TrainConfig
 
 
@@ -31,7 +31,7 @@ class Runtime:
     """Resolved `auto` choices for this process."""
 
     device: torch.device
-    precision: str  # bf16 | fp16 | fp32
+    bf16: bool  # the device computes in bf16 (the run's precision rule reads it: vitc.run)
     backend: str  # nccl | gloo
     channels_last: bool
 
@@ -41,25 +41,24 @@ class Runtime:
 
 
 def resolve_runtime(train: TrainConfig, dist: DistEnv) -> Runtime:
-    """Device, precision, backend: bf16/NCCL/channels-last on GPU, fp32/gloo on CPU unless set."""
+    """Device, backend, channels-last: NCCL/channels-last on GPU, gloo on CPU unless set. The
+    precision is the run's (`run_on`), from whether this device computes in bf16."""
     want_gpu = wants_cuda(train.device, torch.cuda.is_available())
     if want_gpu and not torch.cuda.is_available():
         raise VitcError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
     device = torch.device("cpu")
     if want_gpu:  # one GPU per task, or all of the node's GPUs per task (vitc.distributed.env.gpu_index)
         device = torch.device("cuda", gpu_index(dist.local_rank, dist.local_world_size, torch.cuda.device_count()))
-    # the run's rule (vitc.run), as the planner applies it to its GPU table
-    precision = resolve_precision(train, want_gpu, want_gpu and gpu_has_bf16())
     backend = train.dist_backend if train.dist_backend != "auto" else ("nccl" if want_gpu else "gloo")
     if backend == "nccl" and not want_gpu:
         raise VitcError("train.dist_backend=nccl needs GPUs; on CPU use gloo (or auto)")
     channels_last = want_gpu if train.channels_last == "auto" else train.channels_last
-    return Runtime(device, precision, backend, channels_last)
+    return Runtime(device, want_gpu and gpu_has_bf16(), backend, channels_last)
 
 
-def run_on(cfg: Config, dist: DistEnv, rt: Runtime) -> Run:
+def run_on(cfg: Config, dist: DistEnv, rt: Runtime, shards: Collection[str] = ("train", "val")) -> Run:
     """The run `cfg` describes on this job's ranks and this process's device (vitc.run.resolve_run)."""
-    return resolve_run(cfg, dist.world_size, "gpu" if rt.on_gpu else "cpu", bf16=rt.precision != "fp16")
+    return resolve_run(cfg, dist.world_size, "gpu" if rt.on_gpu else "cpu", shards, bf16=rt.bf16)
 
 
 def gpu_has_bf16() -> bool:
@@ -166,5 +165,5 @@ def environment_summary(dist: DistEnv, rt: Runtime) -> dict:
         "deepspeed": deepspeed.__version__, "cuda": torch.version.cuda,
         "gpus_visible": torch.cuda.device_count(), "threads": torch.get_num_threads(),
         "launcher": dist.source, "world_size": dist.world_size,
-        "device": str(rt.device), "precision": rt.precision, "backend": rt.backend,
+        "device": str(rt.device), "backend": rt.backend,
     }

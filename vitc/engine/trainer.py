@@ -24,9 +24,10 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from vitc.checkpoint import resume_point
 from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.lock import run_lock
-from vitc.engine.resume import Resuming
+from vitc.checkpoint.resume_point import ResumePoint
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
 from vitc.distributed.env import DistEnv, discover
@@ -34,7 +35,15 @@ from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, req
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import MetricsLog, Window, console_line
+from vitc.engine.meters import (
+    DataWait,
+    Goodput,
+    MetricsLog,
+    Window,
+    console_line,
+    device_peak_flops,
+    repeated_steps,
+)
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
@@ -42,6 +51,7 @@ from vitc.engine.precise_bn import (
     precise_bn,
     precise_bn_loader,
 )
+from vitc.engine.resume import client_state, restore
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
@@ -73,12 +83,14 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     try:
         rt = resolve_runtime(cfg.train, dist)
         run = run_on(cfg, dist, rt)  # before anything heavy starts
-        convert_before_joining(cfg, dist, run)  # before any collective can time out
+        converted = (resume_point.before_joining(Path(cfg.train.run_dir), dist.world_size, run.zero_stage,
+                                                 dist.rank, cfg.optim.name)
+                     if cfg.checkpoint.resume else None)  # before any collective can time out
         handlers = {s: signal.getsignal(s) for s in SIGNALS}
         with engine_session(dist, rt, cfg.train.dist_timeout_s):
             try:
                 preempt = PreemptionSignal()
-                ending.trainer = Trainer(cfg, dist, rt, preempt, run)
+                ending.trainer = Trainer(cfg, dist, rt, preempt, run, converted)
                 outcome = ending.record(ending.trainer.fit())
                 tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
             finally:
@@ -87,26 +99,20 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     except BaseException as error:
         ending.record_failure(error)
         raise
-    if outcome.status == "preempted" and preempt.interrupted:
-        raise Interrupted(f"interrupted (SIGINT): {cfg.train.run_dir} saved at step {outcome.step}; "
-                          "`vitc train` with the same config resumes from it")
-    if outcome.status == "preempted" and dist.is_main:
-        requeue_job(dist.slurm_job)  # ends this Slurm job at once: only after the checkpoint and the outcome
-    return outcome
+    if outcome.status != "preempted":
+        return outcome
+    # requeue_job ends this Slurm job at once when it requeues: only after the checkpoint and the outcome
+    if not preempt.interrupted and dist.is_main and requeue_job(dist.slurm_job):
+        return outcome
+    if dist.slurm_job and not dist.is_main:  # rank 0's exit code speaks for the job
+        return outcome
+    signum = preempt.received or signal.SIGTERM  # a peer's signal: this rank got none itself
+    raise Interrupted(f"interrupted ({signal.Signals(signum).name}): {cfg.train.run_dir} saved at step "
+                      f"{outcome.step}; `vitc train` with the same config resumes from it", signum)
 
 
 
-def convert_before_joining(cfg: Config, dist: DistEnv, run: Run) -> None:
-    """A checkpoint saved on another number of ranks is converted (rank 0; the others wait for the
-    directory on the filesystem) before the process group forms, so no collective timeout bounds
-    the conversion. Only then are the checkpoint's files verified by every rank (the same-size
-    case leaves that to rank 0 in `resume_point`); a damaged newest one falls back as resume does."""
-    saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
-    if saved is not None and saved.world_size != dist.world_size:
-        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir)
-        checkpoint.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank)
-
-class Trainer(Resuming):
+class Trainer:
     """State of one training invocation. Methods marked 'every rank' contain collectives."""
 
     evaluation: Score | None = None  # the run's last evaluation (kept across a resume)
@@ -114,18 +120,18 @@ class Trainer(Resuming):
     skipped_in_row: int = 0  # optimizer steps DeepSpeed skipped in a row, up to the last one
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal,
-                 run: Run | None = None):
+                 run: Run | None = None, resume: ResumePoint | None = None):
         from vitc.data.loading.loader import build_eval_loader, build_train_loader
 
+        self.goodput = Goodput()  # start-up runs from here to the first step
         self.cfg, self.dist, self.rt, self.preempt = cfg, dist, rt, preempt
         self.run = run or run_on(cfg, dist, rt)
         self.run_dir = Path(cfg.train.run_dir)
         self.accum = self.run.grad_accum
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         # the shards as the run resolved them and checked their classes (vitc.run.resolve_run)
-        train, val = self.run.train, self.run.val
-        self.loader = build_train_loader(cfg, dist, self.run.spec.num_classes, resolved=(train.shards, train.manifest))
-        self.eval_loader = build_eval_loader(cfg, dist, resolved=(val.shards, val.manifest)) if val else None
+        self.loader = build_train_loader(cfg, self.run, dist)
+        self.eval_loader = build_eval_loader(cfg, self.run, dist) if self.run.val else None
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch < 1:
             raise VitcError(f"the training data gives {len(self.loader)} micro-batches per rank per "
@@ -134,9 +140,18 @@ class Trainer(Resuming):
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.global_batch = self.run.global_batch
         self.bn_loader = self._precise_bn_loader()
+        self.metrics = None
         for loader in (self.loader, self.eval_loader, self.bn_loader):
             if loader is not None:  # forked before the model exists, so that they do not map it
                 loader.start_workers()
+        try:
+            self._build(cfg, dist, rt, resume)
+        except BaseException:  # the workers wait for a first pass: let them go, or exit waits for them
+            self.close()
+            raise
+
+    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime, converted: ResumePoint | None) -> None:
+        """The model, its EMA, the engine and the resumed state, after the loaders' workers started."""
         model = self._build_model()
         rule = ema_rule(cfg, self.global_batch)
         sharded = rule is not None and self.run.zero_stage == 3
@@ -144,19 +159,22 @@ class Trainer(Resuming):
         self.ema = ModelEMA(model, rule) if rule is not None and not sharded else None
         self.step = self.epoch = self.micro_in_epoch = 0
         self.last_saved: CheckpointInfo | None = None
-        resume = checkpoint.resume_point(self.run_dir, dist.rank) if cfg.checkpoint.resume else None
+        resume = converted or (resume_point.agreed(self.run_dir, dist.world_size, self.run.zero_stage, dist.rank,
+                                                   cfg.optim.name) if cfg.checkpoint.resume else None)
         if resume:
-            checkpoint.same_architecture(self.run_dir, resume, self.run.spec)
-        tag, universal = (checkpoint.loadable_tag(self.run_dir, resume, dist.world_size,
-                                                  self.run.zero_stage, dist.rank)
-                          if resume else (None, False))
-        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch, universal)
+            checkpoint.same_architecture(self.run_dir, resume.info, self.run.spec)
+        self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch,
+                                                   bool(resume and resume.universal))
         if sharded:  # ZeRO-3: this rank's partitions, as deepspeed.initialize made them
             self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
         if resume:
-            self._restore(resume, tag)
+            restored = restore(self, resume)
+            self.step, self.epoch, self.micro_in_epoch = restored.step, restored.epoch, restored.micro_in_epoch
+            self.total_steps, self.last_saved = restored.total_steps, resume.info
+            self.evaluation, self.ema_evaluation = restored.evaluation, restored.ema_evaluation
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
+        self._init_performance(bool(resume))
         if dist.is_main:
             self._write_run_files(lr)
 
@@ -170,16 +188,41 @@ class Trainer(Resuming):
         # `cudnn_conv_suggest_memory_format` follows the input's or the weight's format)
         return model.to(self.rt.device)
 
+    def _init_performance(self, resumed: bool) -> None:
+        """What MFU and goodput are computed from: vitc's flop audit per trained image (forward × 3,
+        + one more forward recomputed under activation checkpointing: `hfu`), the device's peak."""
+        from vitc.models.cost import model_cost
+
+        forward = model_cost(self.run.spec).flops
+        self.flops_per_image = 3 * forward
+        self.hardware_flops_per_image = (4 if self.cfg.model.act_checkpoint else 3) * forward
+        self.peak_flops, peak_source = device_peak_flops(self.rt.device, self.rt.precision)
+        self.repeated = repeated_steps(self.run_dir, self.step) if resumed else 0
+        self.first_step = self.step
+        if self.dist.is_main:
+            log.info("MFU against a peak of %.3g TFLOP/s (%s)", self.peak_flops / 1e12, peak_source)
+
+    def performance(self) -> dict[str, float]:
+        """Goodput and its parts over this invocation (outcome.json, every log line)."""
+        done = self.step - self.first_step
+        summary = self.goodput.summary()
+        if done and self.repeated:
+            steps_s = summary["wall_s"] * summary["goodput"] / done
+            self.goodput.seconds["lost_to_restarts"] = min(self.repeated, done) * steps_s
+            summary = self.goodput.summary()
+        return summary
+
     def _write_run_files(self, lr: float) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         atomic_write_text(self.run_dir / "deepspeed_config.json", json.dumps(self.ds_config, indent=1) + "\n")
-        env = {**environment_summary(self.dist, self.rt), "global_batch": self.global_batch, "lr": lr,
+        env = {**environment_summary(self.dist, self.rt), "precision": self.run.precision,
+               "global_batch": self.global_batch, "lr": lr,
                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=1) + "\n")
         log.info("run %s: %d rank(s), %s, %s, ZeRO-%d, global batch %d (micro-batch %d × accumulation "
                  "%d × %d rank(s)), lr %.3g at that batch, %d steps/epoch", self.run_dir,
-                 self.dist.world_size, self.rt.device, self.rt.precision, self.run.zero_stage,
+                 self.dist.world_size, self.rt.device, self.run.precision, self.run.zero_stage,
                  self.global_batch, self.run.micro_batch, self.accum, self.dist.world_size, lr,
                  self.steps_per_epoch)
 
@@ -196,40 +239,52 @@ class Trainer(Resuming):
                     break
                 self.epoch, self.micro_in_epoch = self.epoch + 1, 0
                 if self._eval_due():
-                    self._precise_bn()  # before the save: the checkpoint holds what is evaluated
+                    with self.goodput.timed("evaluation"):
+                        self._precise_bn()  # before the save: the checkpoint holds what is evaluated
                 self._save()
                 if self._eval_due():
-                    self._evaluate()
+                    with self.goodput.timed("evaluation"):
+                        self._evaluate()
         finally:  # the loaders' persistent workers end with the run, not whenever this object is freed
-            for loader in (self.loader, self.eval_loader, self.bn_loader):
-                if loader is not None:
-                    loader.close()
-            if self.metrics is not None:
-                self.metrics.close()
+            self.close()
         return stopped
+
+    def close(self) -> None:
+        """Stop the loaders' workers and close the metrics files; every exit path calls this."""
+        for loader in (self.loader, self.eval_loader, self.bn_loader):
+            if loader is not None:
+                loader.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _train_epoch(self) -> str:
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
         self.loader.set_epoch(self.epoch)  # the epoch a resumed loader is in keeps its position
         batches, window = iter(self.loader), Window()
+        self.data_wait = DataWait(self.rt.device)
         loss_sum = torch.zeros((), device=self.rt.device)
-        flags = torch.zeros(3, device=self.rt.device)  # summed over ranks and the steps not yet read
+        flags = torch.zeros(4, device=self.rt.device)  # summed over ranks and the steps not yet read
+        step_images = 0  # this rank's images of the step's micro-batches (a host count: no sync)
+        if self.goodput.seconds["startup"] == 0.0:
+            self.goodput.add("startup", time.perf_counter() - self.goodput.start)
         while self.micro_in_epoch < self.steps_per_epoch * self.accum:
-            waited = time.perf_counter()
+            self.data_wait.before_batch()
             batch = next(batches, None)
             if batch is None:  # after a world-size change the loader may resume a batch later
                 break
             images, targets = batch
-            window.data_s += time.perf_counter() - waited
+            self.data_wait.after_batch()
+            step_images += len(images)
             loss_sum += self._micro_step(images, targets)
             self.micro_in_epoch += 1
             if self.micro_in_epoch % self.accum:
                 continue
             self.step += 1
-            flags += self._step_flags(loss_sum)
+            flags += self._step_flags(loss_sum, step_images)
             self._count_skipped()
-            window.add(len(images) * self.accum * self.dist.world_size, 0.0)  # its loss when read
+            window.add()  # its loss and images when the flags are read
             loss_sum.zero_()
+            step_images = 0
             if self.ema is not None:  # pycls counts the iteration within the epoch (vitc/engine/ema.py)
                 self.ema.update(self.engine.module, self.epoch, self.micro_in_epoch // self.accum - 1)
             save = self._stop_reason(False) or self.step % self.cfg.checkpoint.every_steps == 0
@@ -260,12 +315,13 @@ class Trainer(Resuming):
         fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
         return images.to(self.rt.device, dtype, non_blocking=True, memory_format=fmt)
 
-    def _step_flags(self, loss_sum: torch.Tensor) -> torch.Tensor:
-        """[preemption requested, loss not finite, loss] summed over ranks by one all_reduce, left
-        on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies nothing from the
-        host). Every rank."""
+    def _step_flags(self, loss_sum: torch.Tensor, images: int) -> torch.Tensor:
+        """[preemption requested, loss not finite, loss, images] summed over ranks by one
+        all_reduce, left on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies
+        nothing from the host). Every rank."""
         flags = torch.stack([torch.full((), float(self.preempt.requested), device=self.rt.device),
-                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum])
+                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum,
+                             torch.full((), float(images), device=self.rt.device)])
         tdist.all_reduce(flags)
         return flags
 
@@ -273,9 +329,13 @@ class Trainer(Resuming):
         """Read the flags summed since the last read (this waits for the device) and zero them:
         whether any rank was signalled; the mean loss goes to `window`. Raises on a non-finite loss
         before anything is saved. Every rank, at the same steps."""
-        preempted, diverged, loss = flags.tolist()
+        preempted, diverged, loss, images = flags.tolist()
         flags.zero_()
         window.loss_sum += loss / self.dist.world_size
+        window.images += round(images)
+        waited = self.data_wait.read()  # the device is synced already
+        window.data_s += waited
+        self.goodput.add("data_wait", waited)
         if diverged > 0:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
             raise Diverged(
@@ -315,7 +375,10 @@ class Trainer(Resuming):
     def _log(self, window: Window) -> Window:
         """Console line, JSONL and TensorBoard (rank 0); returns a fresh window."""
         if self.metrics is not None:
-            record = {**window.summary(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
+            summary = window.summary(self.flops_per_image, self.peak_flops, self.dist.world_size)
+            if "mfu" in summary:  # with activation checkpointing's recomputed forward
+                summary["hfu"] = summary["mfu"] * self.hardware_flops_per_image / self.flops_per_image
+            record = {**summary, **self.performance(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
                       "total_steps": self.total_steps, "lr": self.engine.get_lr()[0],
                       "grad_norm": self._grad_norm()}
             record["eta_s"] = record["step_s"] * (self.total_steps - self.step)
@@ -336,8 +399,7 @@ class Trainer(Resuming):
     def _precise_bn_loader(self):
         """Training images for precise BN statistics, when they are on and the model has BatchNorm."""
         on = self.cfg.eval.precise_bn_samples > 0 and self.eval_loader is not None and has_batchnorm(self.run.spec)
-        train = self.run.train
-        return precise_bn_loader(self.cfg, self.dist, self.run.spec.num_classes, (train.shards, train.manifest)) if on else None
+        return precise_bn_loader(self.cfg, self.run, self.dist) if on else None
 
     def _precise_bn(self) -> None:
         """Re-estimate BN statistics of the model and of its EMA over eval.precise_bn_samples training
@@ -387,11 +449,15 @@ class Trainer(Resuming):
         """A complete checkpoint at this step (skipped when this step is already saved). Every rank."""
         if self.last_saved is not None and self.last_saved.step == self.step:
             return
+        with self.goodput.timed("checkpoint"):
+            self._save_now()
+
+    def _save_now(self) -> None:
         self._sync_buffers()
         info = CheckpointInfo(checkpoint.tag_for(self.step), self.step, self.epoch,
                               self.dist.world_size, self.run.zero_stage)
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
-        checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
+        checkpoint.save(self.engine, self.run_dir, info, client_state(self), self.dist.rank,
                         self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info

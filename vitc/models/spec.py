@@ -1,7 +1,8 @@
 """What determines a ViT's graph (`ViTSpec`) and the named models: torch-free.
 
-The registry holds the paper's Table 1, the authors' ImageNet-21k 72GF pair (pycls branch
-`vitconfigs`, commit 206d0db, `configs/vitconv_baselines/vit/IN21k_ViT-{P,C}-72GF_adamw_128gpus.yaml`)
+The registry holds the paper's Table 1, its ImageNet-21k 72GF pair as Appendix C defines it (the
+authors' released file's ViT_C-72GF, another stem and 21 blocks, is `vit_c_72gf_released`: pycls
+branch `vitconfigs`, commit 206d0db, `configs/vitconv_baselines/vit/IN21k_ViT-C-72GF_adamw_128gpus.yaml`)
 and the scale-up family beyond them. Scale-up conv-stem depths were chosen by the audit
 (`vitc.audit.parity.choose_conv_depth`, the depth whose flops are closest to the patchify twin's);
 a test re-runs that choice, so a change to the model or the count that moves parity cannot pass
@@ -108,8 +109,9 @@ def with_overrides(spec: ViTSpec, **changes) -> ViTSpec:
 STEM_1GF = ((24, 48, 96, 192), (2, 2, 2, 2))  # Table 1
 STEM_4GF = ((48, 96, 192, 384), (2, 2, 2, 2))  # Table 1
 STEM_18GF = ((64, 128, 128, 256, 256, 512), (2, 2, 1, 2, 1, 2))  # Table 1
-# pycls vitconfigs 206d0db, IN21k_ViT-C-72GF_adamw_128gpus.yaml: C_STEM_DIMS / C_STEM_STRIDES
-STEM_72GF = ((64, 128, 128, 256, 256, 256, 512, 512), (2, 2, 1, 2, 1, 1, 2, 1))
+# pycls vitconfigs 206d0db, IN21k_ViT-C-72GF_adamw_128gpus.yaml: C_STEM_DIMS / C_STEM_STRIDES (the
+# released file's stem; Appendix C's ViT_C-72GF uses STEM_18GF)
+STEM_72GF_RELEASED = ((64, 128, 128, 256, 256, 256, 512, 512), (2, 2, 1, 2, 1, 1, 2, 1))
 
 
 def _pair(width: int, heads: int, mlp_ratio: float, depth_p: int, depth_c: int, stem) -> tuple[ViTSpec, ViTSpec]:
@@ -126,7 +128,9 @@ _FAMILY = {
     "18gf": (768, 12, 4.0, 12, 11, STEM_18GF),  # ViT-B
     "36gf": (1024, 16, 4.0, 14, 13, STEM_18GF),  # 3/5-depth ViT-L
     "62gf": (1024, 16, 4.0, 24, 23, STEM_18GF),  # ViT-L/16
-    "72gf": (1152, 18, 4.0, 22, 21, STEM_72GF),  # the authors' ImageNet-21k pair (MLP 4608)
+    # Appendix C: ViT_P-72GF 22 blocks, width 1152, 18 heads, MLP ×4; ViT_C-72GF "the same C-stem
+    # design used for ViTC-18GF and ViTC-36GF, but without removing one transformer block"
+    "72gf": (1152, 18, 4.0, 22, 22, STEM_18GF),
     "127gf": (1280, 16, 4.0, 32, 32, STEM_18GF),  # ViT-H width, /16
     "203gf": (1408, 16, 48 / 11, 40, 40, STEM_18GF),  # ViT-g width (MLP 6144), /16
     "369gf": (1664, 16, 64 / 13, 48, 48, STEM_18GF),  # ViT-G width (MLP 8192), /16
@@ -138,6 +142,12 @@ for _key, (_w, _h, _r, _dp, _dc, _stem) in _FAMILY.items():
     _p, _c = _pair(_w, _h, _r, _dp, _dc, _stem)
     MODELS[f"vit_p_{_key}"] = with_overrides(_p, name=f"vit_p_{_key}")
     MODELS[f"vit_c_{_key}"] = with_overrides(_c, name=f"vit_c_{_key}")
+# The released IN21k_ViT-C-72GF file's model: eight 3×3 convs and 21 blocks (70.5 GF by pycls's count).
+MODELS["vit_c_72gf_released"] = with_overrides(
+    MODELS["vit_c_72gf"], depth=21, stem_channels=STEM_72GF_RELEASED[0], stem_strides=STEM_72GF_RELEASED[1],
+    name="vit_c_72gf_released")
+# Variants whose patchify twin is not `vit_p_` + the rest of their name.
+TWINS = {"vit_c_72gf_released": "vit_p_72gf"}
 
 
 def get_spec(name: str, **overrides) -> ViTSpec:
@@ -149,7 +159,9 @@ def get_spec(name: str, **overrides) -> ViTSpec:
 
 
 def twin_name(name: str) -> str | None:
-    """vit_c_1gf <-> vit_p_1gf; None when `name` has no registered twin."""
+    """vit_c_1gf <-> vit_p_1gf (and the variants in TWINS); None when `name` has no registered twin."""
+    if name in TWINS:
+        return TWINS[name]
     for a, b in (("vit_c_", "vit_p_"), ("vit_p_", "vit_c_")):
         if name.startswith(a) and (twin := b + name[len(a):]) in MODELS:
             return twin

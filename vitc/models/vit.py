@@ -46,10 +46,10 @@ class VisionTransformer(nn.Module):
     zero3_leaf_modules = (Block,)
 
     def no_weight_decay_params(self) -> set[str]:
-        """Names of parameters trained without weight decay: biases and norms (the released configs'
-        BIAS/LN/BN CUSTOM_WEIGHT_DECAY 0, pycls vitconfigs 206d0db, `pycls/core/optimizer.py`), and
-        the position embedding and class token (vitc's choice: pycls decays them)."""
-        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        """Names of parameters trained without weight decay: biases and norms, nothing else (the
+        released configs' BIAS/LN/BN CUSTOM_WEIGHT_DECAY 0, pycls vitconfigs 206d0db,
+        `pycls/core/optimizer.py`: the position embedding and class token are decayed)."""
+        names: set[str] = set()
         for mod_name, module in self.named_modules():
             prefix = f"{mod_name}." if mod_name else ""
             for p_name, _ in module.named_parameters(recurse=False):

@@ -67,7 +67,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> list[D
         run_dir = out / name
         shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts fresh, never resumes
         overrides = [f"data.train_shards={train_dir}", f"data.val_shards={val_dir}", f"train.run_dir={run_dir}"]
-        overrides += [f"schedule.epochs={epochs}"] if epochs else []
+        overrides += [f"schedule.epochs={epochs}"] if epochs is not None else []
         cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
         log.info("demo: training %s", name)
         outcome = train(cfg)

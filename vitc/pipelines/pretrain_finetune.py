@@ -5,11 +5,21 @@ All stages live in one run directory:
 
     RUN/pretrain/                  the pretraining run (checkpoints, metrics, config.yaml)
     RUN/pretrain.safetensors       its exported weights, and RUN/pretrain.classes.json its class map
+    RUN/pretrain.ema.safetensors   its EMA weights (when the run keeps an EMA: optim.ema_alpha > 0)
     RUN/finetune/                  the finetuning run, initialised from RUN/pretrain.safetensors
-    RUN/finetune.safetensors       its exported weights
-    RUN/eval.json                  top-1/top-5 of the finetuned weights on the finetune eval data
+    RUN/finetune.safetensors       its exported weights, RUN/finetune.ema.safetensors its EMA's
+    RUN/eval.json                  top-1/top-5 on the finetune eval data of the finetuned EMA
+                                   weights (top level: the number the paper reports) and of the
+                                   raw weights beside them (`raw`)
     RUN/pretrain.yaml, RUN/finetune.yaml   the resolved config each training stage ran with
     RUN/stages/<stage>.json        completion markers
+
+The paper evaluates the EMA of the weights in all its experiments ("For inference, we use an
+exponential moving average (EMA) of the model weights", §5.4): with an EMA, eval.json's top-level
+top1/top5 are the EMA model's, and `raw` holds the raw weights' result; without one (ema_alpha 0)
+the top level is the raw weights' and `ema` is null. The finetuning starts from the raw pretrained
+weights: the authors' pycls loads TRAIN.WEIGHTS' model_state into the model (and the saved EMA
+into its EMA, which vitc does not: its finetuning EMA starts from the model).
 
 A stage writes its marker atomically after its outputs; a later invocation skips every stage whose
 marker and outputs exist, after checking the marker was written for the same config (a changed
@@ -57,8 +67,13 @@ class PipelineResult:
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}; re-run the same command to resume")
         if self.eval:
-            lines.append(f"finetuned top-1 {self.eval['top1']:.2f}%  top-5 {self.eval['top5']:.2f}%  "
-                         f"({self.eval['count']} images) -> {self.run_dir / 'eval.json'}")
+            which = "EMA" if self.eval.get("reported") == "ema" else "raw"
+            lines.append(f"finetuned ({which} weights) top-1 {self.eval['top1']:.2f}%  "
+                         f"top-5 {self.eval['top5']:.2f}%  ({self.eval['count']} images) -> "
+                         f"{self.run_dir / 'eval.json'}")
+            if self.eval.get("reported") == "ema":
+                raw = self.eval["raw"]
+                lines.append(f"finetuned (raw weights) top-1 {raw['top1']:.2f}%  top-5 {raw['top5']:.2f}%")
         return "\n".join(lines)
 
 
@@ -67,12 +82,17 @@ class Layout:
     """Paths of one pipeline run directory."""
 
     root: Path
+    ema_stages: frozenset[str] = frozenset()  # training stages whose run keeps an EMA
 
     def run(self, stage: str) -> Path:
         return self.root / stage
 
-    def weights(self, stage: str) -> Path:
-        return self.root / f"{stage}.safetensors"
+    def weights(self, stage: str, ema: bool = False) -> Path:
+        return self.root / f"{stage}{'.ema' if ema else ''}.safetensors"
+
+    def exported(self, stage: str) -> list[Path]:
+        """The weights files the export of `stage` writes: raw, and the EMA's when it has one."""
+        return [self.weights(stage)] + ([self.weights(stage, ema=True)] if stage in self.ema_stages else [])
 
     @property
     def classes(self) -> Path:
@@ -87,8 +107,8 @@ class Layout:
 
     def outputs(self, stage: str) -> list[Path]:
         return {"pretrain": [self.run("pretrain")], "finetune": [self.run("finetune")],
-                "export_pretrain": [self.weights("pretrain"), self.classes],
-                "export_finetune": [self.weights("finetune")], "eval": [self.eval]}[stage]
+                "export_pretrain": [*self.exported("pretrain"), self.classes],
+                "export_finetune": self.exported("finetune"), "eval": [self.eval]}[stage]
 
 
 def stage_configs(pretrain_config: str, finetune_config: str, overrides: list[str],
@@ -115,11 +135,13 @@ def run_pipeline(pretrain_config: str, finetune_config: str, run_dir: str, overr
     dist = discover() if dist is None else dist
     layout = Layout(Path(run_dir))
     pre, ft = stage_configs(pretrain_config, finetune_config, list(overrides), layout)
+    layout = replace(layout, ema_stages=frozenset(s for s, c in (("pretrain", pre), ("finetune", ft))
+                                                  if c.optim.ema_alpha > 0))
     result = PipelineResult(layout.root)
     identity = {"pretrain": config_to_dict(pre), "finetune": config_to_dict(ft),
                 "export_pretrain": {"run": str(layout.run("pretrain"))},
                 "export_finetune": {"run": str(layout.run("finetune"))},
-                "eval": {"config": config_to_dict(ft), "weights": str(layout.weights("finetune"))}}
+                "eval": {"config": config_to_dict(ft), "weights": [str(p) for p in layout.exported("finetune")]}}
     actions: dict[str, Callable[[], str | None]] = {
         "pretrain": lambda: _train_stage(layout, "pretrain", pre, dist),
         "export_pretrain": lambda: _export_stage(layout, "pretrain", pre, dist),
@@ -203,6 +225,8 @@ def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> Non
     from vitc.weights.export import export_weights
 
     export_weights(layout.run(stage), layout.weights(stage))
+    if stage in layout.ema_stages:
+        export_weights(layout.run(stage), layout.weights(stage, ema=True), ema=True)
     if stage == "pretrain":
         from vitc.data.shards.manifest import resolve_shards
 
@@ -212,12 +236,19 @@ def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> Non
 
 
 def _eval_stage(layout: Layout, ft: Config, dist: DistEnv, result: PipelineResult) -> None:
+    """Evaluate the finetuned raw weights and, when the run keeps one, its EMA (the reported
+    number, the top level of eval.json)."""
     from vitc.engine.evaluate import evaluate_weights
 
-    weights = str(layout.weights("finetune"))
-    accuracy = evaluate_weights(replace(ft, eval=replace(ft.eval, weights=weights)), dist)
-    result.eval = {"top1": accuracy.top1, "top5": accuracy.top5, "count": accuracy.count,
-                   "weights": weights}
+    found = {}
+    for ema in (False, True) if "finetune" in layout.ema_stages else (False,):
+        weights = str(layout.weights("finetune", ema=ema))
+        accuracy = evaluate_weights(replace(ft, eval=replace(ft.eval, weights=weights)), dist)
+        found["ema" if ema else "raw"] = {"top1": accuracy.top1, "top5": accuracy.top5,
+                                          "count": accuracy.count, "weights": weights}
+    reported = found.get("ema", found["raw"])
+    result.eval = {**reported, "reported": "ema" if "ema" in found else "raw",
+                   "ema": found.get("ema"), "raw": found["raw"]}
     if dist.is_main:
         atomic_write_text(layout.eval, json.dumps(result.eval, indent=1) + "\n")
     return None

@@ -47,7 +47,9 @@ class TrainChild:
         if self.log_file is not None:
             self.log_file.close()
         code, outcome = self.process.returncode, read_outcome(self.run_dir)
-        if outcome is None or (code != 0 and outcome.status not in FAILURES):
+        # a run that saved after a signal and was not requeued exits 128 + the signal (vitc.cli)
+        saved_after_signal = outcome is not None and outcome.status == "preempted" and code > 128
+        if outcome is None or (code != 0 and outcome.status not in FAILURES and not saved_after_signal):
             where = f"; see {self.log_path}" if self.log_path is not None else ""
             outcome = RunOutcome("failed", None, None, 0, None, None,
                                  f"`vitc train {self.config_path}` ended with exit code {code} and "

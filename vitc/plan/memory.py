@@ -82,6 +82,9 @@ class ZeroSetup:
     buckets_reserved: bool = True  # GPU: the caching allocator keeps them; CPU: pages come and go
     ema: bool = False  # an fp32 EMA of the weights (optim.ema_alpha > 0)
     gloo: bool = False  # CPU: collectives on gloo, whose reduce-scatter copies its input (module docstring)
+    # ZeRO-1/2 buckets hold the gradients in the accumulation dtype when it differs from the
+    # parameters' (stage_1_and_2.py `_gradient_reduction_buffer_dtype`); None: the table's rule
+    grad_accum_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in (0, 1, 2, 3):
@@ -185,6 +188,8 @@ def bucket_bytes(params: int, setup: ZeroSetup) -> int:
     if setup.stage == 0:
         return min(params, ALLREDUCE_BUCKET_ELEMENTS) * p
     bucket_dtype_bytes = 4 if setup.stage == 1 else p  # ZeRO-1 stages the fp32 accumulator
+    if setup.grad_accum_dtype is not None and setup.stage < 3:
+        bucket_dtype_bytes = PARAM_BYTES[setup.grad_accum_dtype]
     bucket = min(params, setup.reduce_bucket_size)
     # ZeRO-1/2 without contiguous_gradients flatten each bucket to reduce it (stage_1_and_2.py
     # `buffered_reduce_fallback`): as much memory, held briefly; ZeRO-3 reduces the gradients where

@@ -11,11 +11,19 @@ from vitc.errors import VitcError
 from vitc.models.cost import largest_layer_params, model_cost
 from vitc.models.spec import ViTSpec
 from vitc.plan.activations import Activations, activation_memory
-from vitc.plan.comm import CommVolume, comm_time, zero_comm_volume
+from vitc.plan.comm import CommVolume, StepTime, comm_time, comm_volume, step_time
+from vitc.plan.deepspeed_model import DeepSpeedModel
 from vitc.plan.gpus import GpuSpec
-from vitc.plan.memory import (HostProcess, ModelStates, ZeroSetup, deepspeed_model_states_bytes, host_process,
-                              model_states, step_peak)
-from vitc.plan.throughput import RunTime, compute_time, run_time, step_time, train_flops_per_step
+from vitc.plan.memory import (
+    HostProcess,
+    ModelStates,
+    ZeroSetup,
+    deepspeed_model_states_bytes,
+    host_process,
+    model_states,
+    step_peak,
+)
+from vitc.plan.throughput import RunTime, compute_time, run_time, train_flops_per_step
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,11 @@ class RunSetup:
     act_checkpoint: bool
     epochs: int
     dataset_size: int | None
-    mfu: float
-    overlap: bool
-    reduce_bucket_size: int
-    allgather_bucket_size: int
+    mfu: float  # the share of peak the forward/backward kernels reach while nothing waits
+    overlap: bool  # the cluster lets communication run beside compute (`--no-overlap`: it does not)
+    deepspeed: DeepSpeedModel  # read from the dict the engine passes to deepspeed.initialize
     lr: float  # optim.base_lr scaled to the global batch (vitc.run.scaled_lr)
+    fused_optimizer: bool = False  # optim.fused as the engine resolves it (vitc/engine/optim.py)
     ema: bool = False  # optim.ema_alpha > 0: an fp32 EMA of the weights
     loader_workers: int = 0  # data.workers
 
@@ -63,13 +71,23 @@ class RunSetup:
         return self.micro_batch * self.grad_accum * self.world_size
 
     @property
+    def reduce_bucket_size(self) -> int:
+        return self.deepspeed.reduce_bucket_size
+
+    @property
+    def allgather_bucket_size(self) -> int:
+        return self.deepspeed.allgather_bucket_size
+
+    @property
     def zero(self) -> ZeroSetup:
-        on_gpu = self.gpu.kind == "gpu"  # the engine's `auto` choices (vitc.engine.runtime, optim)
-        return ZeroSetup(self.zero_stage, self.precision, self.world_size, self.optimizer,
-                         self.reduce_bucket_size, self.allgather_bucket_size, overlap_comm=on_gpu,
-                         contiguous_gradients=on_gpu,
-                         fused_optimizer=on_gpu and self.optimizer == "adamw", buckets_reserved=on_gpu,
-                         ema=self.ema, gloo=not on_gpu)
+        on_gpu = self.gpu.kind == "gpu"  # the device's facts: the caching allocator, NCCL vs gloo
+        ds = self.deepspeed
+        # the parameters' dtype is DeepSpeed's (ZeRO-0 bf16 runs torch.autocast over fp32 parameters)
+        return ZeroSetup(self.zero_stage, ds.param_dtype, self.world_size, self.optimizer,
+                         ds.reduce_bucket_size, ds.allgather_bucket_size, overlap_comm=ds.overlap_comm,
+                         contiguous_gradients=ds.contiguous_gradients,
+                         fused_optimizer=self.fused_optimizer, buckets_reserved=on_gpu,
+                         ema=self.ema, gloo=not on_gpu, grad_accum_dtype=ds.grad_accum_dtype)
 
 
 @dataclass(frozen=True)
@@ -102,13 +120,31 @@ class Plan:
     train_flops: int  # per optimizer step, all GPUs: 3 × forward × global batch
     compute_s: float
     comm: CommVolume
-    comm_s: float
-    step_s: float
+    comm_s: float  # all of the traffic, hidden or not
+    step: StepTime
     run: RunTime
+
+    @property
+    def step_s(self) -> float:
+        return self.step.total_s
+
+    @property
+    def exposed_comm_s(self) -> float:
+        return self.step.exposed_comm_s
+
+    @property
+    def data_wait_s(self) -> float:
+        return self.step.data_wait_s
 
     @property
     def compute_share(self) -> float:
         return self.compute_s / self.step_s
+
+    @property
+    def mfu(self) -> float:
+        """Model flops over the step's wall time and the peak: the kernels' share of peak while
+        computing (the setup's assumption) times the share of the step spent computing."""
+        return self.setup.mfu * self.compute_share
 
 
 def plan_memory(setup: RunSetup, params: int) -> MemoryPlan:
@@ -144,12 +180,23 @@ def plan_run(setup: RunSetup) -> Plan:
     memory = plan_memory(setup, cost.params)
     images_per_gpu = setup.micro_batch * setup.grad_accum
     compute_s = compute_time(cost.flops, images_per_gpu, setup.gpu.peak_flops(setup.precision), setup.mfu)
-    comm = zero_comm_volume(cost.params, setup.zero_stage, setup.precision, setup.world_size, setup.grad_accum)
-    comm_s = comm_time(comm, setup.gpu, setup.nodes)
-    step_s = step_time(compute_s, comm_s, setup.overlap, setup.zero_stage)
+    comm = comm_volume(cost.params, setup.deepspeed, setup.world_size, setup.grad_accum)
+    step = step_time(compute_s, comm, setup.gpu, setup.nodes, setup.overlap)
     return Plan(setup, cost.params, cost.flops, memory,
-                train_flops_per_step(cost.flops, setup.global_batch), compute_s, comm, comm_s, step_s,
-                run_time(step_s, setup.global_batch, setup.world_size, setup.dataset_size, setup.epochs))
+                train_flops_per_step(cost.flops, setup.global_batch), compute_s, comm,
+                comm_time(comm, setup.gpu, setup.nodes), step,
+                run_time(step.total_s, setup.global_batch, setup.world_size, setup.dataset_size, setup.epochs))
+
+
+def with_loader(plan: Plan, node_images_per_s: float) -> Plan:
+    """`plan` with the data wait of a loader that delivers `node_images_per_s` per node at most:
+    the GPUs wait for whatever part of a step's images it has not made in the step's time."""
+    s = plan.setup
+    loader_s = s.global_batch / s.nodes / node_images_per_s
+    wait = max(0.0, loader_s - plan.step.compute_s - plan.step.exposed_comm_s)
+    step = dataclasses.replace(plan.step, data_wait_s=wait)
+    return dataclasses.replace(plan, step=step, run=run_time(step.total_s, s.global_batch, s.world_size,
+                                                               s.dataset_size, s.epochs))
 
 
 def check_fits(plan: Plan) -> Plan:

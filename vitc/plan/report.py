@@ -13,16 +13,19 @@ GIB = 2**30
 
 def assumptions(s: RunSetup) -> list[str]:
     gpu = s.gpu
-    overlap = ("communication overlapped (DeepSpeed overlap_comm): hidden behind backward (2/3 of the "
-               "compute), at ZeRO-3 behind all of it; step = compute + what is not hidden"
-               if s.overlap else "communication not overlapped: step = compute + comm")
+    overlap = ("what DeepSpeed reduces from backward hooks with overlap_comm hides behind backward (2/3 "
+               "of the compute; at ZeRO-1 the last micro-batch's only), except each backward's last "
+               "reduce bucket; ZeRO-3's prefetched gathers hide behind all of it; step = compute + what "
+               "is not hidden + data wait" if s.overlap else "communication not overlapped (--no-overlap): "
+               "step = compute + comm + data wait")
     return [
         f"GPU '{gpu.name}': {gpu.description}; peak {s.precision} {gpu.peak_tflops[s.precision]} TFLOP/s, "
         f"{gpu.memory_gib:g} GiB, {gpu.runtime_gib:g} GiB taken by the runtime before the model",
-        f"MFU {s.mfu:g} of peak; the audit's forward flops count a multiply-add as 1, the peak as 2; "
+        f"the kernels reach {s.mfu:g} of peak while computing (--mfu); the audit's forward flops count a multiply-add as 1, the peak as 2; "
         "training = 3 × forward (checkpointing's recompute is not model flops: it lowers the MFU reached)",
         f"communication: ring collectives at {gpu.intra_node_gbps:g} GB/s per GPU within a node, "
         f"{gpu.inter_node_gbps:g} GB/s once the job spans nodes, no latency term; {overlap}",
+        f"engine: {s.deepspeed.describe()} (read from vitc.deepspeed_config's dict; vitc/plan/deepspeed_model.py)",
         f"memory: DeepSpeed's allocations for ZeRO-{s.zero_stage} {s.precision} with {s.optimizer} "
         "(vitc/plan/memory.py); activations = what autograd saves (vitc/models/cost.py saved_elements); "
         "allocator fragmentation and data-loader buffers not counted",
@@ -104,15 +107,51 @@ def _step_lines(plan: Plan) -> list[str]:
     parts = ", ".join(f"{name} {value / 1e9:.3g}" for name, value in
                       (("all-reduce", c.all_reduce), ("reduce-scatter", c.reduce_scatter),
                        ("all-gather", c.all_gather)) if value) or "none"
+    step = plan.step_s
     return [
         "per step",
         f"  training flops, 3 × forward × {s.global_batch} images: {plan.train_flops:.4g} multiply-adds",
-        f"  compute per GPU at MFU {s.mfu:g}: {plan.compute_s:.4g} s",
-        f"  ZeRO-{s.zero_stage} traffic per GPU: {c.total / 1e9:.4g} GB ({parts})",
-        f"  communication at {_link(s)}: {plan.comm_s:.4g} s",
-        f"  step ({'overlapped' if s.overlap else 'not overlapped'}): {plan.step_s:.4g} s, "
-        f"compute {plan.compute_share:.0%} of it",
+        f"  ZeRO-{s.zero_stage} traffic per GPU: {c.total / 1e9:.4g} GB ({parts}), "
+        f"{c.exposed / 1e9:.3g} GB of it where nothing can hide it",
+        f"  communication at {_link(s)}: {plan.comm_s:.4g} s in all",
+        f"  step {step:.4g} s = compute {plan.compute_s:.4g} s ({plan.compute_s / step:.0%}, kernels at "
+        f"{s.mfu:g} of peak) + exposed communication {plan.exposed_comm_s:.4g} s "
+        f"({plan.exposed_comm_s / step:.0%}) + data wait {plan.data_wait_s:.4g} s ({plan.data_wait_s / step:.0%})",
+        f"  predicted MFU {plan.mfu:.1%} (= {s.mfu:g} × compute share {plan.compute_share:.0%}); {limit(plan)}",
     ]
+
+
+def limit(plan: Plan) -> str:
+    """Which assumption holds the predicted MFU down, with its numbers."""
+    s = plan.setup
+    losses = {"exposed communication": plan.exposed_comm_s, "data wait": plan.data_wait_s}
+    worst = max(losses, key=losses.get)
+    kernel = (f"limited by the kernels' assumed {s.mfu:g} of peak (--mfu): at most {s.mfu:.0%} even "
+              "with nothing exposed")
+    if losses[worst] <= 0.05 * plan.step_s:
+        return kernel
+    what = {"exposed communication": _exposed_what(plan), "data wait": "the CPU loader (see data loading)"}[worst]
+    return (f"limited by {worst}, {losses[worst] / plan.step_s:.0%} of the step: {what}; and by the "
+            f"kernels' assumed {s.mfu:g} of peak (--mfu)")
+
+
+def _exposed_what(plan: Plan) -> str:
+    ds, c = plan.setup.deepspeed, plan.comm
+    if not ds.zero_optimizer:
+        return f"{ds.wrapper} all-reduces {ds.comm_dtype} gradients after backward, not overlapped"
+    parts = []
+    if ds.stage < 3 and c.all_gather:
+        parts.append(f"the all-gather of the updated {ds.param_dtype} parameters after the optimizer step "
+                     f"({c.all_gather / 1e9:.3g} GB)")
+    if not ds.reduction_overlaps_backward:
+        parts.append("gradient reductions not overlapped (zero_optimization.overlap_comm is off)")
+    elif ds.reduce_bucket_size >= plan.params:
+        parts.append(f"reduce_bucket_size {ds.reduce_bucket_size:,} ≥ the model's {plan.params:,} "
+                     "parameters, so the reduction starts after backward")
+    else:
+        parts.append(f"each backward's last reduce bucket ({ds.reduce_bucket_size:,} elements in "
+                     f"{ds.comm_dtype}) and what backward is too short to hide")
+    return "; ".join(parts)
 
 
 def _run_lines(plan: Plan) -> list[str]:
@@ -191,6 +230,7 @@ def to_json(plan: Plan | None) -> dict | None:
     if plan is None:
         return None
     data = _finite(dataclasses.asdict(plan))
+    data.update(step_s=plan.step_s, mfu=plan.mfu, limit=limit(plan))
     data["memory"]["total"] = plan.memory.total
     data["memory"]["fits"] = plan.memory.fits
     data["assumptions"] = assumptions(plan.setup)

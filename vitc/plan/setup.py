@@ -4,7 +4,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitc.config import load_config
+from vitc.deepspeed_config import deepspeed_config
 from vitc.errors import VitcError
+from vitc.plan.deepspeed_model import DeepSpeedModel
 from vitc.plan.gpus import DEFAULT_GPUS_FILE, get_gpu
 from vitc.plan.planner import RunSetup
 from vitc.run import resolve_run
@@ -54,9 +56,16 @@ def run_setup(cfg: Config, cluster: Cluster) -> RunSetup:
         spec=run.spec, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node,
         micro_batch=run.micro_batch, grad_accum=run.grad_accum, zero_stage=run.zero_stage,
         precision=run.precision, optimizer=cfg.optim.name, act_checkpoint=cfg.model.act_checkpoint,
-        epochs=cfg.schedule.epochs, dataset_size=size, mfu=cluster.mfu,
-        # DeepSpeed's overlap_comm, as the run's ZeRO section sets it (on GPUs unless passed through)
-        overlap=cluster.overlap and bool(run.zero.get("overlap_comm", run.on_gpu)),
-        reduce_bucket_size=int(run.zero.get("reduce_bucket_size", cfg.train.reduce_bucket_size)),
-        allgather_bucket_size=int(run.zero.get("stage3_prefetch_bucket_size", cfg.train.allgather_bucket_size)),
-        lr=run.lr, ema=cfg.optim.ema_alpha > 0, loader_workers=cfg.data.workers)
+        epochs=cfg.schedule.epochs, dataset_size=size, mfu=cluster.mfu, overlap=cluster.overlap,
+        # the very dict the engine passes to deepspeed.initialize, and what DeepSpeed makes of it
+        deepspeed=DeepSpeedModel.from_config(deepspeed_config(run)),
+        lr=run.lr, fused_optimizer=fused_adamw(cfg, run.on_gpu), ema=cfg.optim.ema_alpha > 0,
+        loader_workers=cfg.data.workers)
+
+
+def fused_adamw(cfg: Config, on_gpu: bool) -> bool:
+    """Whether the engine builds a fused AdamW (vitc/engine/optim.py: `optim.fused`, `auto` = on GPU);
+    SGD is never fused."""
+    if cfg.optim.name != "adamw":
+        return False
+    return on_gpu if cfg.optim.fused == "auto" else bool(cfg.optim.fused)

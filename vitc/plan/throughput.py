@@ -31,18 +31,6 @@ def compute_time(forward_flops: int, images_per_gpu: int, peak_flops: float, mfu
     return train_flops_per_step(forward_flops, images_per_gpu) * FLOPS_PER_MULTIPLY_ADD / (peak_flops * mfu)
 
 
-def step_time(compute_s: float, comm_s: float, overlap: bool, zero_stage: int) -> float:
-    """Compute plus the communication that compute cannot hide.
-
-    Overlapped (DeepSpeed's overlap_comm), gradient reductions hide behind backward (2/3 of the
-    compute); ZeRO-3 also prefetches the parameter gathers during forward, so all of it can hide.
-    """
-    if not overlap:
-        return compute_s + comm_s
-    window = compute_s if zero_stage == 3 else compute_s * 2 / TRAIN_FACTOR
-    return compute_s + max(0.0, comm_s - window)
-
-
 @dataclass(frozen=True)
 class RunTime:
     """A run of `epochs` epochs over `dataset_size` images (the trainer drops the last partial step)."""

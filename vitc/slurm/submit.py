@@ -66,15 +66,7 @@ def slurm_seconds(time: str) -> int:
 
 def check_slurm_config(slurm: SlurmConfig) -> None:
     """Reject an allocation sbatch would refuse or that could not checkpoint before its limit."""
-    if slurm.nodes < 1:
-        raise VitcError(f"slurm.nodes / --nodes: expected at least 1 node, got {slurm.nodes}")
-    if slurm.gpus_per_node < 0:
-        raise VitcError(f"slurm.gpus_per_node / --gpus-per-node: expected 0 (CPU) or more GPUs, "
-                        f"got {slurm.gpus_per_node}")
-    if slurm.cpus_per_task < 1:
-        raise VitcError(f"slurm.cpus_per_task: expected at least 1, got {slurm.cpus_per_task}")
-    if slurm.exit_wait_s < 1:
-        raise VitcError(f"slurm.exit_wait_s: expected at least 1 second, got {slurm.exit_wait_s}")
+    # the ranges of single keys (nodes >= 1, exit_wait_s >= 1, ...) are the schema's (vitc.schema)
     limit = slurm_seconds(slurm.time)
     if not 0 < slurm.signal_seconds < limit:
         raise VitcError(f"slurm.signal_seconds: the preemption signal must come after the start and "
@@ -93,8 +85,7 @@ def check_slurm_config(slurm: SlurmConfig) -> None:
 
 def sbatch_options(slurm: SlurmConfig, log_pattern: str) -> str:
     """The `#SBATCH` lines for the allocation: nodes x tasks (one per GPU, or one CPU task)."""
-    tasks = slurm.gpus_per_node or 1
-    options = [f"--nodes={slurm.nodes}", f"--ntasks-per-node={tasks}",
+    options = [f"--nodes={slurm.nodes}", f"--ntasks-per-node={slurm.tasks_per_node}",
                f"--cpus-per-task={slurm.cpus_per_task}", f"--time={slurm.time}",
                f"--output={log_pattern}", f"--signal=B:USR1@{slurm.signal_seconds}"]
     if slurm.gpus_per_node:
@@ -158,10 +149,10 @@ def render_sweep_script(list_path: Path, count: int, slurm: SlurmConfig, name: s
 
 
 def resolve_submission(config: str | Path, overrides: list[str], **allocation) -> Config:
-    """The run's config with CLI allocation flags (nodes=..., time=...; None = keep) applied."""
-    cfg = load_config(config, overrides)
-    changed = {k: v for k, v in allocation.items() if v is not None}
-    cfg = dataclasses.replace(cfg, slurm=dataclasses.replace(cfg.slurm, **changed))
+    """The run's config with CLI allocation flags (nodes=..., time=...; None = keep) applied as
+    `slurm.KEY=VALUE` overrides after the others, so the schema checks a flag as it checks the key."""
+    flags = [f"slurm.{k}={json.dumps(v)}" for k, v in allocation.items() if v is not None]  # JSON is YAML
+    cfg = load_config(config, [*overrides, *flags])
     check_slurm_config(cfg.slurm)
     return cfg
 
@@ -178,6 +169,7 @@ def submit(cfg: Config, dry_run: bool = False, workdir: Path | None = None) -> S
     result = Submission(script, run_dir, config_path, script_path)
     if not dry_run:
         _check_same_model(config_path, cfg)
+        _require_sbatch()  # before anything is written
         atomic_write_text(config_path, dump_config(cfg))
         atomic_write_text(script_path, script)
         result.job_id = _sbatch(script_path)
@@ -195,17 +187,21 @@ def submit_sweep(config_paths: list[Path], sweep_dir: Path, slurm: SlurmConfig, 
                                  sweep_dir / "slurm", parallel, (workdir or Path.cwd()).resolve())
     result = Submission(script, sweep_dir, list_path, script_path)
     if not dry_run:
+        _require_sbatch()
         atomic_write_text(list_path, "".join(f"{Path(p).resolve()}\n" for p in config_paths))
         atomic_write_text(script_path, script)
         result.job_id = _sbatch(script_path)
     return result
 
 
+def _require_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise VitcError("sbatch not found on PATH: submit from a Slurm login node, or use --dry-run "
+                        "to see the job script (nothing was written)")
+
+
 def _sbatch(script_path: Path) -> str:
     """Submit; record the job id in jobs.txt beside the script (one per line, newest last)."""
-    if shutil.which("sbatch") is None:
-        raise VitcError("sbatch not found: submit from a Slurm login node, or use --dry-run to "
-                        "see the job script")
     proc = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise VitcError(f"sbatch refused {script_path}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -267,12 +263,18 @@ class JobStatus:
         return line + (f"  [{self.source}]" if self.source else "")
 
 
+RUN_FILES = ("slurm/jobs.txt", "config.yaml", "metrics.jsonl", "outcome.json")  # one of them: a run directory
+
+
 def job_status(run_dir: str | Path) -> JobStatus:
     """The newest job submitted for `run_dir`, asked of scontrol, else sacct, else squeue."""
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise VitcError(f"run dir not found: {run_dir}")
     jobs_file = run_dir / "slurm" / "jobs.txt"
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise VitcError(f"{run_dir} is not a run directory (none of {', '.join(RUN_FILES)}): expected the "
+                        "train.run_dir of a config given to `vitc slurm submit`")
     job_ids = jobs_file.read_text().split() if jobs_file.exists() else []
     status = JobStatus(run_dir, job_ids[-1] if job_ids else None, last_step=last_logged_step(run_dir))
     logs = [p for pattern in (f"*-{status.job_id}.out", f"*-{status.job_id}_*.out")  # job, array

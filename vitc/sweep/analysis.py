@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vitc.errors import VitcError
-from vitc.sweep.make import RESULTS_CSV
-from vitc.sweep.make import read_table
+from vitc.sweep.make import RESULTS_CSV, read_table
 
 COLUMNS = ("id", "model", "stem", "optimizer", "lr", "weight_decay", "status", "best_ema_top1")
 DIVERGED_ERROR = 100.0  # the paper counts a diverged run as 100 % error
@@ -76,7 +75,9 @@ class Curve:
     stem: str
     optimizer: str
     runs: list[SweepRun]
-    model_best: float | None  # best error of the model over both optimizers: Δerror's origin
+    # best error of this model with this optimizer: Δerror's origin (the paper's EDFs of Δ, §5.3,
+    # are per model and optimizer, each curve against its own best run)
+    curve_best: float | None
 
     @property
     def label(self) -> str:
@@ -89,8 +90,9 @@ class Curve:
 
     @property
     def deltas(self) -> list[float]:
-        """Δerror against the best run of the model (the paper's EDFs plot Δtop-1 error, §5.3)."""
-        return [e - self.model_best for e in self.errors]
+        """Δerror against the curve's own best run (the paper's EDFs plot Δtop-1 error per model and
+        optimizer, §5.3)."""
+        return [e - self.curve_best for e in self.errors]
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.runs)
@@ -105,10 +107,10 @@ def curves(runs: list[SweepRun]) -> list[Curve]:
     best = {}
     for r in runs:
         if r.error is not None:
-            best[r.model] = min(best.get(r.model, math.inf), r.error)
+            best[r.model, r.optimizer] = min(best.get((r.model, r.optimizer), math.inf), r.error)
     keys = list(dict.fromkeys((r.model, r.optimizer) for r in runs))
     return [Curve(model, next(r.stem for r in runs if r.model == model), optimizer,
-                  [r for r in runs if (r.model, r.optimizer) == (model, optimizer)], best.get(model))
+                  [r for r in runs if (r.model, r.optimizer) == (model, optimizer)], best.get((model, optimizer)))
             for model, optimizer in keys]
 
 

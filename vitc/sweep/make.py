@@ -26,7 +26,7 @@ import numpy as np
 from vitc.config import dump_config, load_config, model_spec, read_yaml, save_config
 from vitc.errors import VitcError, did_you_mean
 from vitc.fileio import atomic_write_text
-from vitc.run import grad_accum, scaled_lr
+from vitc.run import resolve_run
 from vitc.schema import Config
 
 RUNS_CSV = "runs.csv"
@@ -146,19 +146,13 @@ def sample_runs(spec: SweepSpec, stems: dict[str, str]) -> list[RunSetting]:
     return runs
 
 
-def global_batch(cfg: Config) -> int:
-    """Images per optimizer step of a sweep run, by the trainer's rule (vitc.run.grad_accum) on the
-    ranks `vitc sweep run --slurm` starts for it (slurm.nodes × slurm.gpus_per_node, one CPU task
-    per node when gpus_per_node is 0; vitc/slurm/submit.py). A local `vitc sweep run` trains each run
-    in one process: give such sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
-    world = cfg.slurm.nodes * (cfg.slurm.gpus_per_node or 1)
-    return cfg.train.micro_batch * grad_accum(cfg.train, world) * world
-
-
 def plan_run(setting: RunSetting, cfg: Config) -> RunPlan:
-    """The runs.csv row of `setting`, whose config is `cfg`."""
-    batch = global_batch(cfg)
-    return RunPlan(**asdict(setting), global_batch=batch, scaled_lr=scaled_lr(cfg.optim, batch),
+    """The runs.csv row of `setting`, whose config is `cfg`: its global batch and lr as the trainer
+    resolves them (vitc.run) on the ranks `vitc sweep run --slurm` starts for it
+    (`slurm.world_size`). A local `vitc sweep run` trains each run in one process: give such
+    sweeps slurm.gpus_per_node=0 and slurm.nodes=1 to keep runs.csv true."""
+    run = resolve_run(cfg, cfg.slurm.world_size, shards=(), count_classes=False)  # data may live elsewhere
+    return RunPlan(**asdict(setting), global_batch=run.global_batch, scaled_lr=run.lr,
                    config=f"configs/{setting.id}.yaml")
 
 
@@ -192,6 +186,7 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
     settings = sample_runs(spec, stems)
     configs = {s.id: run_config(spec, s, sweep_dir, list(overrides)) for s in settings}
     runs = [plan_run(s, configs[s.id]) for s in settings]
+    check_sweep_requirements(configs)  # before anything is written
     changed = changed_runs(sweep_dir, runs, configs)
     if changed and not force:
         raise VitcError(f"{sweep_dir} was made with other settings: run {changed[0]} would change "
@@ -202,6 +197,20 @@ def make_sweep(spec_path: str | Path, sweep_dir: str | Path, overrides: list[str
         save_config(configs[plan.id], sweep_dir / plan.config)
     atomic_write_text(sweep_dir / RUNS_CSV, runs_table(runs))  # last: a directory with runs.csv has all its configs
     return runs
+
+
+def check_sweep_requirements(configs: dict[str, Config]) -> None:
+    """A sweep's error is its EMA model's best evaluation (vitc/sweep/analysis.py): every run must
+    keep an EMA and evaluate it, or `vitc sweep collect` refuses the sweep after it was trained."""
+    for run_id, cfg in configs.items():
+        if cfg.optim.ema_alpha <= 0:
+            raise VitcError(f"sweep run {run_id}: optim.ema_alpha is {cfg.optim.ema_alpha:g}, but a sweep's "
+                            "error is its EMA model's: set optim.ema_alpha > 0 (e.g. 1e-5) in the spec's "
+                            "overrides or the model configs")
+        if cfg.eval.every_epochs == 0 or cfg.data.val_shards is None:
+            raise VitcError(f"sweep run {run_id}: the EMA model is never evaluated (eval.every_epochs="
+                            f"{cfg.eval.every_epochs}, data.val_shards={cfg.data.val_shards}): a sweep's "
+                            "error is its EMA model's best evaluation")
 
 
 def changed_runs(sweep_dir: Path, runs: list[RunPlan], configs: dict[str, Config]) -> list[str]:

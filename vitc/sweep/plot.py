@@ -9,13 +9,13 @@ curve below 1), crashed runs and runs without an outcome yet are left out.
 
 import csv
 import io
-import os
+import math
 from pathlib import Path
 
 import numpy as np
 
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_text
+from vitc.fileio import atomic_output, atomic_write_text
 from vitc.sweep.analysis import DIVERGED_ERROR, Curve, curves, load_runs
 from vitc.sweep.edf import edf, error_thresholds
 
@@ -38,6 +38,9 @@ def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: flo
              name: str = "edf") -> tuple[Path, Path]:
     """Write <name>.png (the report's EDF of error) and <name>.csv (error threshold, EDF of each
     curve) into `out_dir` (default: the sweep directory); returns their paths."""
+    if not (math.isfinite(step) and 0 < step <= 100):
+        raise VitcError(f"vitc sweep plot --step: expected an error resolution in percent, > 0 and <= 100, "
+                        f"got {step:g}")
     found = [c for c in curves(load_runs(sweep_dir)) if c.errors]
     if not found:
         raise VitcError(f"{sweep_dir}: no run has finished or diverged yet: nothing to plot")
@@ -50,12 +53,11 @@ def plot_edf(sweep_dir: str | Path, out_dir: str | Path | None = None, step: flo
 
 def save_png(fig, path: Path) -> None:
     """Write the figure to PATH atomically (temp name + rename) and close it."""
-    plt = pyplot()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
 
 
 def model_colours(stems: dict[str, str]) -> dict[str, str]:
@@ -128,7 +130,7 @@ def lr_wd_figure(curves: list[Curve], ranges: dict[str, dict | None], clip: floa
         counted = [r for r in c.runs if r.error is not None and r.error < DIVERGED_ERROR]
         diverged = [r for r in c.runs if r.status == "diverged"]
         scatter = ax.scatter([r.lr for r in counted], [r.weight_decay for r in counted], s=18,
-                             c=[min(r.error - c.model_best, clip) for r in counted], cmap="viridis",
+                             c=[min(r.error - c.curve_best, clip) for r in counted], cmap="viridis",
                              vmin=0.0, vmax=clip)
         ax.scatter([r.lr for r in diverged], [r.weight_decay for r in diverged], marker="x", s=18, color="tab:red")
         # runs without an error (crashed, not run yet) as grey rings: where the sweep has no answer,

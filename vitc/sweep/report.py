@@ -77,7 +77,7 @@ def render(title: str, found: list[Curve], ranges: dict) -> str:
         '<p class="note">Error: 100 − the best top-1 of the run\'s EMA model over its evaluations. '
         "Diverged runs count as 100 % error; crashed runs (the process failed after its retries) "
         "and runs without an outcome yet are left out of the curves. Δ: error minus the best error "
-        "of the same model over both optimizers; Δ&lt;k is the share of counted runs (finished and "
+        "of the same model with the same optimizer (the paper's §5.3); Δ&lt;k is the share of counted runs (finished and "
         "diverged) within k points of it.</p>",
         "<h2>EDF of top-1 error</h2>", _img("EDF of error", edf_figure(found, False)),
         "<h2>EDF of Δtop-1 error</h2>", _img("EDF of Δerror", edf_figure(found, True)),

@@ -18,11 +18,13 @@ outcome.
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitc.config import load_config
+from vitc.distributed.signals import Interrupted
 from vitc.errors import VitcError
 from vitc.outcome import RunOutcome, read_outcome
 from vitc.sweep.make import RunPlan, read_runs
@@ -76,6 +78,7 @@ def run_local(sweep_dir: str | Path, retries: int = RETRIES, jobs: int = 1) -> d
         raise VitcError(f"vitc sweep run: --jobs must be >= 1, got {jobs}")
     sweep_dir = Path(sweep_dir)
     todo = pending_runs(sweep_dir)
+    check_pending(sweep_dir, todo)
     log.info("sweep %s: %d runs, %d to train, %d at a time", sweep_dir, len(read_runs(sweep_dir)), len(todo), jobs)
     threads, outcomes, start = threads_per_run(jobs), {}, time.perf_counter()
     running: dict[str, tuple[RunPlan, "TrainChild", int]] = {}  # id -> (plan, child, retries used)
@@ -98,9 +101,34 @@ def run_local(sweep_dir: str | Path, retries: int = RETRIES, jobs: int = 1) -> d
                 eta = (time.perf_counter() - start) / len(outcomes) * (len(todo) + len(running)) / jobs
                 log.info("[%d/%d] %s: %s; eta %.0f s", len(outcomes), len(outcomes) + len(todo) + len(running),
                          plan.id, outcome.describe(), eta)
-    if received:  # the signal was meant for the sweep: the same command resumes it
-        log.warning("sweep %s stopped by a signal; run the same command to continue", sweep_dir)
+    if received:  # the signal was meant for the sweep: the same command resumes it (exit 128 + signal)
+        raise Interrupted(f"sweep {sweep_dir} stopped by a signal ({signal.Signals(received[0]).name}); run "
+                          "the same command to continue", received[0])
     return outcomes
+
+
+def check_pending(sweep_dir: Path, todo: list[RunPlan]) -> None:
+    """Every run's config and inputs (shards, manifests, init_from), before the first run starts: a
+    bad one is one line now, not a crash retried `retries` times after the runs before it trained."""
+    from vitc.distributed.env import discover
+    from vitc.preflight import check_run_inputs
+
+    world_size = discover().world_size
+    for plan in todo:
+        try:
+            check_run_inputs(load_config(Path(sweep_dir) / plan.config), world_size)
+        except VitcError as e:
+            raise VitcError(f"sweep run {plan.id} ({plan.config}): {e}") from None
+
+
+def failed_summary(outcomes: dict[str, RunOutcome]) -> str | None:
+    """One line naming the runs that failed (crashed after their retries), or None."""
+    failed = sorted(run_id for run_id, o in outcomes.items() if o.status == "failed")
+    if not failed:
+        return None
+    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    return (f"{len(failed)} of {len(outcomes)} runs failed ({shown}); see runs/<id>/{TRAIN_LOG}, then "
+            "run the same command to retry them")
 
 
 def slurm_array(sweep_dir: str | Path, max_concurrent: int, dry_run: bool = False) -> tuple[str, str | None, int]:

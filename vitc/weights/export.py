@@ -1,15 +1,18 @@
 """`vitc export`: a run's newest intact checkpoint -> one safetensors file a plain model loads.
 
-The weights exported are the fp32 master weights, never the bf16/fp16 working copy in the
-checkpoint's `module`: ZeRO partitions (`zero_pp_rank_*`) are consolidated by DeepSpeed's own
-`zero_to_fp32`; a ZeRO-1 bf16 run (DeepSpeed's BF16_Optimizer, chosen for fp32 gradient
-accumulation) keeps its fp32 masters as flat per-rank partitions (`bf16_zero_pp_rank_*`), merged
-here by their `param_slice_mappings`; a ZeRO-0 run trains fp32 parameters (bf16 through
-torch.autocast, vitc/deepspeed_config.py), so its `module` is the masters, read with
-`torch.load(weights_only=True)`. The output is safetensors, so loading weights (`load_weights`)
-never unpickles anything.
+The weights exported are the fp32 master weights. Every ZeRO checkpoint (stages 1-3, any
+precision) is consolidated by DeepSpeed's own `zero_to_fp32` from the optimizer's fp32 partitions,
+frozen parameters included (their module copy is fp32: vitc trains fp32 parameters under autocast,
+vitc/deepspeed_config.py). A ZeRO-0 checkpoint's `module` is the masters, read with
+`torch.load(weights_only=True)`. Checkpoints written before that numeric model, by DeepSpeed's
+ZeRO-1 `BF16_Optimizer` (`bf16_zero_pp_rank_*` beside one `mp_rank_00_model_states.pt`), keep
+their masters in a form `zero_to_fp32` does not read; they are merged here by their
+`param_slice_mappings`. The output is safetensors, so loading weights (`load_weights`) never
+unpickles anything.
 """
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -39,15 +42,12 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
     tag_dir = checkpoint.checkpoint_root(run_dir) / info.tag
     if ema:  # one file (ZeRO 0-2) or one shard per rank (ZeRO-3), joined
         return full_ema_state(tag_dir), info
-    if any(tag_dir.glob("bf16_zero_pp_rank_*optim_states.pt")):
+    whole = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 has one partition per rank
+    state = {}
+    if whole.is_file() and any(tag_dir.glob("bf16_zero_pp_rank_*optim_states.pt")):
         state = bf16_optimizer_masters(tag_dir)
     elif any(tag_dir.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import (
-            get_fp32_state_dict_from_zero_checkpoint,
-        )
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=info.tag)
-    whole = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 has one partition per rank
+        state = zero_masters(tag_dir)
     if whole.is_file():
         module = torch.load(whole, map_location="cpu", weights_only=True)["module"]
         # frozen parameters (train.freeze) have no optimizer state, and DeepSpeed's ZeRO-1
@@ -55,6 +55,17 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
         # (zero_to_fp32 restores ZeRO-2/3's frozen parameters itself, from their fragments)
         state = module | state if any(tag_dir.glob("*optim_states.pt")) else module
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def zero_masters(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """DeepSpeed's consolidation of a ZeRO 1-3 checkpoint tag (its progress prints go to the log)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    log.debug("zero_to_fp32: %s", printed.getvalue().strip())
+    return state
 
 
 def bf16_optimizer_masters(tag_dir: Path) -> dict[str, torch.Tensor]:

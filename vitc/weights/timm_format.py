@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_text
+from vitc.fileio import atomic_output, atomic_write_text
 from vitc.models.spec import MODELS, ViTSpec
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,8 @@ def write_timm_dir(state: dict[str, torch.Tensor], spec: ViTSpec, out: str | os.
     if out.exists() and not out.is_dir():
         raise VitcError(f"--out {out}: --format timm writes a directory, but this is a file")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS_FILE}.tmp"  # written straight to disk: a 1B-parameter model is 4 GB
-    save_file({k: v.contiguous() for k, v in to_timm_keys(state).items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, out / WEIGHTS_FILE)
+    with atomic_output(out / WEIGHTS_FILE) as tmp:  # straight to disk: a 1B-parameter model is 4 GB
+        save_file({k: v.contiguous() for k, v in to_timm_keys(state).items()}, str(tmp), metadata=metadata)
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     log.info("wrote timm checkpoint %s (architecture %s)", out, architecture)
     return out

@@ -1,7 +1,7 @@
 """Augmentation randomness as a pure function of position in the data, not of the process drawing it.
 
 A sample's draws (crop box, flip, AutoAugment/RandAugment) come from a seed made of (data.seed,
-epoch, the sample's shard and key, how many times this worker has opened that shard this epoch);
+epoch, the sample's shard and key, how many times this worker has opened its piece this epoch);
 a batch's MixUp/CutMix and RandomErasing draws from (data.seed, epoch, rank, the batch's index in
 the rank's epoch). So a resumed run that skips the consumed samples without decoding them draws
 exactly what the straight run drew for every later sample and batch, and a sample gets the same
@@ -16,10 +16,13 @@ generator): the transforms' parameters are drawn on the CPU even for CUDA images
 """
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+_GENERATOR = threading.RLock()  # one seeded block at a time on torch's global CPU generator
 
 
 def _seed(*parts) -> int:
@@ -29,7 +32,7 @@ def _seed(*parts) -> int:
 
 
 def sample_seed(epoch_seed: str, shard: str, key: str, opened: int) -> int:
-    """The seed of one sample's draws; `opened`: earlier openings of its shard by this worker this epoch
+    """The seed of one sample's draws; `opened`: earlier openings of its piece by this worker this epoch
     (0 but for `data.resampled` draws and a short worker's second pass, whose repeats draw anew)."""
     return _seed("sample", epoch_seed, shard, key, opened)
 
@@ -49,9 +52,10 @@ def part_seed(seed: int, part: str) -> int:
 def drawing_from(seed: int) -> Iterator[None]:
     """torch's global CPU generator seeded with `seed` inside the block, its state restored after."""
     generator = torch.default_generator
-    state = generator.get_state()
-    generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        generator.set_state(state)
+    with _GENERATOR:
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            generator.set_state(state)

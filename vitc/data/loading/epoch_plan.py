@@ -1,9 +1,17 @@
-"""Who reads which shard, and how many batches each rank yields: pure functions of the manifest.
+"""Who reads which samples, and how many batches each rank yields: pure functions of the manifest.
 
 Every rank computes the same plan from the manifest's per-shard counts, so all ranks agree on the
 number of batches per epoch without talking to each other (unequal counts hang the collectives).
-webdataset's `split_by_node`/`split_by_worker` deal shards round-robin, which cannot make
-sample counts equal when shard sizes differ; this module balances them and states the remainder.
+webdataset's `split_by_node`/`split_by_worker` deal whole shards round-robin, which can neither make
+sample counts equal when shard sizes differ nor keep a worker busy when a rank holds fewer shards
+than workers. Here the unit is a `Piece`, a range of one shard's samples in tar order: the data set
+is one cycle of samples (its shards in an order fixed by data.seed), every rank reads an equal
+window of it and every worker an equal run of its rank's window, cut wherever a batch boundary falls.
+
+The remainder, the `N mod (ranks x batch)` samples that do not fill a batch on every rank, is not
+dropped: epoch e reads the cycle from position `e x M` on (M = the samples an epoch reads), so the
+samples left after one epoch's window are the first ones the next epoch reads. Each sample is left
+out of at most one epoch in a row, and no sample is read twice within an epoch.
 """
 
 import random
@@ -13,18 +21,39 @@ from vitc.data.shards.manifest import Shard
 
 
 @dataclass(frozen=True)
+class Piece:
+    """Samples [start, stop) of a shard, counted in its tar order."""
+
+    shard: Shard
+    start: int
+    stop: int
+
+    @classmethod
+    def whole(cls, shard: Shard) -> "Piece":
+        return cls(shard, 0, shard.samples)
+
+    @property
+    def samples(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
 class WorkerPlan:
     """One DataLoader worker's share of an epoch on one rank."""
 
-    shards: tuple[Shard, ...]
+    pieces: tuple[Piece, ...]
     quota: int | None  # batches to yield; None = all its samples (eval, last batch partial)
     skip: int = 0  # batches already consumed before a resume
-    seed: str = ""  # seeds this worker's shard order and shuffle buffer
+    seed: str = ""  # seeds this worker's shuffle buffer (and, resampled, its draws of shards)
     epoch_seed: str = ""  # with each sample's identity, seeds its augmentation (vitc.data.loading.draws)
 
     @property
     def samples(self) -> int:
-        return sum(s.samples for s in self.shards)
+        return sum(p.samples for p in self.pieces)
+
+    @property
+    def shard_names(self) -> str:
+        return ", ".join(dict.fromkeys(p.shard.name for p in self.pieces))
 
 
 @dataclass(frozen=True)
@@ -35,23 +64,25 @@ class EpochPlanner:
     process published, so no plan has to travel to them.
     """
 
-    shards: tuple[Shard, ...]  # this rank's shards; all shards when resampled
+    shards: tuple[Shard, ...]  # every train shard
     workers: int
     batch: int
     batches: int  # per rank per epoch (len of the loader)
     data_seed: int
     rank: int
+    world_size: int = 1
     resampled: bool = False
 
     def plans(self, epoch: int, consumed: list[int] | None, fraction: float) -> list[WorkerPlan]:
         """Worker plans for `epoch`, skipping `consumed` batches per worker (None: `fraction` of each quota)."""
         seed = f"{self.data_seed}/{epoch}/{self.rank}"
-        if self.resampled:
-            deal = [self.shards] * self.workers
-            quotas = even_quotas(self.batches, self.workers)
+        quotas = even_quotas(self.batches, self.workers)
+        if self.resampled:  # every worker draws from every shard, with replacement
+            deal = [tuple(Piece.whole(s) for s in self.shards)] * self.workers
         else:
-            deal = [tuple(s) for s in assign_to_workers(list(self.shards), self.workers, seed)]
-            quotas = worker_quotas([sum(s.samples for s in w) for w in deal], self.batch, self.batches)
+            window = rank_window(self.shards, self.data_seed, epoch, self.rank, self.world_size,
+                                 self.batches * self.batch)
+            deal = deal_to_workers(window, [q * self.batch for q in quotas], random.Random(seed))
         skips = skips_after(consumed, quotas, fraction)
         epoch_seed = f"{self.data_seed}/{epoch}"
         return [WorkerPlan(deal[w], quotas[w], skips[w], f"{seed}/{w}", epoch_seed) for w in range(self.workers)]
@@ -67,50 +98,85 @@ class FixedPlans:
         return list(self.fixed)
 
 
-def _greedy(shards: list[Shard], bins: int) -> list[list[Shard]]:
-    """Each shard, in the given order, to the bin with the fewest samples (ties: lowest index)."""
-    out: list[list[Shard]] = [[] for _ in range(bins)]
-    loads = [0] * bins
-    for shard in shards:
-        i = min(range(bins), key=lambda b: (loads[b], b))
-        out[i].append(shard)
-        loads[i] += shard.samples
+def train_batches_per_rank(samples: int, batch: int, world_size: int) -> int:
+    """Full batches every rank yields in every epoch: the data set split evenly, whatever the shards."""
+    return samples // (batch * world_size)
+
+
+def cycle(shards: tuple[Shard, ...], data_seed: int) -> list[Shard]:
+    """The shards in the order the epochs walk through them: by name, then shuffled once per run, so
+    that a rank's window mixes shards written apart (a shard directory may be written class by class)."""
+    order = sorted(shards, key=lambda s: s.name)
+    random.Random(f"{data_seed}/cycle").shuffle(order)
+    return order
+
+
+def rank_window(shards: tuple[Shard, ...], data_seed: int, epoch: int, rank: int, world_size: int,
+                length: int) -> list[Piece]:
+    """The `length` samples rank `rank` reads in `epoch`: its window of the cycle, which starts where the
+    previous epoch's reading stopped (the remainder comes first in the next epoch)."""
+    order = cycle(shards, data_seed)
+    total = sum(s.samples for s in order)
+    start = (epoch * world_size * length + rank * length) % total
+    return _span(order, start, length)
+
+
+def _span(order: list[Shard], start: int, length: int) -> list[Piece]:
+    """`length` samples of the cycle `order` from position `start`, wrapping around, as pieces."""
+    out, offset = [], 0
+    while length:
+        for shard in order:
+            lo = max(start - offset, 0)
+            offset += shard.samples
+            if lo >= shard.samples or not length:
+                continue
+            take = min(shard.samples - lo, length)
+            out.append(Piece(shard, lo, lo + take))
+            length -= take
+        start = offset = 0  # wrapped: from the beginning of the cycle
     return out
 
 
-def assign_to_ranks(shards: list[Shard], world_size: int) -> list[list[Shard]]:
-    """Largest shard first to the least-loaded rank: fixed for the whole run, so len() is too."""
-    return _greedy(sorted(shards, key=lambda s: (-s.samples, s.name)), world_size)
+def deal_to_workers(window: list[Piece], sizes: list[int], rng: random.Random) -> list[tuple[Piece, ...]]:
+    """A rank's window over its workers, `sizes[w]` samples each: pieces shuffled, the run rotated by a
+    random offset (so the cuts, and which samples share a worker, move every epoch), then cut in turn."""
+    pieces = list(window)
+    rng.shuffle(pieces)
+    total = sum(p.samples for p in pieces)
+    if total:
+        head, tail = _cut(pieces, [rng.randrange(total), total])
+        pieces = tail + head
+    return [tuple(run) for run in _cut(pieces, sizes)]
 
 
-def assign_to_workers(shards: list[Shard], workers: int, seed: str | None) -> list[list[Shard]]:
-    """A rank's shards over its workers; with a seed, the deal changes every epoch."""
-    order = sorted(shards, key=lambda s: (-s.samples, s.name))
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    return _greedy(order, workers)
+def _cut(pieces: list[Piece], sizes: list[int]) -> list[list[Piece]]:
+    """Consecutive runs of `sizes[i]` samples from `pieces`, splitting a piece where a run ends."""
+    out, queue = [], list(reversed(pieces))
+    for size in sizes:
+        run = []
+        while size and queue:
+            piece = queue.pop()
+            take = min(piece.samples, size)
+            run.append(Piece(piece.shard, piece.start, piece.start + take))
+            if take < piece.samples:
+                queue.append(Piece(piece.shard, piece.start + take, piece.stop))
+            size -= take
+        out.append(run)
+    return out
 
 
-def train_batches_per_rank(rank_shards: list[list[Shard]], batch: int, workers: int) -> int:
-    """Full batches every rank can yield in any epoch: the minimum over ranks.
-
-    Each worker batches its own samples and drops its partial batch, so a rank loses fewer than
-    `workers` batches to that whatever the per-epoch deal: floor(n / batch) - (workers - 1) is safe.
-    """
-    return min(max(0, sum(s.samples for s in shards) // batch - (workers - 1)) for shards in rank_shards)
-
-
-def worker_quotas(counts: list[int], batch: int, total: int) -> list[int]:
-    """Split `total` batches over workers holding `counts` samples: no worker asked beyond its data."""
-    quotas = [c // batch for c in counts]
-    for _ in range(sum(quotas) - total):  # trim the largest first, so the deal stays even
-        i = max(range(len(quotas)), key=lambda w: (quotas[w], -w))
-        quotas[i] -= 1
-    return quotas
+def eval_deal(shards: list[Shard], world_size: int, workers: int) -> list[list[tuple[Piece, ...]]]:
+    """Every sample once: the shards (by name) split into `world_size` near-equal runs, each into
+    `workers` near-equal runs, so every worker reads even when there are fewer shards than workers."""
+    order = sorted(shards, key=lambda s: s.name)
+    pieces = [Piece.whole(s) for s in order]
+    ranks = _cut(pieces, even_quotas(sum(s.samples for s in order), world_size))
+    return [[tuple(run) for run in _cut(r, even_quotas(sum(p.samples for p in r), workers))] for r in ranks]
 
 
-def even_quotas(total: int, workers: int) -> list[int]:
-    return [total // workers + (w < total % workers) for w in range(workers)]
+def even_quotas(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` counts that differ by at most one, the larger ones first."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def delivery_order(quotas: list[int], skips: list[int]) -> list[int]:

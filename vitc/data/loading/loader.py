@@ -1,15 +1,16 @@
 """Streaming train/eval loaders over WebDataset shards (docs/loader.md), as the engine calls them.
 
-    loader = build_train_loader(cfg, dist, num_classes)   # images per rank: cfg.train.micro_batch
+    loader = build_train_loader(cfg, run, dist)   # run = vitc.run.resolve_run(...): run.micro_batch per rank
     for epoch in range(start, epochs):
         loader.set_epoch(epoch)
         for images, targets in loader: ...                # len(loader) batches on every rank
     state = loader.state_dict()                           # into the checkpoint; load_state_dict resumes
 
-Train: shards are dealt to ranks once (balanced by sample count from the manifest) and to workers
-per epoch; every rank yields exactly `len(loader)` full batches, computed from the manifest alone;
-the samples left over (`remainder`, logged) differ from epoch to epoch. Order is a function of
-(data.seed, epoch, rank, worker): per-worker shard order, then webdataset's shuffle buffer.
+Train: every rank reads an equal window of the data set and every worker an equal run of it, cut
+across shards by sample ranges (vitc.data.loading.epoch_plan); every rank yields exactly `len(loader)`
+full batches, computed from the manifest alone; the samples that do not fill a batch on every rank
+(`remainder`, logged) are read first by the next epoch. Order is a function of
+(data.seed, epoch, rank, worker): the pieces dealt to a worker, then webdataset's shuffle buffer.
 `data.resampled: true` draws shards with replacement instead (len = num_samples / global batch).
 Targets are float [B, num_classes] (MixUp/CutMix, label smoothing) when those are on, else int64.
 
@@ -42,9 +43,8 @@ from vitc.data.loading.epoch_plan import (
     EpochPlanner,
     FixedPlans,
     WorkerPlan,
-    assign_to_ranks,
-    assign_to_workers,
     delivery_order,
+    eval_deal,
     train_batches_per_rank,
 )
 from vitc.data.loading.gpu_decode import GpuDecode
@@ -58,8 +58,8 @@ from vitc.data.loading.transforms import (
 )
 from vitc.data.loading.workers import BatchStream, Failure
 from vitc.data.processes import follow_parent
-from vitc.data.shards.manifest import Manifest, Shard, resolve_shards
-from vitc.distributed.env import DistEnv, wants_cuda
+from vitc.data.shards.manifest import Shard
+from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.heap import retain_freed_memory
 
@@ -70,7 +70,7 @@ STATE_VERSION = 1
 class _Loader:
     """What train and eval share: the DataLoader over a BatchStream, failures, bad-sample counts."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None):
+    def __init__(self, cfg, dist: DistEnv, batch: int, batch_transform, gpu: GpuDecode | None, on_gpu: bool):
         d = cfg.data
         if batch < 1:
             raise VitcError(f"train.micro_batch must be >= 1, got {batch}")
@@ -80,7 +80,7 @@ class _Loader:
         self.cfg, self.dist, self.batch = cfg, dist, batch
         self.batch_transform = batch_transform  # uint8 batch -> float batch + targets, in this process
         self.workers = max(1, d.workers)  # 0 workers = one stream in this process
-        on_cuda = wants_cuda(cfg.train.device, torch.cuda.is_available())  # as the trainer resolves it
+        on_cuda = on_gpu and torch.cuda.is_available()  # the run's device (vitc.run.Run.on_gpu)
         # select() warns when data.decode_device asks for CUDA and there is none
         self.gpu = gpu or (GpuDecode.select(d.decode_device, cfg.model.image_size, d.fast_jpeg_decode)
                            if on_cuda or not torch.cuda.is_available() else None)
@@ -132,8 +132,11 @@ class _Loader:
             self._waiting = _start(self._dataloader)
 
     def _delivered(self):
-        """(worker, payload, its shared buffer or None) as the DataLoader delivers them."""
-        stream = self.stream
+        """(worker, payload, its shared buffer or None) as the DataLoader delivers them.
+
+        The workers are forked here, on the calling (training) thread, not lazily on the thread that
+        iterates the result (GPU decode's): PR_SET_PDEATHSIG kills a worker when the thread that
+        forked it ends, which would kill persistent workers with each pass's decode thread."""
         if self._dataloader is None or not self.cfg.data.persistent_workers:
             self._dataloader = self._new_dataloader()
         self.bad_samples_before += sum(self._bad)  # counts restart with the pass
@@ -144,6 +147,10 @@ class _Loader:
             retain_freed_memory()  # float batches are made here, on the CPU: no page faults for each
         iterator = self._waiting if self._waiting is not None else _start(self._dataloader)
         self._waiting = None
+        return self._delivering(iterator, device)
+
+    def _delivering(self, iterator, device: torch.device | None):
+        stream = self.stream
         for item in iterator:
             if isinstance(item, Failure):
                 raise VitcError(item.message)
@@ -178,7 +185,10 @@ class _Loader:
         left part-way (its generator suspended, still referenced) is closed first. Process exit
         closes every loader (`_close_at_exit`)."""
         self.stream.release_waiting()
-        if self._pass is not None and (delivered := self._pass()) is not None:
+        # GPU decode: its thread reads the pass and closes it; one still waiting for a worker's batch
+        # after the timeout is a daemon that ends when it arrives (the workers' shutdown sends it)
+        gpu_done = self.gpu.close() if self.gpu is not None else True
+        if gpu_done and self._pass is not None and (delivered := self._pass()) is not None:
             delivered.close()
         self._dataloader = self._waiting = self._pass = None
 
@@ -234,33 +244,28 @@ class TrainLoader(_Loader):
     """`len(self)` batches of (images float32 [B,3,S,S], targets) per epoch on every rank."""
 
     def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe,
-                 gpu: GpuDecode | None = None):
-        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu)
+                 gpu: GpuDecode | None = None, on_gpu: bool = False):
+        super().__init__(cfg, dist, batch, TrainBatchTransform(recipe), gpu, on_gpu)
         self.epoch, self.batches_consumed = 0, 0
         self._worker_batches = [0] * self.workers
         self._resume_fraction: float | None = None
-        if cfg.data.resampled:
-            rank_shards = shards
-            self._len = manifest_samples(shards) // (dist.world_size * batch)
-        else:
-            by_rank = assign_to_ranks(shards, dist.world_size)
-            rank_shards = by_rank[dist.rank]
-            self._len = train_batches_per_rank(by_rank, batch, self.workers)
+        self._len = train_batches_per_rank(manifest_samples(shards), batch, dist.world_size)
         if self._len == 0:
             raise VitcError(f"data.train_shards: {manifest_samples(shards)} samples in {len(shards)} shards "
-                            f"give no full batch of {batch} per rank on {dist.world_size} ranks x {self.workers} "
-                            f"workers: use more or smaller shards, fewer workers, or data.resampled: true")
+                            f"give no full batch of {batch} per rank on {dist.world_size} ranks: add data or "
+                            f"lower train.micro_batch")
         used = self._len * batch * dist.world_size
         self.remainder = 0 if cfg.data.resampled else manifest_samples(shards) - used
         d = cfg.data
-        planner = EpochPlanner(tuple(rank_shards), self.workers, batch, self._len, d.seed, dist.rank, d.resampled)
+        planner = EpochPlanner(tuple(shards), self.workers, batch, self._len, d.seed, dist.rank, dist.world_size,
+                               d.resampled)
         self.stream = BatchStream(planner, self.workers, batch, recipe.num_classes,
                                   TrainSampleTransform(recipe), self.gpu is None, d.shuffle_buffer, d.resampled,
                                   d.max_bad_fraction, d.read_timeout_s)
         if dist.rank == 0:
             log.info("train loader: %d batches of %d per rank per epoch on %d ranks; %d of %d samples "
-                     "left out per epoch (shard imbalance and per-worker partial batches)",
-                     self._len, batch, dist.world_size, self.remainder, manifest_samples(shards))
+                     "do not fill a batch on every rank: each epoch leaves that many out and the next reads "
+                     "them first", self._len, batch, dist.world_size, self.remainder, manifest_samples(shards))
 
     def __len__(self) -> int:
         return self._len
@@ -318,12 +323,12 @@ class TrainLoader(_Loader):
 class EvalLoader(_Loader):
     """(images float32 [B,3,S,S], labels int64 [B]): every sample once across ranks; label -1 = padding."""
 
-    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe):
-        super().__init__(cfg, dist, batch, _normalize_batch, None)
+    def __init__(self, cfg, dist: DistEnv, batch: int, shards: list[Shard], recipe: Recipe, on_gpu: bool = False):
+        super().__init__(cfg, dist, batch, _normalize_batch, None, on_gpu)
         self.recipe = recipe
-        by_rank = [assign_to_workers(s, self.workers, None) for s in assign_to_ranks(shards, dist.world_size)]
-        plans = tuple(WorkerPlan(tuple(w), None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
-        self._len = max(sum(math.ceil(manifest_samples(w) / batch) for w in workers) for workers in by_rank)
+        by_rank = eval_deal(shards, dist.world_size, self.workers)
+        plans = tuple(WorkerPlan(w, None, 0, f"eval/{dist.rank}/{i}") for i, w in enumerate(by_rank[dist.rank]))
+        self._len = max(sum(math.ceil(sum(p.samples for p in w) / batch) for w in workers) for workers in by_rank)
         d = cfg.data
         self.stream = BatchStream(FixedPlans(plans), self.workers, batch, recipe.num_classes,
                                   EvalSampleTransform(recipe), self.gpu is None, 0, False, d.max_bad_fraction,
@@ -362,35 +367,22 @@ def manifest_samples(shards: list[Shard]) -> int:
     return sum(s.samples for s in shards)
 
 
-def _batch_size(cfg, batch_size: int | None) -> int:
-    return cfg.train.micro_batch if batch_size is None else batch_size
+def build_train_loader(cfg, run, dist: DistEnv, gpu: GpuDecode | None = None) -> TrainLoader:
+    """The train loader for this rank of `run`, a vitc.run.Run (its training shards, already checked
+    against the class count; `run.micro_batch` images per rank; its device). Not imported for the
+    annotation: vitc.run reads this package's manifests, and the packages must not import each other.
+    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device)."""
+    if run.train is None:
+        raise VitcError("data.train_shards is not set: training needs shards (see docs/loader.md)")
+    return TrainLoader(cfg, dist, run.micro_batch, list(run.train.shards),
+                       Recipe.from_config(cfg, run.spec.num_classes), gpu, run.on_gpu)
 
 
-Resolved = tuple[tuple[Shard, ...], Manifest]  # a shard list and its manifest (vitc.run.ShardSet's fields)
+def build_eval_loader(cfg, run, dist: DistEnv, batch_size: int | None = None) -> EvalLoader:
+    """The eval loader for this rank over the run's validation shards, `batch_size` images per rank
+    (default `run.micro_batch`)."""
+    if run.val is None:
+        raise VitcError("data.val_shards is not set: evaluation needs shards (see docs/loader.md)")
+    recipe = Recipe.from_config(cfg, run.num_classes if run.num_classes is not None else run.val.manifest.num_classes)
+    return EvalLoader(cfg, dist, batch_size or run.micro_batch, list(run.val.shards), recipe, run.on_gpu)
 
-
-def build_train_loader(cfg, dist: DistEnv, num_classes: int, batch_size: int | None = None,
-                       gpu: GpuDecode | None = None, resolved: Resolved | None = None) -> TrainLoader:
-    """The train loader for this rank; `batch_size` (images per rank) defaults to cfg.train.micro_batch.
-    `gpu`: the decoder for `data.decode_device: cuda` (default: nvJPEG on this rank's device).
-    `resolved`: data.train_shards as the run resolved and checked them (vitc.run.resolve_run);
-    without it they are resolved here and the manifest's classes checked against `num_classes`."""
-    if resolved is None:
-        resolved = resolve_shards(cfg.data.train_shards, cfg.data.train_manifest, "train_shards")
-        _check_classes(resolved[1], num_classes, "train_shards")
-    return TrainLoader(cfg, dist, _batch_size(cfg, batch_size), resolved[0], Recipe.from_config(cfg, num_classes), gpu)
-
-
-def build_eval_loader(cfg, dist: DistEnv, batch_size: int | None = None,
-                      resolved: Resolved | None = None) -> EvalLoader:
-    """The eval loader for this rank over data.val_shards (`resolved`: as the run resolved them)."""
-    shards, manifest = resolved or resolve_shards(cfg.data.val_shards, cfg.data.val_manifest, "val_shards")
-    num_classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else manifest.num_classes
-    recipe = Recipe.from_config(cfg, num_classes)
-    return EvalLoader(cfg, dist, _batch_size(cfg, batch_size), shards, recipe)
-
-
-def _check_classes(manifest: Manifest, num_classes: int, key: str) -> None:
-    if num_classes < manifest.num_classes:
-        raise VitcError(f"data.{key}: the manifest has {manifest.num_classes} classes but the model has "
-                        f"{num_classes} outputs (set model.num_classes: auto or >= {manifest.num_classes})")

@@ -7,7 +7,7 @@ LABEL_SMOOTHING 0.1) for the rest.
 
 Per sample, in the loader's workers, on uint8: RandomResizedCrop (box sampled in full-resolution
 coordinates from the JPEG header, then decoded at reduced size: vitc.data.loading.decode),
-horizontal flip, AutoAugment or RandAugment. Per batch: normalize, RandomErasing, MixUp/CutMix, label smoothing —
+horizontal flip, AutoAugment or RandAugment. Per batch: normalize, PCA lighting, RandomErasing, MixUp/CutMix, label smoothing —
 float work done once on a stacked batch instead of per image. Every draw comes from a seed given
 with the sample or the batch (vitc.data.loading.draws), never from the process's running generator.
 
@@ -31,6 +31,12 @@ from vitc.errors import VitcError
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range (torchvision default, pycls the same)
+# AlexNet-style lighting: ImageNet's RGB eigenvalues and eigenvectors (columns), pycls vitconfigs
+# 206d0db pycls/datasets/imagenet.py _EIG_VALS / _EIG_VECS (from fb.resnet.torch), on 0..1 pixels
+EIG_VALS = (0.2175, 0.0188, 0.0045)
+EIG_VECS = ((-0.5675, 0.7192, 0.4009),
+            (-0.5808, -0.0045, -0.8140),
+            (-0.5836, -0.6948, 0.4203))
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Recipe:
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     label_smoothing: float = 0.1
+    pca_std: float = 0.1
     eval_crop_ratio: float = 0.875
     fast_jpeg_decode: bool = True
 
@@ -69,7 +76,7 @@ class Recipe:
                             f"got {d.mixup_alpha} and {d.cutmix_alpha}")
         return cls(cfg.model.image_size, num_classes, tuple(d.crop_scale), d.hflip, d.auto_augment,
                    d.randaugment_magnitude, d.randaugment_num_ops, d.random_erasing, d.mixup_alpha,
-                   d.cutmix_alpha, d.label_smoothing, d.eval_crop_ratio, d.fast_jpeg_decode)
+                   d.cutmix_alpha, d.label_smoothing, d.pca_std, d.eval_crop_ratio, d.fast_jpeg_decode)
 
     @property
     def soft_targets(self) -> bool:
@@ -170,10 +177,21 @@ def _auto_augment(recipe: Recipe) -> v2.Transform | None:
     return None
 
 
+_STATISTICS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std as [1, 3, 1, 1] on `device`, made once: `torch.tensor(..., device=cuda)` copies
+    from the host, which on a GPU would be two synchronous copies per batch."""
+    if device not in _STATISTICS:
+        _STATISTICS[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+                               torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    return _STATISTICS[device]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32, ImageNet mean/std normalized."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _statistics(images.device)
     # three passes, but each a same-dtype kernel: a mixed uint8-float `images - mean` is 2x slower
     return images.float().sub_(mean).div_(std)
 
@@ -211,10 +229,30 @@ class InPlaceCutMix(v2.CutMix):
         return inpt
 
 
-class TrainBatchTransform:
-    """uint8 batch + int64 labels -> normalized float batch + targets (RandomErasing, MixUp/CutMix, smoothing).
+def lighting_shift(seed: int, std: float) -> torch.Tensor:
+    """The RGB offset (0..1 pixel units) AlexNet-style PCA lighting adds to every pixel of one image:
+    eigvecs @ (alpha * eigvals), alpha ~ N(0, std) three times, drawn from the sample's own seed
+    (pycls `transforms.lighting`, which draws from numpy's process-wide generator instead)."""
+    with drawing_from(part_seed(seed, "lighting")):
+        alpha = torch.randn(3, dtype=torch.float64) * std
+    return torch.tensor(EIG_VECS, dtype=torch.float64) @ (alpha * torch.tensor(EIG_VALS, dtype=torch.float64))
 
-    RandomErasing draws from each sample's seed, MixUp/CutMix from the batch's (vitc.data.loading.draws).
+
+def add_lighting(x: torch.Tensor, sample_seeds: list[int], std: float) -> torch.Tensor:
+    """PCA lighting on a normalized float batch, in place. pycls adds the offset to the 0..1 image
+    after augmentation and before normalisation, unclipped; (p + s - mean) / std = normalized +
+    s / std, so adding s·255 / STD here (STD in 0..255 units) is the same image."""
+    shifts = torch.stack([lighting_shift(seed, std) for seed in sample_seeds]) * 255
+    shifts = (shifts / torch.tensor(STD, dtype=torch.float64)).to(x.dtype).to(x.device)
+    return x.add_(shifts.view(len(sample_seeds), 3, 1, 1))
+
+
+class TrainBatchTransform:
+    """uint8 batch + int64 labels -> normalized float batch + targets (PCA lighting, RandomErasing,
+    MixUp/CutMix, smoothing).
+
+    Lighting and RandomErasing draw from each sample's seed, MixUp/CutMix from the batch's
+    (vitc.data.loading.draws).
     """
 
     def __init__(self, recipe: Recipe):
@@ -233,6 +271,8 @@ class TrainBatchTransform:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, sample_seeds: torch.Tensor,
                  batch_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(images)
+        if self.recipe.pca_std > 0:
+            x = add_lighting(x, sample_seeds.tolist(), self.recipe.pca_std)
         if self.erase is not None:  # per image: v2 on a batch would erase one box in all of them
             for image, seed in zip(x, sample_seeds.tolist()):
                 with drawing_from(part_seed(seed, "erase")):

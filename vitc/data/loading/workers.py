@@ -1,21 +1,23 @@
-"""What runs inside one DataLoader worker: its shards -> shuffled samples -> decoded batches.
+"""What runs inside one DataLoader worker: its pieces of shards -> shuffled samples -> decoded batches.
 
-A worker reads the shards its `WorkerPlan` names, shuffles with webdataset's buffer (seeded by the
-plan), skips the batches a resumed run already consumed, decodes and augments each sample (its
-draws seeded by its identity: vitc.data.loading.draws), skips
+A worker reads the pieces (sample ranges of shards) its `WorkerPlan` names, shuffles with
+webdataset's buffer (seeded by the plan), skips the batches a resumed run already consumed, decodes
+and augments each sample (its draws seeded by its identity: vitc.data.loading.draws), skips
 and counts bad ones, and yields exactly `plan.quota` batches. A worker that comes up short because
-samples were bad makes a second pass over its shards (logged: those samples repeat) rather than
+samples were bad makes a second pass over its pieces (logged: those samples repeat) rather than
 leave its rank with fewer batches than the others. Errors travel to the main process as `Failure`
 items so the message arrives intact, naming the shard.
 """
 
 import collections
+import contextlib
+import functools
 import itertools
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from vitc.data.loading.decode import UndecodableImage
 from vitc.data.loading.draws import sample_seed
-from vitc.data.loading.epoch_plan import WorkerPlan
+from vitc.data.loading.epoch_plan import Piece, WorkerPlan
 from vitc.data.loading.slots import BatchSlots
 from vitc.data.loading.streams import shard_samples
 from vitc.data.samples import BadSample, sample_image, sample_label
@@ -134,42 +136,39 @@ class BatchStream(IterableDataset):
         items.close()  # stops reading the current shard (and kills its `pipe:` command)
 
     def _good_samples(self, worker: int, plan: WorkerPlan) -> Iterator[tuple]:
-        rng = random.Random(plan.seed)
         budget = self.max_bad_fraction * (plan.quota * self.batch if self.resampled else plan.samples)
-        opened: collections.Counter = collections.Counter()  # per shard: its repeats draw anew
+        opened: collections.Counter = collections.Counter()  # per piece: its repeats draw anew
+        known_bad: set[tuple[str, str]] = set()  # skipped again, uncounted, by a second pass
         for repeat in itertools.count():
-            stream = self._shard_stream(plan, rng, opened)
-            if self.shuffle_buffer > 1:
-                stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
+            stream = worker_order(plan, functools.partial(self._open, opened=opened), self.shuffle_buffer,
+                                  self.resampled)
             if repeat == 0 and plan.skip:  # resumed: these were consumed before the checkpoint
                 stream = itertools.islice(stream, plan.skip * self.batch, None)
             good = 0
             for sample in stream:
-                item = self._decode(sample, budget, plan)
-                if item is not None:
-                    good += 1
-                    yield item
+                identity = sample.get("__url__"), sample.get("__key__")
+                item = None if identity in known_bad else self._decode(sample, budget, plan)
+                if item is None:
+                    known_bad.add(identity)
+                    continue
+                good += 1
+                yield item
             if plan.quota is None or self.resampled:
                 return
             if good == 0:
-                raise VitcError(f"no decodable sample in shards {', '.join(s.name for s in plan.shards)}")
-            log.warning("worker %d: %d bad samples left it short of %d batches: reading its shards again "
+                raise VitcError(f"no decodable sample in shards {plan.shard_names}")
+            log.warning("worker %d: %d bad samples left it short of %d batches: reading its samples again "
                         "(some samples repeat this epoch)", worker, self.bad, plan.quota)
 
-    def _shard_stream(self, plan: WorkerPlan, rng: random.Random, opened: collections.Counter) -> Iterator[dict]:
-        if self.resampled:  # with replacement, forever: the quota ends the epoch
-            while True:
-                yield from self._open(rng.choice(plan.shards), opened)
-        for shard in rng.sample(plan.shards, len(plan.shards)) if plan.quota is not None else plan.shards:
-            yield from self._open(shard, opened)
-
-    def _open(self, shard, opened: collections.Counter) -> Iterator[dict]:
-        """The shard's samples, each tagged with how often this worker opened the shard before."""
-        times = opened[shard.name]
-        opened[shard.name] += 1
-        for sample in shard_samples(shard, self.timeout):
-            sample["__opened__"] = times
-            yield sample
+    def _open(self, piece: Piece, opened: collections.Counter) -> Iterator[dict]:
+        """The piece's samples (those before it are read but not decoded), each tagged with how often
+        this worker opened the piece before."""
+        times = opened[piece]
+        opened[piece] += 1
+        with contextlib.closing(shard_samples(piece.shard, self.timeout)) as samples:  # stops its reader
+            for sample in itertools.islice(samples, piece.start, piece.stop):
+                sample["__opened__"] = times
+                yield sample
 
     def _decode(self, sample: dict, budget: float, plan: WorkerPlan) -> tuple | None:
         try:
@@ -189,3 +188,26 @@ class BatchStream(IterableDataset):
             log.warning("skipped %s: %s", where, e)
             return None
 
+
+
+def worker_order(plan: WorkerPlan, open_piece: Callable[[Piece], Iterator], shuffle_buffer: int,
+                 resampled: bool) -> Iterator:
+    """The samples of `plan` in the order its worker takes them: its pieces in turn (resampled: drawn
+    with replacement, forever), through webdataset's shuffle buffer seeded by the plan.
+
+    The order depends on the plan and the number of samples only, not on their content, so
+    vitc.data.ledger replays it with `open_piece` giving sample positions instead of reading tars.
+    """
+    rng = random.Random(plan.seed)
+
+    def pieces() -> Iterator:
+        if resampled:
+            while True:
+                yield from open_piece(rng.choice(plan.pieces))
+        for piece in plan.pieces:
+            yield from open_piece(piece)
+
+    stream = pieces()
+    if shuffle_buffer > 1:
+        stream = wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(stream)
+    return stream

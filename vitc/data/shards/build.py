@@ -18,7 +18,6 @@ import re
 import signal
 import shutil
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,7 @@ from vitc.data.shards.encode import BadInput, prepare_jpeg
 from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
 from vitc.data.shards.sources import SourceItem, SourceListing, list_source
 from vitc.errors import VitcError
-from vitc.fileio import atomic_write_text
+from vitc.fileio import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +148,9 @@ def _write_shard(plan: ShardPlan, final: Path, max_side: int | None, quality: in
     # webdataset's ShardWriter opens its final file names directly and decides shard boundaries
     # while writing; our boundaries are planned up front and a file must only get its final name
     # when complete, so each shard is one TarWriter on a temp file that is renamed at the end.
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     skipped, samples = [], 0
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_output(final) as tmp:
+        with open(tmp, "wb") as f:
             # mtime fixed: the same plan gives the same bytes (and sha256) on any day, any worker.
             with wds.TarWriter(f, encoder=False, mtime=0) as sink:
                 for item in plan.items:
@@ -165,12 +163,8 @@ def _write_shard(plan: ShardPlan, final: Path, max_side: int | None, quality: in
                     samples += 1
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are read by every rank's user
+        os.chmod(tmp, 0o644)  # whatever the umask: shards are read by every rank's user
         record = dataclasses.replace(ShardRecord.of_file(tmp, samples), name=final.name)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return ShardOutcome(record, tuple(skipped), kept=False)
 
 
