@@ -10,7 +10,6 @@ import deepspeed
 import pytest
 import torch
 from engine_runs import (
-    ROOT,
     TINY_CONV,
     TINY_PATCHIFY,
     exported,
@@ -29,6 +28,7 @@ from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.errors import VitcError
 from vitc.models.vit import VisionTransformer
+from vitc.resources import resource
 from vitc.run import resolve_run
 
 
@@ -115,7 +115,7 @@ def test_a_task_bound_to_one_gpu_takes_cuda_0_and_one_seeing_all_its_local_rank(
 
 
 def test_slurm_master_port_lies_below_the_ephemeral_range_and_launch_sh_agrees():
-    expression = re.search(r"MASTER_PORT=\$\(\((.*)\)\)", (ROOT / "slurm" / "launch.sh").read_text()).group(1)
+    expression = re.search(r"MASTER_PORT=\$\(\((.*)\)\)", resource("slurm/launch.sh").read_text()).group(1)
     for job_id in (1, 12345, 19999, 20000, 812345, 2**31 - 1):
         bash = subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; echo $(({expression}))"],
                               capture_output=True, text=True, check=True).stdout
