@@ -131,6 +131,7 @@ def test_every_rank_yields_the_same_number_of_batches(two_rank_run):
         assert [len(e) for e in rank["epochs"]] == [rank["len"] * BATCH] * 2
 
 
+@pytest.mark.slow
 def test_no_sample_twice_and_union_is_dataset_less_remainder(two_rank_run):
     for epoch in (0, 1):
         seen = two_rank_run[0]["epochs"][epoch] + two_rank_run[1]["epochs"][epoch]

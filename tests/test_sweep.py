@@ -295,6 +295,7 @@ def test_shipped_sweep_specs_make_their_runs(tmp_path):
     assert len(runs) == 64 and {r.epochs for r in runs} == {30}
 
 
+@pytest.mark.slow
 def test_the_paper_sweep_is_768_runs_of_50_epochs_in_the_papers_intervals(tmp_path):
     runs = make_sweep(REPO / "configs" / "sweeps" / "paper_edf.yaml", tmp_path / "paper")
 
