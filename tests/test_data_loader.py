@@ -117,13 +117,13 @@ def _rank_main(rank: int, shards: str, init_file: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
+    # two ranks of loaders, started once for the tests below: in the fast tier or out of it together
     root = tmp_path_factory.mktemp("loader")
     shards = write_shards(root / "shards")
     mp.spawn(_rank_main, args=(str(shards), str(root / "init"), str(root / "out.json")), nprocs=2)
     return json.loads((root / "out.json").read_text())
 
 
-@pytest.mark.slow
 def test_every_rank_yields_the_same_number_of_batches(two_rank_run):
     rank0, rank1 = two_rank_run
     assert rank0["len"] == rank1["len"] > 0
@@ -131,7 +131,6 @@ def test_every_rank_yields_the_same_number_of_batches(two_rank_run):
         assert [len(e) for e in rank["epochs"]] == [rank["len"] * BATCH] * 2
 
 
-@pytest.mark.slow
 def test_no_sample_twice_and_union_is_dataset_less_remainder(two_rank_run):
     for epoch in (0, 1):
         seen = two_rank_run[0]["epochs"][epoch] + two_rank_run[1]["epochs"][epoch]
