@@ -4,13 +4,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vitc.config import load_config, model_spec
+from vitc.config import load_config, model_spec, state_keys
 from vitc.errors import VitcError
 from vitc.models.cost import bias_additions, model_cost
 from vitc.models.spec import MODELS, PAPER_MODELS, get_spec
 from vitc.models.stems import ConvStem, PatchifyStem
+from vitc.models.structure import stem_layers
 from vitc.models.vit import VisionTransformer, adapt_state_dict, interpolate_pos_embed
 
 
@@ -223,3 +225,32 @@ def test_every_registry_model_builds_on_the_meta_device():
         with torch.device("meta"):
             model = VisionTransformer(spec)
         assert len(model.blocks) == spec.depth, name
+
+
+@pytest.mark.parametrize("name", ["vit_s1_4gf", "vit_s4_4gf", "vit_p_bn_4gf", "vit_c_ln_4gf"])
+def test_stem_variants_build_their_described_layers_and_state_keys(name):
+    spec = get_spec(name, image_size=64, depth=1)
+    model = VisionTransformer(spec)
+    assert sorted(state_keys(spec)) == sorted(model.state_dict())
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    convs = [m for m in model.stem.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [
+        (layer.kernel, layer.stride, layer.padding) for layer in stem_layers(spec)]
+
+
+def test_layer_norm_stem_normalises_over_channels_at_each_position():
+    from vitc.models.layers import LayerNorm2d
+
+    x = torch.randn(2, 5, 3, 4)
+    y = LayerNorm2d(5)(x)
+    assert torch.allclose(y.mean(1), torch.zeros(2, 3, 4), atol=1e-5)
+    assert torch.allclose(y, F.layer_norm(x.permute(0, 2, 3, 1), (5,), eps=1e-6).permute(0, 3, 1, 2))
+
+
+def test_a_stem_whose_layers_do_not_reach_the_grid_is_a_clear_error():
+    with pytest.raises(VitcError, match=r"give a 15×15 grid on 224 px, not 14×14"):
+        get_spec("vit_s1_4gf", stem_paddings=(1, 1, 1, 1))
+    with pytest.raises(VitcError, match="model.stem_kernels .* one entry per stem conv"):
+        get_spec("vit_s1_4gf", stem_kernels=(3, 3, 2))
+    with pytest.raises(VitcError, match="set model.stem_kernels for a patchify layer"):
+        get_spec("vit_c_4gf", stem_strides=(1, 1, 1, 16))

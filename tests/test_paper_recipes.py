@@ -188,3 +188,59 @@ def test_pca_lighting_draws_are_a_function_of_the_sample_seed_alone():
     from vitc.data.loading.transforms import lighting_shift
 
     assert not torch.equal(lighting_shift(5, 0.1), lighting_shift(6, 0.1))
+
+
+@pytest.mark.parametrize("name", sorted(CODE["stem_variants"]["value"]))
+def test_each_stem_variant_of_table_3_and_fig_7_is_shipped_as_data_and_built_as_pinned(name):
+    import torch
+
+    from vitc.config import model_spec
+    from vitc.models.structure import stem_layers
+    from vitc.models.vit import VisionTransformer
+
+    pinned = CODE["stem_variants"]["value"][name]
+    spec = model_spec(load_config(REPO / f"configs/models/{name}.yaml").model)
+    assert spec.name == name  # the config's stem keys equal the registry entry's
+    layers = stem_layers(spec)
+    assert [c.kernel for c in layers] == pinned["kernels"] and [c.stride for c in layers] == pinned["strides"]
+    assert [c.padding for c in layers] == pinned["paddings"] and [c.c_out for c in layers] == pinned["channels"]
+    assert {c.norm for c in layers[:-1]} == {pinned.get("norm", "batch")} and layers[-1].norm is None
+    with torch.device("meta"):
+        model = VisionTransformer(spec)
+    norms = [m for m in model.stem.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))]
+    assert len(norms) == len(layers) - 1
+    assert all(isinstance(m, torch.nn.LayerNorm) == (pinned.get("norm") == "layer") for m in norms)
+    run = load_config(REPO / f"configs/in1k/{name}_100ep.yaml", ["data.train_shards=null"])
+    assert run.model.name == name and run.schedule.epochs == 100
+
+
+def test_every_stem_variant_passes_the_flop_parity_audit_against_vit_p_4gf():
+    from vitc.audit.report import check_parity, parity_pairs, resolve_targets
+
+    targets = [str(REPO / f"configs/models/{name}.yaml") for name in CODE["stem_variants"]["value"]]
+    results = check_parity(parity_pairs(resolve_targets(targets, [], None, None)))
+    assert len(results) == len(targets) and {r.patchify_name for r in results} == {"vit_p_4gf"}
+    assert all(r.ok for r in results), [r.describe() for r in results if not r.ok]
+
+
+def test_appendix_b_16gf_pair_is_registered():
+    from vitc.models.spec import get_spec
+
+    # Appendix B: ViT_P-16GF = ViT_P-4GF with 48 blocks; ViT_C-16GF = 47 blocks with ViT_C-4GF's stem
+    p, c, c4 = get_spec("vit_p_16gf"), get_spec("vit_c_16gf"), get_spec("vit_c_4gf")
+    assert (p.depth, p.width, p.stem) == (48, 384, "patchify")
+    assert (c.depth, c.width, c.stem_channels, c.stem_strides) == (47, 384, c4.stem_channels, c4.stem_strides)
+
+
+def test_auto_augment_uses_the_authors_fill_and_interpolation_and_states_its_policy():
+    import torchvision.transforms.v2 as v2
+
+    from vitc.data.loading.transforms import Recipe, TrainSampleTransform
+
+    entry = CODE["autoaugment"]
+    augment = TrainSampleTransform(Recipe(image_size=32, num_classes=10)).augment
+    assert isinstance(augment, v2.AutoAugment) and augment.policy == v2.AutoAugmentPolicy.IMAGENET
+    assert entry["vitc"]["policy"] == "torchvision ImageNet" != entry["value"]["policy"]  # a stated difference
+    assert augment.interpolation == v2.InterpolationMode.BILINEAR
+    assert entry["vitc"]["interpolation"] == entry["value"]["interpolation"] == "bilinear"
+    assert augment.fill == entry["vitc"]["fill"] == entry["value"]["fill"] == 128  # pycls's grey

@@ -172,19 +172,21 @@ def ds_model(stage: int, precision: str, *passthrough: str, world: int = 8) -> D
 def test_zero_communication_volumes_by_hand():
     bf16, fp32 = (VIT_C_1GF_PARAMS * b * 7 // 8 for b in (2, 4))  # (N-1)/N of the params over 8 ranks
 
-    # vitc reduces gradients in fp32 whatever the compute precision (vitc/deepspeed_config.py)
+    # vitc keeps fp32 parameters and reduces gradients in fp32 whatever the compute precision
+    # (bf16 is autocast's compute type: vitc/deepspeed_config.py)
     assert comm_volume(VIT_C_1GF_PARAMS, ds_model(0, "bf16"), 8).all_reduce == 2 * fp32
-    assert comm_volume(VIT_C_1GF_PARAMS, ds_model(1, "bf16"), 8).all_reduce == 2 * fp32  # BF16_Optimizer
+    zero1 = comm_volume(VIT_C_1GF_PARAMS, ds_model(1, "bf16"), 8, accum=4)  # at the boundary only
+    assert (zero1.all_reduce, zero1.reduce_scatter, zero1.all_gather) == (0, fp32, fp32)
     zero2 = comm_volume(VIT_C_1GF_PARAMS, ds_model(2, "bf16"), 8, accum=4)  # every micro-batch
-    assert (zero2.reduce_scatter, zero2.all_gather) == (4 * fp32, bf16)
+    assert (zero2.reduce_scatter, zero2.all_gather) == (4 * fp32, fp32)
     zero3 = comm_volume(VIT_C_1GF_PARAMS, ds_model(3, "bf16", "deepspeed.communication_data_type=bf16"), 8)
-    assert (zero3.reduce_scatter, zero3.all_gather) == (bf16, 2 * bf16)
+    assert (zero3.reduce_scatter, zero3.all_gather) == (bf16, 2 * fp32)  # fp32 weights gathered twice
     assert comm_volume(MLP_PARAMS, ds_model(3, "fp32", world=1), 1).total == 0
 
 
 # DeepSpeed 0.19's choice of optimizer wrapper for vitc's dict (engine.py _do_optimizer_sanity_check)
 WRAPPERS = {(0, "fp32"): "none", (0, "bf16"): "none",
-            (1, "bf16"): "BF16_Optimizer", (1, "fp32"): "DeepSpeedZeroOptimizer",
+            (1, "bf16"): "DeepSpeedZeroOptimizer", (1, "fp32"): "DeepSpeedZeroOptimizer",
             (1, "fp16"): "DeepSpeedZeroOptimizer", (2, "bf16"): "DeepSpeedZeroOptimizer",
             (2, "fp32"): "DeepSpeedZeroOptimizer", (2, "fp16"): "DeepSpeedZeroOptimizer",
             (3, "bf16"): "DeepSpeedZeroOptimizer_Stage3", (3, "fp32"): "DeepSpeedZeroOptimizer_Stage3",
@@ -205,7 +207,7 @@ def test_the_plan_reads_its_engine_assumptions_from_the_deepspeed_dict(stage, pr
     ds = base.setup.deepspeed
     assert ds.wrapper == WRAPPERS[stage, precision]
     assert ds.comm_dtype == ds.grad_accum_dtype == "fp32"
-    assert ds.param_dtype == ("fp32" if stage == 0 and precision == "bf16" else precision)  # autocast
+    assert ds.param_dtype == "fp32" and ds.compute_dtype == precision  # autocast at every stage
     # the reduction dtype comes from the dict: bf16 halves the gradient traffic
     halved = plan(f"deepspeed.communication_data_type={'fp16' if precision == 'fp16' else 'bf16'}")
     grads = lambda p: p.comm.all_reduce + p.comm.reduce_scatter
@@ -226,16 +228,20 @@ def test_the_plan_reads_its_engine_assumptions_from_the_deepspeed_dict(stage, pr
 
 
 def test_zero0_fp16_with_fp32_accumulation_is_refused_as_deepspeed_refuses_it():
-    # deepspeed.initialize raises NotImplementedError for this mix; the plan says so in one line
+    # vitc's fp16 is autocast over fp32 parameters; DeepSpeed's own fp16 mode at ZeRO-0 with fp32
+    # accumulation makes deepspeed.initialize raise NotImplementedError: the plan says so in one line
+    assert ds_model(0, "fp16").wrapper == "none"
+    own_fp16 = ("deepspeed.fp16.enabled=true", "deepspeed.torch_autocast.enabled=false")
     with pytest.raises(VitcError, match="ZeRO-0 with fp16 parameters and fp32 gradient accumulation"):
-        ds_model(0, "fp16")
-    assert ds_model(0, "fp16", "deepspeed.data_types.grad_accum_dtype=fp16").wrapper == "FP16_Optimizer"
+        ds_model(0, "fp16", *own_fp16)
+    assert ds_model(0, "fp16", *own_fp16, "deepspeed.data_types.grad_accum_dtype=fp16").wrapper == "FP16_Optimizer"
 
 
-def test_the_default_gpu_stage_overlaps_where_bf16_zero1_would_not():
+def test_the_default_gpu_stage_overlaps_where_deepspeeds_bf16_mode_at_zero1_would_not():
     setup = run_setup(load_run_config("vit_c_72gf", []), Cluster(16, 8))
     default = plan_run(setup)
-    zero1 = plan_run(run_setup(load_run_config("vit_c_72gf", ["train.zero_stage=1"]), Cluster(16, 8)))
+    bf16_mode = ["train.zero_stage=1", "deepspeed.bf16.enabled=true", "deepspeed.torch_autocast.enabled=false"]
+    zero1 = plan_run(run_setup(load_run_config("vit_c_72gf", bf16_mode), Cluster(16, 8)))
     assert default.setup.zero_stage == 2 and default.setup.deepspeed.reduction_overlaps_backward
     assert zero1.setup.deepspeed.wrapper == "BF16_Optimizer" and zero1.exposed_comm_s == zero1.comm_s
     assert default.step_s < zero1.step_s and default.mfu > zero1.mfu
@@ -248,7 +254,7 @@ def test_plan_prints_the_step_split_and_the_predicted_mfu_with_what_limits_it(ca
     step = next(line for line in out.splitlines() if line.startswith("  step "))
     assert "compute" in step and "exposed communication" in step and "data wait" in step
     mfu = next(line for line in out.splitlines() if "predicted MFU" in line)
-    assert "limited by" in mfu and "all-gather of the updated bf16 parameters" in mfu
+    assert "limited by" in mfu and "all-gather of the updated fp32 parameters" in mfu
     assert "DeepSpeed runs DeepSpeedZeroOptimizer (ZeRO-2)" in out
 
 
@@ -292,7 +298,7 @@ def test_run_time_and_gpu_hours_follow_the_step(capsys):
 
 
 def test_sweep_holds_the_global_batch_and_shows_where_nodes_stop_paying():
-    setup = run_setup(load_run_config("vit_c_36gf", ["train.micro_batch=64", "train.zero_stage=3"]),
+    setup = run_setup(load_run_config("vit_c_36gf", ["train.micro_batch=64"]),  # ZeRO-2, the default
                       Cluster(1, 8, dataset_size=1_000_000))
 
     one, eight, sixty_four, too_many = sweep(setup, [1, 8, 64, 512])

@@ -358,7 +358,7 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
 
 # Config keys that map one-to-one onto ViTSpec fields when set (None = the registry's value).
 _ARCH_KEYS = ("stem", "width", "depth", "heads", "mlp_ratio", "patch_size", "stem_channels",
-              "stem_strides", "classifier", "norm_eps")
+              "stem_strides", "stem_kernels", "stem_paddings", "stem_norm", "classifier", "norm_eps")
 
 
 def model_spec(model: ModelConfig, num_classes: int | None = None) -> ViTSpec:
@@ -391,8 +391,9 @@ def state_keys(spec: ViTSpec) -> list[str]:
     key prefix in a config is checked at load (a test holds them equal to the built model's)."""
     *convs, last = stem_layers(spec)
     keys = []
-    for i, layer in enumerate(convs):  # stem.convs is [conv, BN, ReLU] per 3×3 conv
-        keys += [f"stem.convs.{3 * i}.weight"] + [f"stem.convs.{3 * i + 1}.{k}" for k in _BN_KEYS]
+    for i, layer in enumerate(convs):  # stem.convs is [conv, norm, ReLU] per conv before the 1×1
+        norm_keys = _BN_KEYS if layer.norm == "batch" else ("weight", "bias")
+        keys += [f"stem.convs.{3 * i}.weight"] + [f"stem.convs.{3 * i + 1}.{k}" for k in norm_keys]
     keys += ["stem.proj.weight"] + (["stem.proj.bias"] if last.bias else [])
     keys += (["cls_token"] if spec.classifier == "token" else []) + ["pos_embed"]
     layers = ["norm1", *block_shape(spec).linears, "norm2"]

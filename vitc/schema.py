@@ -49,7 +49,12 @@ class ModelConfig:
     # registry model's), since a conv stem's total stride is its patch size.
     patch_size: int | None = bounded(None, ge=1)
     stem_channels: list[int] | None = bounded(None, ge=1)
-    stem_strides: list[int] | None = bounded(None, ge=1, le=2)
+    stem_strides: list[int] | None = bounded(None, ge=1)  # 1 or 2 for 3×3 convs (ViTSpec.validate)
+    # the stem as data (Table 3, Fig. 7): each conv's kernel and padding before the final 1×1
+    # (unset: 3×3, padding 1), and the norm after each ("batch", or "layer" for ViT_C(ln))
+    stem_kernels: list[int] | None = bounded(None, ge=1)
+    stem_paddings: list[int] | None = bounded(None, ge=0)
+    stem_norm: Literal["batch", "layer"] | None = None
     classifier: Literal["token", "pool"] | None = None
     # layer-norm epsilon; None = the registry's 1e-6 (the released configs' LN.EPS, pycls vitconfigs 206d0db)
     norm_eps: float | None = None
@@ -234,7 +239,8 @@ class DataConfig:
     resampled: bool = False  # draw shards with replacement (no epoch boundary in the data)
     crop_scale: list[float] = bounded([0.08, 1.0], gt=0, le=1)  # RandomResizedCrop area [min, max]
     hflip: float = bounded(0.5, ge=0, le=1)
-    # AutoAugment (the paper's recipe, from the authors' pycls configs), RandAugment as an option.
+    # AutoAugment (the paper's recipe, from the authors' pycls configs: torchvision's ImageNet policy
+    # with pycls's fill and interpolation, docs/paper_runs.md), RandAugment as an option.
     auto_augment: Literal["autoaugment", "randaugment", "none"] = "autoaugment"
     randaugment_magnitude: int = bounded(9, ge=0, le=30)  # torchvision's 31 bins
     randaugment_num_ops: int = bounded(2, ge=1)

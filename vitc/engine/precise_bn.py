@@ -41,7 +41,7 @@ def has_batchnorm(spec) -> bool:
     """Whether the model `spec` describes has BatchNorm: its conv stem's 3×3 layers (models.structure)."""
     from vitc.models.structure import stem_layers
 
-    return any(layer.bn_relu for layer in stem_layers(spec))
+    return any(layer.norm == "batch" for layer in stem_layers(spec))
 
 
 def precise_bn_loader(cfg, run, dist):

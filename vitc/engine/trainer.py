@@ -196,7 +196,7 @@ class Trainer:
         forward = model_cost(self.run.spec).flops
         self.flops_per_image = 3 * forward
         self.hardware_flops_per_image = (4 if self.cfg.model.act_checkpoint else 3) * forward
-        self.peak_flops, peak_source = device_peak_flops(self.rt.device, self.rt.precision)
+        self.peak_flops, peak_source = device_peak_flops(self.rt.device, self.run.precision)
         self.repeated = repeated_steps(self.run_dir, self.step) if resumed else 0
         self.first_step = self.step
         if self.dist.is_main:

@@ -34,11 +34,11 @@ ZERO = Cost(0, 0, 0)
 
 
 def conv_cost(layer: ConvLayer, size: int) -> tuple[Cost, int]:
-    """Cost of `layer` (with its BatchNorm's affine weight and bias) on a size×size input, and its
+    """Cost of `layer` (with its norm's affine weight and bias) on a size×size input, and its
     output size."""
     out = layer.out_size(size)
     weights = layer.c_out * layer.c_in * layer.kernel**2
-    params = weights + (layer.c_out if layer.bias else 0) + (2 * layer.c_out if layer.bn_relu else 0)
+    params = weights + (layer.c_out if layer.bias else 0) + (2 * layer.c_out if layer.norm else 0)
     return Cost(out * out * weights, params, out * out * layer.c_out), out
 
 
@@ -118,7 +118,7 @@ def saved_elements(spec: ViTSpec) -> SavedElements:
     for layer in stem_layers(spec):
         stem += layer.c_in * size * size  # the conv's input
         size = layer.out_size(size)
-        stem += layer.c_out * size * size if layer.bn_relu else 0  # BatchNorm's input
+        stem += layer.c_out * size * size if layer.norm else 0  # the norm's input
     linear_inputs = sum(d_in for d_in, _ in shape.linears.values())
     qkv, gelu_input = shape.linears["attn.qkv"][1], shape.linears["mlp.fc1"][1]
     block = n * (linear_inputs + NORMS_PER_BLOCK * d + qkv + gelu_input)

@@ -36,6 +36,17 @@ class BatchNorm2d(nn.BatchNorm2d):
         return self
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map, at each position (ViT_C(ln)'s stem norm, Fig. 7);
+    eps 1e-6, the released configs' LN.EPS."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class MultiheadSelfAttention(nn.Module):
     """Self-attention through `scaled_dot_product_attention` (fused kernels on GPU)."""
 

@@ -32,6 +32,12 @@ class ViTSpec:
     patch_size: int = 16
     stem_channels: tuple[int, ...] = ()
     stem_strides: tuple[int, ...] = ()
+    # The conv stem as data (Table 3, Fig. 7): kernel and padding of each conv before the final 1×1
+    # (() = 3×3 with padding 1, the C-stem; an unset padding is (k - 1) // 2: "same" for odd kernels,
+    # none for a patchify layer), and the norm after each of them, followed by ReLU.
+    stem_kernels: tuple[int, ...] = ()
+    stem_paddings: tuple[int, ...] = ()
+    stem_norm: Literal["batch", "layer"] = "batch"
     classifier: Literal["token", "pool"] = "token"
     num_classes: int = 1000
     image_size: int = 224
@@ -69,9 +75,10 @@ class ViTSpec:
             raise VitcError(f"{who}: model.width {self.width} is not divisible by model.heads {self.heads}")
         if not 0.0 <= self.drop_path < 1.0:
             raise VitcError(f"{who}: model.drop_path must be in [0, 1), got {self.drop_path}")
-        if self.stem == "patchify" and (self.stem_channels or self.stem_strides):
-            raise VitcError(f"{who}: model.stem_channels/stem_strides apply to the conv stem only; "
-                            "set model.stem=conv or drop them")
+        if self.stem == "patchify" and (self.stem_channels or self.stem_strides or self.stem_kernels
+                                        or self.stem_paddings):
+            raise VitcError(f"{who}: model.stem_channels/stem_strides/stem_kernels/stem_paddings apply "
+                            "to the conv stem only; set model.stem=conv or drop them")
         if self.stem == "conv":
             self._validate_conv_stem(who)
         if self.image_size % self.patch_size:
@@ -84,22 +91,45 @@ class ViTSpec:
             raise VitcError(
                 f"{who}: model.stem_channels {list(self.stem_channels)} and model.stem_strides "
                 f"{list(self.stem_strides)} must be non-empty lists of equal length")
-        if any(s not in (1, 2) for s in self.stem_strides):
+        for key in ("stem_kernels", "stem_paddings"):
+            value = getattr(self, key)
+            if value and len(value) != len(self.stem_channels):
+                raise VitcError(f"{who}: model.{key} {list(value)} must have one entry per stem conv "
+                                f"({len(self.stem_channels)}, as model.stem_channels), or be unset")
+        if not self.stem_kernels and any(s not in (1, 2) for s in self.stem_strides):
             raise VitcError(f"{who}: model.stem_strides {list(self.stem_strides)}: each 3×3 conv "
-                            "has stride 1 or 2")
-        if any(c < 1 for c in self.stem_channels):
-            raise VitcError(f"{who}: model.stem_channels {list(self.stem_channels)} must be >= 1")
+                            "has stride 1 or 2 (set model.stem_kernels for a patchify layer)")
+        if any(c < 1 for c in self.stem_channels) or any(s < 1 for s in self.stem_strides) or any(
+                k < 1 for k in self.stem_kernels) or any(p < 0 for p in self.stem_paddings):
+            raise VitcError(f"{who}: model.stem_channels/strides/kernels must be >= 1 and "
+                            "model.stem_paddings >= 0")
         total = math.prod(self.stem_strides)
         if total != self.patch_size:
             raise VitcError(f"{who}: product of model.stem_strides {list(self.stem_strides)} is "
                             f"{total}, but model.patch_size is {self.patch_size}; they must be equal")
+        size = self.image_size
+        for k, s, p in zip(self.conv_kernels, self.stem_strides, self.conv_paddings):
+            size = (size + 2 * p - k) // s + 1
+        if self.image_size % self.patch_size == 0 and size != self.grid:
+            raise VitcError(f"{who}: the stem's kernels {list(self.conv_kernels)}, strides "
+                            f"{list(self.stem_strides)} and paddings {list(self.conv_paddings)} give a "
+                            f"{size}×{size} grid on {self.image_size} px, not {self.grid}×{self.grid}")
+
+    @property
+    def conv_kernels(self) -> tuple[int, ...]:
+        """The kernel of each stem conv before the final 1×1 (3 unless `stem_kernels` says)."""
+        return self.stem_kernels or (3,) * len(self.stem_channels)
+
+    @property
+    def conv_paddings(self) -> tuple[int, ...]:
+        return self.stem_paddings or tuple((k - 1) // 2 for k in self.conv_kernels)
 
 
 def with_overrides(spec: ViTSpec, **changes) -> ViTSpec:
     """A copy of `spec` with `changes`; switching to the patchify stem drops the conv-stem lists."""
     if changes.get("stem") == "patchify" and spec.stem == "conv":
-        changes.setdefault("stem_channels", ())
-        changes.setdefault("stem_strides", ())
+        for key in ("stem_channels", "stem_strides", "stem_kernels", "stem_paddings"):
+            changes.setdefault(key, ())
     if "stem_strides" in changes and "patch_size" not in changes and changes["stem_strides"]:
         changes["patch_size"] = math.prod(changes["stem_strides"])
     return replace(spec, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
@@ -146,8 +176,30 @@ for _key, (_w, _h, _r, _dp, _dc, _stem) in _FAMILY.items():
 MODELS["vit_c_72gf_released"] = with_overrides(
     MODELS["vit_c_72gf"], depth=21, stem_channels=STEM_72GF_RELEASED[0], stem_strides=STEM_72GF_RELEASED[1],
     name="vit_c_72gf_released")
+# The stem designs the paper compares at 4GF (Appendix A, Table 3; §5.5, Fig. 7), on ViT-S width
+# 384, heads 6, MLP ×3. S1-S4 each hold one patchify layer (kernel = stride > 2) among 3×3 convs, a
+# 1×1 to the width last; BN + ReLU after every conv but the last, as in the C-stem. name: (depth,
+# kernels, strides, paddings, channels of the convs before the 1×1, norm)
+_STEM_VARIANTS = {
+    "vit_s1_4gf": (11, (3, 3, 3, 2), (2, 2, 2, 2), (1, 1, 1, 0), (42, 104, 208, 416), "batch"),
+    "vit_s2_4gf": (11, (3, 3, 3, 4), (2, 2, 1, 4), (1, 1, 1, 0), (32, 64, 128, 256), "batch"),
+    "vit_s3_4gf": (11, (3, 3, 3, 8), (2, 1, 1, 8), (1, 1, 1, 0), (17, 34, 68, 136), "batch"),
+    "vit_s4_4gf": (11, (3, 3, 3, 16), (1, 1, 1, 16), (1, 1, 1, 0), (8, 16, 32, 64), "batch"),
+    # ViT_P(bn)-4GF: the patchify conv followed by BN + ReLU, then (vitc's reading, the paper lists
+    # no layers) the 1×1 to the width every stem of Table 3 ends with; all 12 blocks, as ViT_P
+    "vit_p_bn_4gf": (12, (16,), (16,), (0,), (384,), "batch"),
+    # ViT_C(ln)-4GF: ViT_C-4GF's stem with LayerNorm (over channels, at each position) for BatchNorm
+    "vit_c_ln_4gf": (11, (3, 3, 3, 3), (2, 2, 2, 2), (1, 1, 1, 1), STEM_4GF[0], "layer"),
+}
+for _name, (_d, _k, _s, _p, _ch, _norm) in _STEM_VARIANTS.items():
+    MODELS[_name] = with_overrides(MODELS["vit_c_4gf"], depth=_d, stem_kernels=_k, stem_strides=_s,
+                                   stem_paddings=_p, stem_channels=_ch, stem_norm=_norm, name=_name)
+# Appendix B: ViT_P-16GF is ViT_P-4GF 48 blocks deep, ViT_C-16GF 47 blocks with ViT_C-4GF's stem
+MODELS["vit_p_16gf"] = with_overrides(MODELS["vit_p_4gf"], depth=48, name="vit_p_16gf")
+MODELS["vit_c_16gf"] = with_overrides(MODELS["vit_c_4gf"], depth=47, name="vit_c_16gf")
+STEM_VARIANTS = tuple(_STEM_VARIANTS)
 # Variants whose patchify twin is not `vit_p_` + the rest of their name.
-TWINS = {"vit_c_72gf_released": "vit_p_72gf"}
+TWINS = {"vit_c_72gf_released": "vit_p_72gf", **{name: "vit_p_4gf" for name in _STEM_VARIANTS}}
 
 
 def get_spec(name: str, **overrides) -> ViTSpec:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitc.models.layers import BatchNorm2d
+from vitc.models.layers import BatchNorm2d, LayerNorm2d
 from vitc.models.structure import ConvLayer
 
 
@@ -27,7 +27,8 @@ class PatchifyStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked 3×3 convs (no bias, BN + ReLU after each), then a 1×1 conv with bias to the width.
+    """Stacked convs (no bias, a norm + ReLU after each: BN in the paper's C-stem, LayerNorm in
+    ViT_C(ln)), then a 1×1 conv with bias to the width.
 
     BN computes in fp32 under every precision (layers.BatchNorm2d).
 
@@ -39,7 +40,8 @@ class ConvStem(nn.Module):
         *convs, last = layers
         modules: list[nn.Module] = []
         for layer in convs:
-            modules += [_conv(layer), BatchNorm2d(layer.c_out), nn.ReLU(inplace=True)]
+            norm = LayerNorm2d(layer.c_out) if layer.norm == "layer" else BatchNorm2d(layer.c_out)
+            modules += [_conv(layer), norm, nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*modules)
         self.proj = _conv(last)
 

@@ -13,7 +13,8 @@ NORMS_PER_BLOCK = 2  # pre-norm: LN before attention, LN before the MLP
 
 @dataclass(frozen=True)
 class ConvLayer:
-    """One stem conv; `bn_relu`: BatchNorm and ReLU follow it (then the conv has no bias)."""
+    """One stem conv; `norm` ("batch" or "layer") and ReLU follow it (then the conv has no bias),
+    or nothing (None)."""
 
     c_in: int
     c_out: int
@@ -21,7 +22,7 @@ class ConvLayer:
     stride: int
     padding: int
     bias: bool
-    bn_relu: bool
+    norm: str | None
 
     def out_size(self, size: int) -> int:
         return (size + 2 * self.padding - self.kernel) // self.stride + 1
@@ -29,14 +30,15 @@ class ConvLayer:
 
 def stem_layers(spec: ViTSpec) -> tuple[ConvLayer, ...]:
     """Patchify: one p×p conv of stride p with bias. Conv (§3 of the paper): 3×3 convs (padding 1,
-    no bias) each followed by BN + ReLU, then a 1×1 conv with bias to the width."""
+    no bias) each followed by BN + ReLU, then a 1×1 conv with bias to the width; the stem variants
+    of Table 3 / Fig. 7 set other kernels, paddings and norm (ViTSpec.stem_kernels ...)."""
     if spec.stem == "patchify":
-        return (ConvLayer(IN_CHANS, spec.width, spec.patch_size, spec.patch_size, 0, True, False),)
+        return (ConvLayer(IN_CHANS, spec.width, spec.patch_size, spec.patch_size, 0, True, None),)
     layers, c_in = [], IN_CHANS
-    for c_out, stride in zip(spec.stem_channels, spec.stem_strides):
-        layers.append(ConvLayer(c_in, c_out, 3, stride, 1, bias=False, bn_relu=True))
+    for c_out, k, stride, pad in zip(spec.stem_channels, spec.conv_kernels, spec.stem_strides, spec.conv_paddings):
+        layers.append(ConvLayer(c_in, c_out, k, stride, pad, bias=False, norm=spec.stem_norm))
         c_in = c_out
-    layers.append(ConvLayer(c_in, spec.width, 1, 1, 0, bias=True, bn_relu=False))
+    layers.append(ConvLayer(c_in, spec.width, 1, 1, 0, bias=True, norm=None))
     return tuple(layers)
 
 

@@ -60,6 +60,10 @@ def from_timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def timm_model_args(spec: ViTSpec) -> tuple[str, dict]:
     """(architecture, model_args) that rebuild `spec` with `timm.create_model(architecture, **model_args)`."""
+    if spec.stem_kernels or spec.stem_paddings or spec.stem_norm != "batch":
+        # vitc's timm entry (weights/timm_models.py) builds 3×3 BN stems only
+        raise VitcError(f"model '{spec.name}': its stem (model.stem_kernels/stem_paddings/stem_norm) has no "
+                        "timm form; export it in vitc's format (vitc export without --format timm)")
     mlp_ratio = spec.mlp_hidden / spec.width
     if int(spec.width * mlp_ratio) != spec.mlp_hidden:  # timm truncates width × ratio; round-off must not
         mlp_ratio = (spec.mlp_hidden + 0.5) / spec.width

@@ -1,14 +1,21 @@
 """The authors' augmentation recipe with torchvision.transforms.v2, split where it is cheapest.
 
 The recipe is pycls's (branch vitconfigs, commit 206d0db): `pycls/datasets/imagenet.py`
-`_prepare_im` for crop, flip and resize-then-centre-crop, and the released configs
+`_prepare_im` for crop, flip, PCA lighting and resize-then-centre-crop, and the released configs
 (`configs/vitconv_baselines/vit/`: TRAIN.AUGMENT AutoAugment, MIXUP_ALPHA 0.8, CUTMIX_ALPHA 1.0,
 LABEL_SMOOTHING 0.1) for the rest.
 
+AutoAugment is torchvision's, not the authors' implementation: vitc sets pycls's fill (grey 128)
+and interpolation (bilinear) for its geometric ops, but the policy and magnitudes are
+torchvision's ImageNet policy (the AutoAugment paper's), while pycls (`pycls/datasets/augment.py`)
+uses TensorFlow's EfficientNet "policy_v0" (other sub-policies, e.g. SolarizeAdd and TranslateY),
+magnitudes on its own [0, 1] scale, and posterize keeping at least 1 bit. docs/paper_runs.md lists
+these differences. RandAugment (vitc's option) is torchvision's too.
+
 Per sample, in the loader's workers, on uint8: RandomResizedCrop (box sampled in full-resolution
 coordinates from the JPEG header, then decoded at reduced size: vitc.data.loading.decode),
-horizontal flip, AutoAugment or RandAugment. Per batch: normalize, PCA lighting, RandomErasing, MixUp/CutMix, label smoothing —
-float work done once on a stacked batch instead of per image. Every draw comes from a seed given
+horizontal flip, AutoAugment or RandAugment. Per batch: normalize, PCA lighting, RandomErasing,
+MixUp/CutMix, label smoothing — float work done once on a stacked batch instead of per image. Every draw comes from a seed given
 with the sample or the batch (vitc.data.loading.draws), never from the process's running generator.
 
 AutoAugment and RandAugment run on PIL images: on uint8 224 px images they are 2x (AutoAugment) and
@@ -31,6 +38,7 @@ from vitc.errors import VitcError
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range (torchvision default, pycls the same)
+AUTOAUGMENT_FILL = 128  # grey, as pycls fills its rotated/sheared/translated images
 # AlexNet-style lighting: ImageNet's RGB eigenvalues and eigenvectors (columns), pycls vitconfigs
 # 206d0db pycls/datasets/imagenet.py _EIG_VALS / _EIG_VECS (from fb.resnet.torch), on 0..1 pixels
 EIG_VALS = (0.2175, 0.0188, 0.0045)
@@ -171,7 +179,9 @@ def _from_pil(image: Image.Image) -> torch.Tensor:
 
 def _auto_augment(recipe: Recipe) -> v2.Transform | None:
     if recipe.auto_augment == "autoaugment":
-        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        # pycls augment.py WARP_PARAMS: fillcolor (128, 128, 128), resample BILINEAR
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=v2.InterpolationMode.BILINEAR,
+                              fill=AUTOAUGMENT_FILL)
     if recipe.auto_augment == "randaugment":
         return v2.RandAugment(num_ops=recipe.randaugment_num_ops, magnitude=recipe.randaugment_magnitude)
     return None
