@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
-# What a change usually needs, in under 3 minutes here: every test not marked `slow` (over ~20 s).
+# What a change usually needs, in under 3 minutes here: every test not marked `slow` (over ~5 s of CPU).
 # pytest's exit code 5 (no test collected) fails make like any other.
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests

@@ -30,6 +30,7 @@ def audit_json(capsys, *args) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_audit_reproduces_the_papers_table_within_3_percent(capsys):
     rows = {r["name"]: r for r in audit_json(capsys, "paper")}
     assert set(rows) == set(PAPER)
@@ -42,6 +43,7 @@ def test_audit_reproduces_the_papers_table_within_3_percent(capsys):
         assert row["resolution"] == 224
 
 
+@pytest.mark.slow
 def test_every_registry_model_traces_to_its_analytic_count():
     # each model's own widths, stem, heads and resolution, two blocks deep: the analytic count is
     # per block times depth (the paper's eight at full depth are traced above), so this checks every

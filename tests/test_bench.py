@@ -60,6 +60,7 @@ def test_a_resolution_without_a_measured_rate_uses_the_nearest_and_says_so():
     assert "224 px (nearest to the run's 384 px)" in need.source
 
 
+@pytest.mark.slow
 def test_every_contender_is_timed_in_its_own_process_by_the_same_rules(tmp_path):
     folder = photo_imagefolder(tmp_path / "photos", classes=2, per_class=2)
     contenders = [Contender(name, "vitc.bench.data:decode_pass", {"folder": str(folder)}) for name in "ab"]
@@ -69,6 +70,7 @@ def test_every_contender_is_timed_in_its_own_process_by_the_same_rules(tmp_path)
         assert t.rate > 0 and t.per_core > 0 and t.startup_s > 0 and t.details == {}
 
 
+@pytest.mark.slow
 def test_a_contender_that_fails_ends_the_bench_with_its_name(tmp_path):
     with pytest.raises(VitcError, match="contender 'broken' exited"):
         time_in_processes([Contender("broken", "vitc.bench.data:decode_pass", {"folder": str(tmp_path),
@@ -84,6 +86,7 @@ def order_probe(path: str, name: str):
     return step
 
 
+@pytest.mark.slow
 def test_each_round_starts_with_the_next_contender_so_none_always_runs_first(tmp_path):
     calls = tmp_path / "calls"
     contenders = [Contender(name, "test_bench:order_probe", {"path": str(calls), "name": name}) for name in "abc"]
@@ -92,6 +95,7 @@ def test_each_round_starts_with_the_next_contender_so_none_always_runs_first(tmp
     assert [rounds[i:i + 3] for i in (0, 3, 6)] == [list("abc"), list("bca"), list("cab")]
 
 
+@pytest.mark.slow
 def test_several_processes_per_contender_rotate_the_start_order_and_report_the_median_process(tmp_path):
     calls = tmp_path / "calls"
     contenders = [Contender(name, "test_bench:order_probe", {"path": str(calls), "name": name}) for name in "abc"]

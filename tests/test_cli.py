@@ -63,6 +63,7 @@ def test_every_command_documents_itself(command, capsys):
     assert "usage: vitc " + command in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_same_cli():
     """torchrun, srun and child processes start vitc as `python -m vitc.cli`."""
     out = subprocess.run([sys.executable, "-m", "vitc.cli", "audit", "vit_p_1gf", "--format", "csv"],

@@ -117,6 +117,7 @@ def _rank_main(rank: int, shards: str, init_file: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
+    # two ranks of loaders, started once for the tests below: in the fast tier or out of it together
     root = tmp_path_factory.mktemp("loader")
     shards = write_shards(root / "shards")
     mp.spawn(_rank_main, args=(str(shards), str(root / "init"), str(root / "out.json")), nprocs=2)
@@ -374,6 +375,7 @@ def test_a_loader_state_of_another_version_is_refused(tmp_path):
         loader.load_state_dict({"version": 99})
 
 
+@pytest.mark.slow
 def test_bench_data_prints_rates_and_ratios(tmp_path, capsys):
     from vitc.cli import main
 
@@ -410,6 +412,7 @@ print("end of script", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", ["whole pass", "part of a pass", "workers started, never used"])
 def test_a_script_using_the_loader_exits_without_closing_it(tmp_path, use):
     # Loader workers ignore SIGTERM, which is how multiprocessing's exit handler stops DataLoader's

@@ -29,6 +29,7 @@ def wait_for(condition, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_saves_the_current_step_with_loader_workers(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2},
                           schedule={"epochs": 20})
@@ -56,6 +57,7 @@ def photos(tmp_path_factory) -> Path:
     (signal.SIGTERM, "parent", 143),  # kill PID
     (signal.SIGINT, "group", 130),  # Ctrl-C
 ])
+@pytest.mark.slow
 def test_a_signalled_shard_build_ends_in_one_line_with_its_workers_and_resumes(photos, tmp_path, signum,
                                                                                whom, status):
     out = tmp_path / "out"

@@ -57,6 +57,7 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(shard
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
+@pytest.mark.slow
 def test_preemption_signal_saves_at_the_current_step_and_exits_zero(shards, tmp_path):
     config = write_config(tmp_path / "p.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
     proc = training_in_progress(config, tmp_path / "run")

@@ -97,6 +97,7 @@ with engine_session(DistEnv(), rt, 60):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_efficient_linear", [None, "false"])
 def test_zero3_gathers_each_block_as_one_and_keeps_no_gathered_weight_until_backward(tmp_path, memory_efficient_linear):
     # one set of ZeRO-3 hooks per block instead of per linear and norm (vitc bench engine: ZeRO-3's

@@ -50,6 +50,7 @@ def exported_step(path: Path) -> int:
         return json.loads(f.metadata()["vitc_checkpoint"])["step"]
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_named_and_the_previous_intact_one_is_used(shards, digits_folder, tmp_path):
     run = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", shards, run, checkpoint={"every_steps": 4, "keep_last": 2})
@@ -87,6 +88,7 @@ def folder_of(digits: Path, out: Path, classes: dict[str, str | None]) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_file_of_a_checkpoint_is_recorded_with_its_size_and_checksum(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
     vitc("train", str(config), "train.max_steps=2")
@@ -117,6 +119,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(shards, tmp_path, small_disk):
     sections = dict(checkpoint={"every_steps": 2}, log={"every_steps": 100})
     probe = write_config(tmp_path / "p.yaml", shards, tmp_path / "probe", **sections)
@@ -132,6 +135,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert checkpoint.newest_intact_checkpoint(run).step == 2
 
 
+@pytest.mark.slow
 def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(shards, tmp_path, small_disk):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
     vitc("train", str(config), "train.max_steps=2")
@@ -142,6 +146,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(shards, tmp_path
     assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resuming_a_run_directory_with_another_model_names_both(shards, tmp_path):
     conv = write_config(tmp_path / "c.yaml", shards, tmp_path / "run")
     vitc("train", str(conv), "train.max_steps=2")
@@ -153,6 +158,7 @@ def test_resuming_a_run_directory_with_another_model_names_both(shards, tmp_path
     assert tags(tmp_path / "run") == ["step_00000002"]
 
 
+@pytest.mark.slow
 def test_a_second_training_in_a_run_directory_is_refused_and_ctrl_c_saves_and_exits_130(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", schedule={"epochs": 20})
     first = training_in_progress(config, tmp_path / "run")
@@ -211,6 +217,7 @@ def test_shards_build_names_an_empty_class_folder(digits_folder, tmp_path, caplo
     assert summary.manifest.classes == {"0": 0, "1": 1, "2": 2}
 
 
+@pytest.mark.slow
 def test_shards_build_onto_a_full_disk_is_one_line_keeps_no_temp_file_and_resumes(digits_folder, tmp_path, small_disk):
     disk = small_disk(64 * 1024)
     command = ("shards", "build", str(digits_folder), str(disk / "shards"), "--samples-per-shard", "50")

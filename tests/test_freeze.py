@@ -129,6 +129,7 @@ def test_init_keys_without_init_from_is_refused_at_load():
         load_config(None, ["finetune.init_keys=[stem]"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3])
 def test_a_run_that_freezes_its_initialised_stem_ends_with_that_stem(shards, tmp_path, stage):
     from engine_runs import TINY_CONV, exported, vitc, write_config

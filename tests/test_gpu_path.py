@@ -10,7 +10,6 @@ import deepspeed
 import pytest
 import torch
 from engine_runs import (
-    ROOT,
     TINY_CONV,
     TINY_PATCHIFY,
     exported,
@@ -29,6 +28,7 @@ from vitc.engine.runtime import process_group, resolve_runtime
 from vitc.engine.trainer import Trainer
 from vitc.errors import VitcError
 from vitc.models.vit import VisionTransformer
+from vitc.resources import resource
 from vitc.run import resolve_run
 
 
@@ -39,6 +39,7 @@ def tiny_config(tmp_path, shards, model: dict, stage: int, precision: str = "bf1
                                "max_steps": steps})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("model", [TINY_CONV, TINY_PATCHIFY], ids=["conv_stem", "patchify_stem"])
 def test_bf16_with_nhwc_input_trains_at_every_zero_stage(model, stage, shards, tmp_path):
@@ -58,6 +59,7 @@ def twin_runs(shards, tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_bf16_loss_follows_fp32_over_20_steps(twin_runs):
     fp32, bf16 = losses(twin_runs / "fp32"), losses(twin_runs / "bf16")
     assert len(fp32) == len(bf16) == 20
@@ -67,6 +69,7 @@ def test_bf16_loss_follows_fp32_over_20_steps(twin_runs):
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 2 * 2**-6
 
 
+@pytest.mark.slow
 def test_export_after_bf16_is_the_optimizers_fp32_masters(twin_runs, tmp_path):
     run_dir = twin_runs / "bf16"
     weights = exported(run_dir, tmp_path)
@@ -112,7 +115,7 @@ def test_a_task_bound_to_one_gpu_takes_cuda_0_and_one_seeing_all_its_local_rank(
 
 
 def test_slurm_master_port_lies_below_the_ephemeral_range_and_launch_sh_agrees():
-    expression = re.search(r"MASTER_PORT=\$\(\((.*)\)\)", (ROOT / "slurm" / "launch.sh").read_text()).group(1)
+    expression = re.search(r"MASTER_PORT=\$\(\((.*)\)\)", resource("slurm/launch.sh").read_text()).group(1)
     for job_id in (1, 12345, 19999, 20000, 812345, 2**31 - 1):
         bash = subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; echo $(({expression}))"],
                               capture_output=True, text=True, check=True).stdout

@@ -22,7 +22,8 @@ def tiny(**overrides):
     return get_spec("vit_c_1gf", **{**base, **overrides})
 
 
-@pytest.mark.parametrize("name", PAPER_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.endswith("36gf") else n
+                                  for n in PAPER_MODELS])
 def test_paper_model_trains_forward_and_backward_at_batch_2(name):
     torch.manual_seed(0)
     model = VisionTransformer(get_spec(name))

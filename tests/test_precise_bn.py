@@ -34,6 +34,7 @@ def direct_statistics(batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return stats
 
 
+@pytest.mark.slow
 def test_precise_bn_on_two_ranks_equals_the_statistics_of_all_their_images(tmp_path):
     out = tmp_path / "bn.safetensors"
     result = run_ranks([*torchrun_command(2), str(ROOT / "tests" / "precise_bn_probe.py"), str(out)])

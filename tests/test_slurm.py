@@ -344,6 +344,7 @@ def test_sweep_array_runs_each_config_as_its_own_job(cluster, shards, tmp_path, 
         assert job_status(tmp_path / f"trial{i}" / "run").last_step == 24
 
 
+@pytest.mark.slow
 def test_requeue_of_an_unknown_job_is_one_clear_error(cluster, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
 

@@ -206,6 +206,7 @@ def test_run_retries_every_run_without_a_final_outcome(shards, tmp_path):
     assert [p.id for p in pending_runs(sweep)] == [r.id for r in runs[2:]]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_is_retried_the_set_number_of_times_then_counted_apart(shards, tmp_path, capsys):
     from safetensors.numpy import save_file
 
@@ -294,6 +295,7 @@ def test_shipped_sweep_specs_make_their_runs(tmp_path):
     assert len(runs) == 64 and {r.epochs for r in runs} == {30}
 
 
+@pytest.mark.slow
 def test_the_paper_sweep_is_768_runs_of_50_epochs_in_the_papers_intervals(tmp_path):
     runs = make_sweep(REPO / "configs" / "sweeps" / "paper_edf.yaml", tmp_path / "paper")
 

@@ -158,6 +158,7 @@ def chromium() -> str:
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_a_headless_browser(tmp_path, capsys):
     browser = chromium()
     sweep = paper_shaped_sweep(tmp_path / "sweep")

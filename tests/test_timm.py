@@ -97,6 +97,7 @@ def test_a_layer_norm_eps_other_than_timms_travels_in_the_config(tmp_path):
     assert torch.allclose(logits_of(in_timm), logits_of(model), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_exported_patchify_run_loads_in_timm_in_a_process_without_vitc(shards, tmp_path):
     run = train_run(shards, tmp_path, TINY_PATCHIFY)
     vitc("export", str(run), "--format", "timm", "--out", str(tmp_path / "timm"))
@@ -115,6 +116,7 @@ def test_exported_patchify_run_loads_in_timm_in_a_process_without_vitc(shards, t
     assert pretrained["mean"] == [0.485, 0.456, 0.406] and pretrained["interpolation"] == "bilinear"
 
 
+@pytest.mark.slow
 def test_exported_conv_stem_run_loads_in_timm_once_vitc_timm_is_imported(shards, tmp_path):
     run = train_run(shards, tmp_path, TINY_CONV)
     assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "timm")]) == 0
@@ -150,6 +152,7 @@ def test_init_from_a_timm_checkpoint_loads_its_weights_and_interpolates_position
     assert model.pos_embed.shape == (1, 1 + 8 * 8, 32)
 
 
+@pytest.mark.slow
 def test_vitc_train_fine_tunes_from_a_timm_checkpoint(shards, tmp_path):
     save_for_hf(timm.create_model("vit_tiny_patch16_224", img_size=64, **TIMM_TINY), str(tmp_path / "hf"),
                 safe_serialization=True)
