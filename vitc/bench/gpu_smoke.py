@@ -125,7 +125,7 @@ class Smoke:
 
         spec = get_spec("vit_c_72gf")
         if self.cpu:
-            spec = with_overrides(spec, depth=2, image_size=64)
+            spec = with_overrides(spec, depth=1, image_size=32)
         images = torch.randn(4, 3, spec.image_size, spec.image_size, device=self.device)
         labels = torch.randint(0, spec.num_classes, (4,), device=self.device)
         losses = {}
@@ -145,7 +145,7 @@ class Smoke:
         worst = max(abs(a - b) / abs(a) for a, b in zip(losses[torch.float32], losses[torch.bfloat16]))
         if not worst < 0.02:
             raise AssertionError(f"bf16 losses {losses[torch.bfloat16]} vs fp32 {losses[torch.float32]}")
-        return f"{spec.name}{' (2 blocks, 64 px)' if self.cpu else ''}: bf16 within {worst:.2%} of fp32 over 3 steps"
+        return f"{spec.name}{' (1 block, 32 px)' if self.cpu else ''}: bf16 within {worst:.2%} of fp32 over 3 steps"
 
     def jpeg_decode(self) -> str:
         """RGB, grayscale and CMYK JPEGs through the GPU decoder; CMYK goes to the CPU decoder."""
@@ -203,7 +203,7 @@ class Smoke:
         from vitc.plan.setup import Cluster, load_run_config, run_setup
 
         models = ("vit_c_1gf",) if self.cpu else ("vit_c_36gf", "vit_c_72gf")
-        batch, steps, lines = (4, 2) if self.cpu else (32, 10), []
+        (batch, steps), lines = ((4, 2) if self.cpu else (32, 10)), []
         precision = "fp32" if self.cpu else "bf16"
         peak = device_peak_flops(torch.device(self.device), precision)[0]
         if not peak:
