@@ -13,6 +13,8 @@ from vitc.bench.host_syncs import CountHostSyncs
 from vitc.cli import main
 from vitc.outcome import read_outcome
 
+pytestmark = pytest.mark.slow  # each test trains
+
 
 @pytest.fixture(scope="module")
 def shards(digits_folder, tmp_path_factory):
