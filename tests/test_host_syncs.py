@@ -4,50 +4,16 @@ time only. Counted on the CPU with a TorchFunctionMode over real `vitc train` ru
 steps with no log line or save in between: what vitc does per step is the difference."""
 
 import collections
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 from engine_runs import digit_shards, metrics, write_config
-from torch.overrides import TorchFunctionMode
 
+from vitc.bench.host_syncs import CountHostSyncs
 from vitc.cli import main
 from vitc.outcome import read_outcome
 
-# device -> host reads (each waits for the device on a GPU) and host -> device constructions
-READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
-         torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__}
-CONSTRUCTIONS = {torch.tensor, torch.as_tensor}
-VITC = str(Path(__file__).resolve().parents[1] / "vitc")
-LOADER = str(Path(VITC) / "data")
-
-
-def _caller() -> str:
-    """Whose code made the call: the first frame outside torch; vitc's loader (host-side data, not
-    the step) counts apart."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if "/torch/" not in name and "overrides.py" not in name and __file__ not in name:
-            if name.startswith(LOADER):
-                return "loader"
-            if name.startswith(VITC):
-                return "vitc"
-            return "deepspeed" if "/deepspeed/" in name else "other"
-        frame = frame.f_back
-    return "other"
-
-
-class CountHostSyncs(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in READS or func in CONSTRUCTIONS:
-            self.counts[(_caller(), getattr(func, "__name__", str(func)))] += 1
-        return func(*args, **(kwargs or {}))
+pytestmark = pytest.mark.slow  # each test trains
 
 
 @pytest.fixture(scope="module")

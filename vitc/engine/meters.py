@@ -124,6 +124,40 @@ class Goodput:
                 **{f"{part}_share": share for part, share in lost.items()}}
 
 
+class RunMeters:
+    """What MFU and goodput are computed from: vitc's flop audit per trained image (forward × 3;
+    `hfu` adds activation checkpointing's recomputed forward), the device's peak, and the steps a
+    resumed run repeats."""
+
+    def __init__(self, goodput: Goodput, forward_flops: int, act_checkpoint: bool, device: torch.device,
+                 precision: str, run_dir: Path, step: int, resumed: bool, is_main: bool):
+        self.goodput = goodput
+        self.flops_per_image = 3 * forward_flops
+        self.hardware_flops_per_image = (4 if act_checkpoint else 3) * forward_flops
+        self.peak_flops, source = device_peak_flops(device, precision)
+        self.repeated = repeated_steps(run_dir, step) if resumed else 0
+        self.first_step = step
+        if is_main:
+            log.info("MFU against a peak of %.3g TFLOP/s (%s)", self.peak_flops / 1e12, source)
+
+    def performance(self, step: int) -> dict[str, float]:
+        """Goodput and its parts; the repeated steps cost this invocation's mean productive step."""
+        done = step - self.first_step
+        summary = self.goodput.summary()
+        if done and self.repeated:
+            step_s = summary["wall_s"] * summary["goodput"] / done
+            self.goodput.seconds["lost_to_restarts"] = min(self.repeated, done) * step_s
+            summary = self.goodput.summary()
+        return summary
+
+    def record(self, window: Window, world_size: int, step: int) -> dict[str, float]:
+        """A log line's figures: the window's summary with MFU and HFU, and the goodput so far."""
+        summary = window.summary(self.flops_per_image, self.peak_flops, world_size)
+        if "mfu" in summary:
+            summary["hfu"] = summary["mfu"] * self.hardware_flops_per_image / self.flops_per_image
+        return {**summary, **self.performance(step)}
+
+
 def repeated_steps(run_dir: Path, resumed_step: int) -> int:
     """Steps an earlier invocation logged past the checkpoint this one resumes from: work lost."""
     path = Path(run_dir) / "metrics.jsonl"

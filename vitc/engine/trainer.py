@@ -35,15 +35,7 @@ from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, req
 from vitc.engine.build import build_engine, engine_session
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import (
-    DataWait,
-    Goodput,
-    MetricsLog,
-    Window,
-    console_line,
-    device_peak_flops,
-    repeated_steps,
-)
+from vitc.engine.meters import DataWait, Goodput, MetricsLog, RunMeters, Window, console_line
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
@@ -61,6 +53,7 @@ from vitc.engine.runtime import (
 )
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
+from vitc.models.cost import model_cost
 from vitc.models.vit import VisionTransformer
 from vitc.outcome import Diverged, RunEnding, RunOutcome, Score
 from vitc.run import Run
@@ -174,7 +167,8 @@ class Trainer:
             self.total_steps, self.last_saved = restored.total_steps, resume.info
             self.evaluation, self.ema_evaluation = restored.evaluation, restored.ema_evaluation
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
-        self._init_performance(bool(resume))
+        self.run_meters = RunMeters(self.goodput, model_cost(self.run.spec).flops, cfg.model.act_checkpoint,
+                                    rt.device, self.run.precision, self.run_dir, self.step, bool(resume), dist.is_main)
         log_data_position(self, "start", resume.info.step if resume else None)
         if dist.is_main:
             self._write_run_files(lr)
@@ -189,29 +183,9 @@ class Trainer:
         # `cudnn_conv_suggest_memory_format` follows the input's or the weight's format)
         return model.to(self.rt.device)
 
-    def _init_performance(self, resumed: bool) -> None:
-        """What MFU and goodput are computed from: vitc's flop audit per trained image (forward × 3,
-        + one more forward recomputed under activation checkpointing: `hfu`), the device's peak."""
-        from vitc.models.cost import model_cost
-
-        forward = model_cost(self.run.spec).flops
-        self.flops_per_image = 3 * forward
-        self.hardware_flops_per_image = (4 if self.cfg.model.act_checkpoint else 3) * forward
-        self.peak_flops, peak_source = device_peak_flops(self.rt.device, self.run.precision)
-        self.repeated = repeated_steps(self.run_dir, self.step) if resumed else 0
-        self.first_step = self.step
-        if self.dist.is_main:
-            log.info("MFU against a peak of %.3g TFLOP/s (%s)", self.peak_flops / 1e12, peak_source)
-
     def performance(self) -> dict[str, float]:
         """Goodput and its parts over this invocation (outcome.json, every log line)."""
-        done = self.step - self.first_step
-        summary = self.goodput.summary()
-        if done and self.repeated:
-            steps_s = summary["wall_s"] * summary["goodput"] / done
-            self.goodput.seconds["lost_to_restarts"] = min(self.repeated, done) * steps_s
-            summary = self.goodput.summary()
-        return summary
+        return self.run_meters.performance(self.step)
 
     def _write_run_files(self, lr: float) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -376,10 +350,8 @@ class Trainer:
     def _log(self, window: Window) -> Window:
         """Console line, JSONL and TensorBoard (rank 0); returns a fresh window."""
         if self.metrics is not None:
-            summary = window.summary(self.flops_per_image, self.peak_flops, self.dist.world_size)
-            if "mfu" in summary:  # with activation checkpointing's recomputed forward
-                summary["hfu"] = summary["mfu"] * self.hardware_flops_per_image / self.flops_per_image
-            record = {**summary, **self.performance(), "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
+            record = {**self.run_meters.record(window, self.dist.world_size, self.step),
+                      "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
                       "total_steps": self.total_steps, "lr": self.engine.get_lr()[0],
                       "grad_norm": self._grad_norm()}
             record["eta_s"] = record["step_s"] * (self.total_steps - self.step)
