@@ -104,7 +104,7 @@ def convert_before_joining(cfg: Config, dist: DistEnv, run: Run) -> None:
     case leaves that to rank 0 in `resume_point`); a damaged newest one falls back as resume does."""
     saved = checkpoint.newest_checkpoint(cfg.train.run_dir) if cfg.checkpoint.resume else None
     if saved is not None and (saved.world_size, saved.zero_stage) != (dist.world_size, run.zero_stage):
-        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir, quiet=not dist.is_main)
+        saved = checkpoint.newest_intact_checkpoint(cfg.train.run_dir, quiet=True)  # resume_point says it
         if saved is not None:
             universal.loadable_tag(Path(cfg.train.run_dir), saved, dist.world_size, run.zero_stage, dist.rank,
                                    cfg.optim.name)
