@@ -131,7 +131,7 @@ def newest_intact_checkpoint(run_dir: str | os.PathLike, quiet: bool = False) ->
             if skipped and not quiet:
                 log.warning("skipped checkpoint %s: using %s", "; ".join(skipped), info.tag)
             return info
-        skipped.append(f"{path.name} ({problem})")
+        skipped.append(f"{path.name} damaged ({problem})")
     damaged = [s for s in skipped if not s.startswith(PARTIAL)]
     if damaged:
         raise VitcError(f"no intact checkpoint in {checkpoint_root(run_dir)}: " + "; ".join(damaged)

@@ -58,11 +58,11 @@ def consolidated_state_dict(run_dir: str | os.PathLike, ema: bool = False) -> tu
 
 
 def zero_masters(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """DeepSpeed's consolidation of a ZeRO 1-3 checkpoint tag (its progress prints go to the log)."""
+    """DeepSpeed's consolidation of a ZeRO 1-3 checkpoint tag (its progress output goes to the debug log)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):  # prints and a tqdm bar
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     log.debug("zero_to_fp32: %s", printed.getvalue().strip())
     return state
