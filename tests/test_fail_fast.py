@@ -292,3 +292,32 @@ def test_the_deepspeed_keys_vitc_accepts_are_the_installed_deepspeeds():
     assert deepspeed.__version__ == DEEPSPEED_VERSION
     assert Recording.asked <= DEEPSPEED_KEYS
     assert zero == ZERO_OPTIMIZATION_KEYS
+
+
+# ---- timeouts ------------------------------------------------------------------------------------
+
+def test_a_dead_rank_ends_the_others_with_one_line_naming_rank_and_host(shards, tmp_path):
+    import socket
+
+    from vitc.engine.runtime import free_port
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", schedule={"epochs": 50},
+                          train={"collective_timeout_min": 0.25})
+    port = str(free_port())
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        ranks.append(subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 4 * HANG_S
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert all(r.poll() is None for r in ranks), ranks[0].communicate()[1][-2000:]
+        time.sleep(0.1)
+    ranks[1].kill()  # a node lost: no signal handler runs, no checkpoint
+    _, err = ranks[0].communicate(timeout=HANG_S)
+    ranks[1].communicate()
+    line = error_line(subprocess.CompletedProcess([], ranks[0].returncode, "", err))
+    assert ranks[0].returncode == 2
+    assert f"rank 0 of 2 on {socket.gethostname()}" in line and "train.collective_timeout_min=0.25" in line

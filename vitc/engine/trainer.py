@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from vitc.checkpoint import store as checkpoint
 from vitc.checkpoint.lock import run_lock
-from vitc.engine.resume import Resuming
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
 from vitc.distributed.env import DistEnv, discover
@@ -42,6 +41,7 @@ from vitc.engine.precise_bn import (
     precise_bn,
     precise_bn_loader,
 )
+from vitc.engine.resume import Resuming
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
@@ -49,6 +49,7 @@ from vitc.engine.runtime import (
     run_on,
     seed_everything,
 )
+from vitc.engine.timeouts import collective_failure, collectives_may_wait
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.models.vit import VisionTransformer
@@ -75,7 +76,7 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
         run = run_on(cfg, dist, rt)  # before anything heavy starts
         convert_before_joining(cfg, dist, run)  # before any collective can time out
         handlers = {s: signal.getsignal(s) for s in SIGNALS}
-        with engine_session(dist, rt, cfg.train.dist_timeout_s):
+        with engine_session(dist, rt, cfg.train.collective_timeout_min * 60):
             try:
                 preempt = PreemptionSignal()
                 ending.trainer = Trainer(cfg, dist, rt, preempt, run)
@@ -85,7 +86,10 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
     except BaseException as error:
-        ending.record_failure(error)
+        failure = collective_failure(error, dist, cfg)  # a dead or stuck peer: say so in one line
+        ending.record_failure(failure or error)
+        if failure is not None:
+            raise failure from None
         raise
     if outcome.status != "preempted":
         return outcome
@@ -168,7 +172,8 @@ class Trainer(Resuming):
             self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
         if resume:
-            self._restore(resume, tag)
+            with collectives_may_wait(cfg.checkpoint.save_timeout_min, cfg.train.collective_timeout_min):
+                self._restore(resume, tag)
         self.metrics = MetricsLog(self.run_dir, cfg.log.tensorboard) if dist.is_main else None
         if dist.is_main:
             self._write_run_files(lr)
@@ -409,6 +414,7 @@ class Trainer(Resuming):
                               self.dist.world_size, self.run.zero_stage)
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
-        checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
-                        self.cfg.checkpoint.keep_last, rank_files=ema_files)
+        with collectives_may_wait(self.cfg.checkpoint.save_timeout_min, self.cfg.train.collective_timeout_min):
+            checkpoint.save(self.engine, self.run_dir, info, self._client_state(), self.dist.rank,
+                            self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info

@@ -18,7 +18,7 @@ export MASTER_ADDR=${MASTER_ADDR:-$first_node}
 export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))
 
 # NCCL and threading: the one place these are set. A failed or timed-out collective raises
-# (train.dist_timeout_s) instead of hanging the job; site settings come from slurm.env below.
+# (train.collective_timeout_min) instead of hanging the job; site settings come from slurm.env below.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
