@@ -321,3 +321,46 @@ def test_a_dead_rank_ends_the_others_with_one_line_naming_rank_and_host(shards, 
     line = error_line(subprocess.CompletedProcess([], ranks[0].returncode, "", err))
     assert ranks[0].returncode == 2
     assert f"rank 0 of 2 on {socket.gethostname()}" in line and "train.collective_timeout_min=0.25" in line
+
+
+FAKE_SLURM = {  # the commands launch.sh calls, as a cluster whose second node went down
+    "srun": "#!/bin/bash\nexit 1\n",
+    "scontrol": ("#!/bin/bash\n"
+                 "case \"$1 $2\" in\n"
+                 "  'show hostnames') printf 'node1\\nnode2\\n' ;;\n"
+                 "  'show node') [ \"$3\" = node2 ] && [ -n \"$NODE2_DOWN\" ] && echo \"NodeName=node2 State=DOWN*\" "
+                 "|| echo \"NodeName=$3 NodeAddr=10.0.0.1 State=ALLOCATED\" ;;\n"
+                 "  requeue*) echo \"$2\" >> \"$REQUEUED\" ;;\n"
+                 "esac\n"),
+}
+
+
+@pytest.mark.parametrize("node_down", [True, False])
+def test_launch_requeues_after_a_node_failure_up_to_the_set_count(node_down, shards, tmp_path):
+    from vitc.config import load_config
+    from vitc.slurm.submit import render_job_script
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run",
+                          slurm={"node_failure_requeues": 2, "gpus_per_node": 0})
+    script = tmp_path / "job.sh"
+    script.write_text(render_job_script(load_config(config), config, ROOT))
+    (tmp_path / "run" / "slurm").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_CPUS_PER_TASK": "1", "REQUEUED": str(tmp_path / "requeued"),
+           **({"NODE2_DOWN": "1"} if node_down else {})}
+    runs = [subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=HANG_S,
+                           check=False) for _ in range(3)]
+    requeued = (tmp_path / "requeued").read_text().split() if (tmp_path / "requeued").exists() else []
+    if not node_down:  # a rank that failed on a healthy node: the job ends, no requeue
+        assert runs[0].returncode == 1 and not requeued
+        assert "vitc: error: the training step ended with status 1" in runs[0].stderr
+        return
+    assert [r.returncode for r in runs] == [0, 0, 1] and requeued == ["77", "77"]
+    assert "node failure (node2): requeueing job 77 (1 of 2)" in runs[0].stderr
+    assert "vitc: error: node failure (node2) after 2 requeue(s)" in runs[2].stderr
+    assert "slurm.node_failure_requeues=2" in runs[2].stderr
