@@ -6,6 +6,7 @@ process that does not end within HANG_S fails its test. The configs are tiny dig
 (tests/engine_runs.py) with loader workers on, since the hangs came from them.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -92,7 +93,7 @@ def test_a_child_that_ignores_sigterm_does_not_hold_the_exit(tmp_path):
         os.kill(child, 0)
 
 
-def test_sigterm_before_the_first_step_ends_the_run_with_128_plus_15(shards, tmp_path):
+def test_sigterm_outside_slurm_saves_and_exits_128_plus_15_quietly(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2},
                           schedule={"epochs": 50})
     proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
@@ -106,6 +107,12 @@ def test_sigterm_before_the_first_step_ends_the_run_with_128_plus_15(shards, tmp
     _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and "SIGTERM" in err
+    # quiet by default: the loader's and the checkpoint's details go to the run's log file only
+    assert "shared batch buffers" not in err and "saved checkpoint" not in err
+    run_log = (tmp_path / "run" / "vitc.log").read_text()
+    assert "shared batch buffers" in run_log and "saved checkpoint" in run_log
+    exported = vitc("export", str(tmp_path / "run"), "--out", str(tmp_path / "w.safetensors"))
+    assert exported.returncode == 0 and exported.stdout == f"{tmp_path / 'w.safetensors'}\n"  # no DeepSpeed lines
 
 
 # ---- bad input is refused before anything heavy, and writes nothing -----------------------------
@@ -364,3 +371,38 @@ def test_launch_requeues_after_a_node_failure_up_to_the_set_count(node_down, sha
     assert "node failure (node2): requeueing job 77 (1 of 2)" in runs[0].stderr
     assert "vitc: error: node failure (node2) after 2 requeue(s)" in runs[2].stderr
     assert "slurm.node_failure_requeues=2" in runs[2].stderr
+
+
+# ---- help ----------------------------------------------------------------------------------------
+
+def test_help_has_no_literal_percent_signs_and_names_what_each_option_is(capsys):
+    from vitc.cli import build_parser
+
+    parser = build_parser()
+    pages = {}
+
+    def walk(p: argparse.ArgumentParser, name: str) -> None:
+        pages[name] = p.format_help()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, child in action.choices.items():
+                    walk(child, f"{name} {sub_name}")
+
+    walk(parser, "vitc")
+    for name, page in pages.items():
+        assert "%%" not in page, name
+        assert "[CONFIG [key=value]" not in page, name  # usage names CONFIG once
+    for name in ("vitc bench engine", "vitc bench model"):
+        assert "--model MODEL    a registry model" in pages[name] and "--batch BATCH    images per" in pages[name]
+    for name in ("vitc eval", "vitc slurm status"):
+        description = pages[name].split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), name
+
+
+def test_pin_costs_help_writes_nothing(tmp_path):
+    pinned = ROOT / "tests" / "data" / "model_costs.json"
+    before = pinned.stat().st_mtime_ns
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "pin_costs.py"), "--help"], capture_output=True,
+                            text=True, timeout=HANG_S, check=False, cwd=ROOT)
+    assert result.returncode == 0 and "usage:" in result.stdout
+    assert pinned.stat().st_mtime_ns == before

@@ -123,7 +123,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     collect = sweep_sub.add_parser(
         "collect", help="every run's status and its EMA model's best top-1 -> SWEEP_DIR/results.csv",
         description="Status (finished, diverged, failed, incomplete) from each run's outcome.json; "
-                    "best_ema_top1 from its metrics.jsonl. In the EDFs diverged runs count as 100%% "
+                    "best_ema_top1 from its metrics.jsonl. In the EDFs diverged runs count as 100% "
                     "error (as in the paper); crashed runs and runs with no outcome yet are left out.")
     collect.add_argument("sweep_dir", metavar="SWEEP_DIR")
     collect.set_defaults(func=cmd_sweep_collect)

@@ -52,6 +52,7 @@ from vitc.engine.runtime import (
 from vitc.engine.timeouts import collective_failure, collectives_may_wait
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
+from vitc.log import run_log
 from vitc.models.vit import VisionTransformer
 from vitc.outcome import Diverged, RunEnding, RunOutcome, Score
 from vitc.run import Run
@@ -65,8 +66,8 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
     at every end (vitc/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
-    with run_lock(Path(cfg.train.run_dir), dist.is_main):  # before anything writes the run directory
-        return _train(cfg, dist)
+    with run_lock(Path(cfg.train.run_dir), dist.is_main), run_log(cfg.train.run_dir, dist.is_main):
+        return _train(cfg, dist)  # the lock before anything writes the run directory
 
 
 def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
