@@ -39,9 +39,9 @@ _NO_CUDA = _DropExpected("No CUDA runtime is found")
 
 FORMAT = "%(asctime)s %(levelname).1s %(name)s] %(message)s"
 RUN_LOG = "vitc.log"  # RUN_DIR/vitc.log: every line of the run, the libraries' too (`run_log`)
-# vitc's modules whose INFO lines are details (loader sizes, buffers, each checkpoint saved, derived
-# config values): in the run's log file, on the terminal only with --verbose
-DETAIL_LOGGERS = ("vitc.data.loading", "vitc.checkpoint", "vitc.config", "vitc.weights")
+# vitc's modules whose INFO lines are details (the loader's sizes and buffers, values the config
+# derives): in the run's log file, on the terminal only with --verbose
+DETAIL_LOGGERS = ("vitc.data.loading", "vitc.config")
 
 
 class _Terminal(logging.Filter):
