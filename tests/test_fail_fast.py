@@ -406,3 +406,26 @@ def test_pin_costs_help_writes_nothing(tmp_path):
                             text=True, timeout=HANG_S, check=False, cwd=ROOT)
     assert result.returncode == 0 and "usage:" in result.stdout
     assert pinned.stat().st_mtime_ns == before
+
+
+# ---- config show ---------------------------------------------------------------------------------
+
+def test_config_show_prints_the_resolved_model_and_this_machines_device(shards, tmp_path, capsys):
+    import yaml
+
+    from vitc.cli import main
+    from vitc.models.spec import get_spec
+    from vitc.preflight import visible_gpus
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run",
+                          model={"name": "vit_c_4gf", "num_classes": "auto", "image_size": 32})
+    assert main(["config", "show", str(config)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    registry = get_spec("vit_c_4gf")
+    model = shown["model"]
+    assert None not in model.values()
+    assert (model["width"], model["depth"], model["heads"], model["norm_eps"]) == (
+        registry.width, registry.depth, registry.heads, registry.norm_eps)
+    assert model["num_classes"] == 10  # `auto`, counted in the digits' manifest
+    assert shown["derived"]["device"] == ("gpu" if visible_gpus() else "cpu")
+    assert shown["derived"]["precision"] == ("bf16" if visible_gpus() else "fp32")

@@ -20,6 +20,12 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._format_args(action, default_metavar)
 
 
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among `names` the user gave: options declared with `default=argparse.SUPPRESS`
+    are absent otherwise, so the called function's own default applies (one place per default)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def split_overrides(values: list[str]) -> tuple[list[str], list[str]]:
     """Positional words -> (targets, key=value overrides)."""
     return [v for v in values if "=" not in v], [v for v in values if "=" in v]

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from vitc.cli.args import MODEL_HELP, add_timing_args, job_rank, one_config
+from vitc.cli.args import MODEL_HELP, add_timing_args, given, job_rank, one_config
 from vitc.errors import VitcError
 
 
@@ -70,12 +70,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.epochs is not None:  # through the schema, as schedule.epochs in a config is
         load_config(None, [f"schedule.epochs={args.epochs}"])
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    if hasattr(args, "out") and Path(args.out).exists() and not Path(args.out).is_dir():
         raise VitcError(f"vitc demo --out: '{args.out}' is a file; expected a directory for shards and runs")
 
     from vitc.pipelines.demo import format_demo, run_demo
 
-    print(format_demo(run_demo(args.out, args.epochs)))
+    print(format_demo(run_demo(**given(args, "out"), epochs=args.epochs)))
     return 0
 
 
@@ -126,7 +126,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         "demo", help="train a conv-stem ViT and its patchify twin on real digits, on CPU",
         description="Shard scikit-learn's handwritten digits, train ViT_C and ViT_P (equal flops) "
                     "through `vitc train`, evaluate both and print flops, params, top-1 and time.")
-    demo.add_argument("--out", default="runs/demo", help="directory for shards and runs")
+    demo.add_argument("--out", default=argparse.SUPPRESS, help="directory for shards and runs (default: runs/demo)")
     demo.add_argument("--epochs", type=int, help="override the demo configs' schedule.epochs")
     demo.set_defaults(func=cmd_demo)
 
