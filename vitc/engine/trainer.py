@@ -4,9 +4,9 @@
 `deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
 ranks sum, with one all_reduce on the device, two flags and the loss: a preemption signal arrived
-(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job, the
-process exits 0) and a loss was not finite (then all ranks stop with a `Diverged` error before any
-later save can overwrite good state). The host reads the sums, which waits for the device, only
+(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job; a
+run not requeued exits 128 + the signal) and a loss was not finite (then all ranks stop with a
+`Diverged` error before any later save can overwrite good state). The host reads the sums, which waits for the device, only
 every `log.every_steps` steps, before every save and at the end of an epoch: the same steps on
 every rank, so the ranks still agree, and a signal is acted on at most `log.every_steps` steps
 late. Every end leaves RUN_DIR/outcome.json (vitc/outcome.py).
