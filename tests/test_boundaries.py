@@ -27,7 +27,7 @@ MAY_IMPORT = {
     "fvcore": {"audit"},
 }
 LIGHT = ("config", "schema", "run", "distributed", "slurm", "resources", "outcome", "plan", "sweep", "cli",
-         "errors", "fileio", "log")
+         "errors", "fileio", "log", "preflight", "deepspeed_keys")
 # The model's description and cost: what `vitc plan` reads without building a model.
 TORCH_FREE_MODEL_FILES = ("models/__init__.py", "models/spec.py", "models/structure.py", "models/cost.py")
 

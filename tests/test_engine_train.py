@@ -179,7 +179,7 @@ def test_export_gives_a_plain_model_with_the_engines_logits(adamw_run, tmp_path)
     rt = resolve_runtime(cfg.train, DistEnv())
     images = torch.randn(4, 3, 32, 32)
     plain.eval()
-    with process_group(DistEnv(), rt, cfg.train.dist_timeout_s):
+    with process_group(DistEnv(), rt, cfg.train.collective_timeout_min * 60):
         trainer = Trainer(cfg, DistEnv(), rt, PreemptionSignal())
         trainer.engine.eval()
         with torch.no_grad():

@@ -6,6 +6,7 @@ process that does not end within HANG_S fails its test. The configs are tiny dig
 (tests/engine_runs.py) with loader workers on, since the hangs came from them.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -92,7 +93,7 @@ def test_a_child_that_ignores_sigterm_does_not_hold_the_exit(tmp_path):
         os.kill(child, 0)
 
 
-def test_sigterm_before_the_first_step_ends_the_run_with_128_plus_15(shards, tmp_path):
+def test_sigterm_outside_slurm_saves_and_exits_128_plus_15_quietly(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", data={"workers": 2},
                           schedule={"epochs": 50})
     proc = subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT,
@@ -106,6 +107,12 @@ def test_sigterm_before_the_first_step_ends_the_run_with_128_plus_15(shards, tmp
     _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and "SIGTERM" in err
+    # quiet by default: the loader's details go to the run's log file only
+    assert "shared batch buffers" not in err and "train loader:" not in err
+    run_log = (tmp_path / "run" / "vitc.log").read_text()
+    assert "shared batch buffers" in run_log and "saved checkpoint" in run_log
+    exported = vitc("export", str(tmp_path / "run"), "--out", str(tmp_path / "w.safetensors"))
+    assert exported.returncode == 0 and exported.stdout == f"{tmp_path / 'w.safetensors'}\n"  # no DeepSpeed lines
 
 
 # ---- bad input is refused before anything heavy, and writes nothing -----------------------------
@@ -292,3 +299,133 @@ def test_the_deepspeed_keys_vitc_accepts_are_the_installed_deepspeeds():
     assert deepspeed.__version__ == DEEPSPEED_VERSION
     assert Recording.asked <= DEEPSPEED_KEYS
     assert zero == ZERO_OPTIMIZATION_KEYS
+
+
+# ---- timeouts ------------------------------------------------------------------------------------
+
+def test_a_dead_rank_ends_the_others_with_one_line_naming_rank_and_host(shards, tmp_path):
+    import socket
+
+    from vitc.engine.runtime import free_port
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run", schedule={"epochs": 50},
+                          train={"collective_timeout_min": 0.25})
+    port = str(free_port())
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        ranks.append(subprocess.Popen([sys.executable, "-m", "vitc.cli", "train", str(config)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 4 * HANG_S
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert all(r.poll() is None for r in ranks), ranks[0].communicate()[1][-2000:]
+        time.sleep(0.1)
+    ranks[1].kill()  # a node lost: no signal handler runs, no checkpoint
+    _, err = ranks[0].communicate(timeout=HANG_S)
+    ranks[1].communicate()
+    line = error_line(subprocess.CompletedProcess([], ranks[0].returncode, "", err))
+    assert ranks[0].returncode == 2
+    assert f"rank 0 of 2 on {socket.gethostname()}" in line and "train.collective_timeout_min=0.25" in line
+
+
+FAKE_SLURM = {  # the commands launch.sh calls, as a cluster whose second node went down
+    "srun": "#!/bin/bash\nexit 1\n",
+    "scontrol": ("#!/bin/bash\n"
+                 "case \"$1 $2\" in\n"
+                 "  'show hostnames') printf 'node1\\nnode2\\n' ;;\n"
+                 "  'show node') [ \"$3\" = node2 ] && [ -n \"$NODE2_DOWN\" ] && echo \"NodeName=node2 State=DOWN*\" "
+                 "|| echo \"NodeName=$3 NodeAddr=10.0.0.1 State=ALLOCATED\" ;;\n"
+                 "  requeue*) echo \"$2\" >> \"$REQUEUED\" ;;\n"
+                 "esac\n"),
+}
+
+
+@pytest.mark.parametrize("node_down", [True, False])
+def test_launch_requeues_after_a_node_failure_up_to_the_set_count(node_down, shards, tmp_path):
+    from vitc.config import load_config
+    from vitc.slurm.submit import render_job_script
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run",
+                          slurm={"node_failure_requeues": 2, "gpus_per_node": 0})
+    script = tmp_path / "job.sh"
+    script.write_text(render_job_script(load_config(config), config, ROOT))
+    (tmp_path / "run" / "slurm").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_CPUS_PER_TASK": "1", "REQUEUED": str(tmp_path / "requeued"),
+           **({"NODE2_DOWN": "1"} if node_down else {})}
+    runs = [subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=HANG_S,
+                           check=False) for _ in range(3)]
+    requeued = (tmp_path / "requeued").read_text().split() if (tmp_path / "requeued").exists() else []
+    if not node_down:  # a rank that failed on a healthy node: the job ends, no requeue
+        assert runs[0].returncode == 1 and not requeued
+        assert "vitc: error: the training step ended with status 1" in runs[0].stderr
+        return
+    assert [r.returncode for r in runs] == [0, 0, 1] and requeued == ["77", "77"]
+    assert "node failure (node2): requeueing job 77 (1 of 2)" in runs[0].stderr
+    assert "vitc: error: node failure (node2) after 2 requeue(s)" in runs[2].stderr
+    assert "slurm.node_failure_requeues=2" in runs[2].stderr
+
+
+# ---- help ----------------------------------------------------------------------------------------
+
+def test_help_has_no_literal_percent_signs_and_names_what_each_option_is(capsys):
+    from vitc.cli import build_parser
+
+    parser = build_parser()
+    pages = {}
+
+    def walk(p: argparse.ArgumentParser, name: str) -> None:
+        pages[name] = p.format_help()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, child in action.choices.items():
+                    walk(child, f"{name} {sub_name}")
+
+    walk(parser, "vitc")
+    for name, page in pages.items():
+        assert "%%" not in page, name
+        assert "[CONFIG [key=value]" not in page, name  # usage names CONFIG once
+    for name in ("vitc bench engine", "vitc bench model"):
+        assert "--model MODEL    a registry model" in pages[name] and "--batch BATCH    images per" in pages[name]
+    for name in ("vitc eval", "vitc slurm status"):
+        description = pages[name].split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), name
+
+
+def test_pin_costs_help_writes_nothing(tmp_path):
+    pinned = ROOT / "tests" / "data" / "model_costs.json"
+    before = pinned.stat().st_mtime_ns
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "pin_costs.py"), "--help"], capture_output=True,
+                            text=True, timeout=HANG_S, check=False, cwd=ROOT)
+    assert result.returncode == 0 and "usage:" in result.stdout
+    assert pinned.stat().st_mtime_ns == before
+
+
+# ---- config show ---------------------------------------------------------------------------------
+
+def test_config_show_prints_the_resolved_model_and_this_machines_device(shards, tmp_path, capsys):
+    import yaml
+
+    from vitc.cli import main
+    from vitc.models.spec import get_spec
+    from vitc.preflight import visible_gpus
+
+    config = write_config(tmp_path / "c.yaml", shards, tmp_path / "run",
+                          model={"name": "vit_c_4gf", "num_classes": "auto", "image_size": 32})
+    assert main(["config", "show", str(config)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    registry = get_spec("vit_c_4gf")
+    model = shown["model"]
+    assert None not in model.values()
+    assert (model["width"], model["depth"], model["heads"], model["norm_eps"]) == (
+        registry.width, registry.depth, registry.heads, registry.norm_eps)
+    assert model["num_classes"] == 10  # `auto`, counted in the digits' manifest
+    assert shown["derived"]["device"] == ("gpu" if visible_gpus() else "cpu")
+    assert shown["derived"]["precision"] == ("bf16" if visible_gpus() else "fp32")

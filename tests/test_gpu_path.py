@@ -75,7 +75,7 @@ def test_export_after_bf16_is_the_optimizers_fp32_masters(twin_runs, tmp_path):
     weights = exported(run_dir, tmp_path)
     cfg = load_config(run_dir / "config.yaml")
     rt = resolve_runtime(cfg.train, DistEnv())
-    with process_group(DistEnv(), rt, cfg.train.dist_timeout_s):
+    with process_group(DistEnv(), rt, cfg.train.collective_timeout_min * 60):
         engine = Trainer(cfg, DistEnv(), rt, PreemptionSignal()).engine  # resumes the last checkpoint
         masters = {name: deepspeed.utils.safe_get_full_fp32_param(p) for name, p in engine.module.named_parameters()}
         module = {name: p.detach() for name, p in engine.module.named_parameters()}

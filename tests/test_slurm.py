@@ -170,7 +170,7 @@ def test_cluster_runs_one_task_on_each_of_two_nodes(cluster):
 # Generous liveness bounds for the polling below, not speed claims: a tiny model's job takes
 # ~20 s to start (torch + DeepSpeed import) and finishes its steps in seconds.
 JOB_TIMEOUT_S = 300
-DIST_TIMEOUT_S = 30  # train.dist_timeout_s: a collective waiting longer than this fails
+COLLECTIVE_TIMEOUT_MIN = 0.5  # train.collective_timeout_min: a collective waiting longer fails
 EXIT_WAIT_S = 10  # slurm.exit_wait_s
 
 
@@ -184,7 +184,7 @@ def tiny_run_config(tmp_path: Path, shards: Path, epochs: int, workers: int = 0)
         data={"train_shards": str(shards), "workers": workers, "shuffle_buffer": 20,
               "auto_augment": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0},
         train={"run_dir": str(tmp_path / "run"), "micro_batch": 8, "zero_stage": 1,
-               "dist_timeout_s": DIST_TIMEOUT_S},
+               "collective_timeout_min": COLLECTIVE_TIMEOUT_MIN},
         schedule={"epochs": epochs, "warmup_epochs": 0},
         log={"every_steps": 2, "tensorboard": False},
         slurm={"cpus_per_task": 1, "signal_seconds": 60, "exit_wait_s": EXIT_WAIT_S})
@@ -319,7 +319,7 @@ def test_a_dead_rank_ends_the_job_with_a_clear_error(cluster, shards, tmp_path):
 
     os.kill(rank_process(job_id, rank=1), signal.SIGKILL)
     # Bounded by the configured timeouts (a hang would outlast them and end in TIMEOUT).
-    job = cluster.wait_for_job_end(job_id, DIST_TIMEOUT_S + EXIT_WAIT_S + 60)
+    job = cluster.wait_for_job_end(job_id, COLLECTIVE_TIMEOUT_MIN * 60 + EXIT_WAIT_S + 60)
 
     log = log_file.read_text()
     assert job["JobState"] == "FAILED", log

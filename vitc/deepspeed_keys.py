@@ -2,7 +2,7 @@
 importing DeepSpeed (which imports torch: seconds, before any error could be shown).
 
 Taken from DeepSpeed 0.19.8: the top-level keys `deepspeed.runtime.config.DeepSpeedConfig` asks
-its dict for, plus the sections read elsewhere (optimizer, scheduler, activation checkpointing,
+its dict for (`sequence_parallel_size` only once a process group exists), plus the sections read elsewhere (optimizer, scheduler, activation checkpointing,
 the flops profiler, autotuning, aio), and the fields (with aliases) of the pydantic model
 `DeepSpeedZeroConfig`. tests/test_fail_fast.py reads both again from the installed DeepSpeed,
 so an upgrade that adds or drops a key fails there, not silently here.
@@ -19,7 +19,7 @@ DEEPSPEED_KEYS = frozenset({
     "gradient_predivide_factor", "graph_harvesting", "hybrid_engine", "log_level",
     "managed_gradient_accumulation", "memory_breakdown", "nebula", "optimizer", "pipeline",
     "prescale_gradients", "progressive_layer_drop", "quantize_training", "scheduler",
-    "seq_parallel_communication_data_type", "sparse_attention", "sparse_gradients", "steps_per_print",
+    "seq_parallel_communication_data_type", "sequence_parallel_size", "sparse_attention", "sparse_gradients", "steps_per_print",
     "tensor_parallel", "tensorboard", "timers", "torch_autocast", "train_batch_size",
     "train_micro_batch_size_per_gpu", "use_data_before_expert_parallelism", "vocabulary_size",
     "wall_clock_breakdown", "wandb", "weight_quantization", "zero_allow_untested_optimizer",

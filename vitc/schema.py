@@ -130,8 +130,10 @@ class TrainConfig:
     clip_grad: float | None = bounded(None, gt=0)  # max global gradient norm; null = no clipping
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
-    # A collective that waits longer than this ends the job instead of hanging it.
-    dist_timeout_s: int = bounded(1800, ge=1)
+    # A collective (a step's all_reduce, an evaluation) that waits longer than this ends the job,
+    # naming this rank and host: a dead or hung peer frees the allocation after minutes, not at its
+    # time limit. Checkpoint saves have their own, longer bound (checkpoint.save_timeout_min).
+    collective_timeout_min: float = bounded(10.0, gt=0)
     # elements; a bucket is reduced once full, the last after backward: one smaller than the model
     # lets the reduction overlap backward (DeepSpeed's 5e8 holds all of a 72GF model). docs/plan.md
     reduce_bucket_size: int = bounded(50_000_000, ge=1)
@@ -160,6 +162,9 @@ class CheckpointConfig:
 
     every_steps: int = bounded(1000, ge=1)
     keep_last: int = bounded(2, ge=1)
+    # The collectives of a save (and of the conversion to another world size) may wait this long:
+    # writing a large model's optimizer shards to a shared filesystem takes minutes.
+    save_timeout_min: float = bounded(30.0, gt=0)
     resume: bool = True
 
 
@@ -202,6 +207,9 @@ class SlurmConfig:
     signal_seconds: int = bounded(600, ge=0)
     # srun --wait: once one rank has exited, the rest get this long before the job is ended.
     exit_wait_s: int = bounded(120, ge=1)  # srun --wait=0 would wait forever
+    # After a node failure the job script requeues the job (it resumes from its last checkpoint)
+    # this many times over the run's life, then gives up with one line; 0 = never.
+    node_failure_requeues: int = bounded(3, ge=0)
     # Exported before srun (site NCCL settings such as NCCL_SOCKET_IFNAME go here).
     env: dict[str, str] = field(default_factory=dict)
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. "--exclusive"

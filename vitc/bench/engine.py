@@ -95,7 +95,7 @@ def engine_step(name: str, batch: int, stage: int, overrides: Sequence[str] = ()
     rt = resolve_runtime(cfg.train, DistEnv())
     # the process group lives as long as this benchmark process: entered, never left (the step
     # holds the session, whose exit, on garbage collection, would unset the launcher variables)
-    session = engine_session(DistEnv(), rt, cfg.train.dist_timeout_s)
+    session = engine_session(DistEnv(), rt, cfg.train.collective_timeout_min * 60)
     session.__enter__()
     engine, _ = build_engine(model, cfg, run, rt)
     step = PhasedStep(batch, lambda _: F.cross_entropy(engine(images), labels), engine.backward,

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from vitc.cli import audit, config, data, engine, pipelines, plan, slurm
-from vitc.cli.args import split_overrides
+from vitc.cli.args import HelpFormatter, split_overrides
 from vitc.distributed.signals import INTERRUPTED_EXIT, Interrupted
 from vitc.errors import VitcError
 from vitc.log import setup_logging
@@ -27,7 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     for group in COMMAND_GROUPS:
         group.add_parsers(sub, bench_sub)
+    _use_formatter(parser)
     return parser
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """HelpFormatter for `parser` and every subcommand's parser (argparse does not pass it down)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _use_formatter(child)
 
 
 def main(argv: list[str] | None = None) -> int:

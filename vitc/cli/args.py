@@ -7,6 +7,24 @@ from vitc.distributed.env import DistEnv, discover
 from vitc.errors import VitcError
 from vitc.log import setup_logging
 
+MODEL_HELP = "a registry model name: vit_p_1gf, vit_c_1gf, ... vit_c_369gf (vitc/models/spec.py)"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that a CONFIG [key=value] positional reads `CONFIG [key=value ...]` in
+    usage lines, not `CONFIG [key=value] [CONFIG [key=value] ...]`."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.nargs == "+" and isinstance(action.metavar, str) and action.metavar.endswith("]"):
+            return action.metavar[:-1] + " ...]"
+        return super()._format_args(action, default_metavar)
+
+
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among `names` the user gave: options declared with `default=argparse.SUPPRESS`
+    are absent otherwise, so the called function's own default applies (one place per default)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
 
 def split_overrides(values: list[str]) -> tuple[list[str], list[str]]:
     """Positional words -> (targets, key=value overrides)."""

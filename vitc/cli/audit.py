@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from vitc.cli.args import add_timing_args
+from vitc.cli.args import MODEL_HELP, add_timing_args
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
     audit.set_defaults(func=cmd_audit, split="targets")
 
     bench_model = bench_sub.add_parser("model", help="forward+backward images/s: ViT_C vs ViT_P vs timm")
-    bench_model.add_argument("--model", default="vit_c_1gf")
-    bench_model.add_argument("--batch", type=int, default=16)
+    bench_model.add_argument("--model", default="vit_c_1gf", help=MODEL_HELP)
+    bench_model.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
     add_timing_args(bench_model, rounds=3, iters=3)
     bench_model.set_defaults(func=cmd_bench_model)

@@ -76,7 +76,7 @@ def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
     build = shards_sub.add_parser(
         "build", help="ImageFolder tree or per-synset tars -> <prefix>-%%06d.tar shards + manifest",
         description="Convert SRC (an ImageFolder tree of class folders, or a folder of per-synset "
-                    "tars such as n01440764.tar) into OUT/<prefix>-%%06d.tar shards of <key>.jpg + "
+                    "tars such as n01440764.tar) into OUT/<prefix>-%06d.tar shards of <key>.jpg + "
                     "<key>.cls and OUT/manifest.json. Re-run after an interruption, it keeps the "
                     "finished shards and writes the rest. Corrupt and non-image inputs are skipped "
                     "and listed in the manifest.")
@@ -125,7 +125,7 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                     "workers. Per core = images per CPU-second of the main process and its workers.")
     bench_data.add_argument("--shards", required=True, metavar="DIR", help="a shard directory with manifest.json")
     bench_data.add_argument("--images", type=int, metavar="N", help="use the first N images (default: all)")
-    bench_data.add_argument("--batch", type=int, default=32)
+    bench_data.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     bench_data.add_argument("--workers", type=int, default=2, help="loader workers for (a) and (b)")
     add_timing_args(bench_data, rounds=5)
     bench_data.add_argument("--auto-augment", choices=("autoaugment", "randaugment", "none"),

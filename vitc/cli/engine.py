@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from vitc.cli.args import add_timing_args, job_rank, one_config
+from vitc.cli.args import MODEL_HELP, add_timing_args, given, job_rank, one_config
 from vitc.errors import VitcError
 
 
@@ -54,9 +54,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "timm" and out.exists() and not out.is_dir():
         raise VitcError(f"vitc export --format timm --out: '{out}' is a file; expected a directory")
 
+    from vitc.log import prints_to_log
     from vitc.weights.export import export_weights
 
-    print(export_weights(args.run_dir, args.out, args.dtype, args.ema, args.format))
+    with prints_to_log("deepspeed.zero_to_fp32"):  # its progress lines: stdout is for the path
+        path = export_weights(args.run_dir, args.out, args.dtype, args.ema, args.format)
+    print(path)
     return 0
 
 
@@ -67,12 +70,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.epochs is not None:  # through the schema, as schedule.epochs in a config is
         load_config(None, [f"schedule.epochs={args.epochs}"])
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    if hasattr(args, "out") and Path(args.out).exists() and not Path(args.out).is_dir():
         raise VitcError(f"vitc demo --out: '{args.out}' is a file; expected a directory for shards and runs")
 
     from vitc.pipelines.demo import format_demo, run_demo
 
-    print(format_demo(run_demo(args.out, args.epochs)))
+    print(format_demo(run_demo(**given(args, "out"), epochs=args.epochs)))
     return 0
 
 
@@ -107,7 +110,11 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
                     "checkpoint in train.run_dir.")
     train.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     train.set_defaults(func=cmd_train, split="configs")
-    evaluate = sub.add_parser("eval", help="top-1/top-5 of exported weights on the config's eval data")
+    evaluate = sub.add_parser(
+        "eval", help="top-1/top-5 of exported weights on the config's eval data",
+        description="Evaluate a .safetensors file from `vitc export` (--weights FILE, or weights=FILE "
+                    "among the overrides; not both) on CONFIG's data.val_shards: top-1 and top-5 "
+                    "over every image once, on as many ranks as the launcher starts.")
     evaluate.add_argument("configs", nargs="+", metavar="CONFIG [key=value]")
     evaluate.add_argument("--weights", help="a .safetensors file from `vitc export` (or weights=FILE)")
     evaluate.set_defaults(func=cmd_eval, split="configs")
@@ -127,7 +134,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         "demo", help="train a conv-stem ViT and its patchify twin on real digits, on CPU",
         description="Shard scikit-learn's handwritten digits, train ViT_C and ViT_P (equal flops) "
                     "through `vitc train`, evaluate both and print flops, params, top-1 and time.")
-    demo.add_argument("--out", default="runs/demo", help="directory for shards and runs")
+    demo.add_argument("--out", default=argparse.SUPPRESS, help="directory for shards and runs (default: runs/demo)")
     demo.add_argument("--epochs", type=int, help="override the demo configs' schedule.epochs")
     demo.set_defaults(func=cmd_demo)
 
@@ -135,8 +142,8 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
     engine = bench_sub.add_parser(
         "engine", help="step time through DeepSpeed (ZeRO 0-3) vs a plain PyTorch loop")
-    engine.add_argument("--model", default="vit_p_1gf")
-    engine.add_argument("--batch", type=int, default=32)
+    engine.add_argument("--model", default="vit_p_1gf", help=MODEL_HELP)
+    engine.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
     add_timing_args(engine, rounds=5, iters=5)
     engine.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to time, comma-separated")
     engine.set_defaults(func=cmd_bench_engine)

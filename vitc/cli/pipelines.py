@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from vitc.cli.args import job_rank
+from vitc.cli.args import given, job_rank
 from vitc.errors import VitcError
 
 
@@ -53,7 +53,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
         print(script if args.dry_run else f"submitted job array {job_id}: {count} runs, at most "
               f"{args.max_concurrent} at once", end="\n" if job_id else "")
         return 0
-    outcomes = run_local(args.sweep_dir, args.retries, args.jobs)
+    outcomes = run_local(args.sweep_dir, **given(args, "retries", "jobs"))
     counts = {s: sum(o.status == s for o in outcomes.values()) for s in {o.status for o in outcomes.values()}}
     print(f"{args.sweep_dir}: trained {len(outcomes)} runs: "
           + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing left to train"))
@@ -77,7 +77,7 @@ def cmd_sweep_collect(args: argparse.Namespace) -> int:
 def cmd_sweep_plot(args: argparse.Namespace) -> int:
     from vitc.sweep.plot import plot_edf
 
-    png, csv_path = plot_edf(args.sweep_dir, args.out, args.step, args.name)
+    png, csv_path = plot_edf(args.sweep_dir, args.out, **given(args, "step", "name"))
     print(f"wrote {png} and {csv_path}")
     return 0
 
@@ -114,16 +114,16 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--slurm", action="store_true", help="submit a Slurm job array")
     run.add_argument("--max-concurrent", type=int, default=8,
                      help="array tasks running at once: --array=0-N%%K (default 8)")
-    run.add_argument("--retries", type=int, default=3,
-                     help="local runs: times a crashed run is retried (default 3, as the authors' tooling)")
-    run.add_argument("--jobs", type=int, default=1,
-                     help="local runs trained at once, the CPU cores shared out between them (default 1)")
+    run.add_argument("--retries", type=int, default=argparse.SUPPRESS,
+                     help="local runs: times a crashed run is retried (default: 3, as the authors' tooling)")
+    run.add_argument("--jobs", type=int, default=argparse.SUPPRESS,
+                     help="local runs trained at once, the CPU cores shared out between them (default: one)")
     run.add_argument("--dry-run", action="store_true", help="print the job array script; submit nothing")
     run.set_defaults(func=cmd_sweep_run)
     collect = sweep_sub.add_parser(
         "collect", help="every run's status and its EMA model's best top-1 -> SWEEP_DIR/results.csv",
         description="Status (finished, diverged, failed, incomplete) from each run's outcome.json; "
-                    "best_ema_top1 from its metrics.jsonl. In the EDFs diverged runs count as 100%% "
+                    "best_ema_top1 from its metrics.jsonl. In the EDFs diverged runs count as 100% "
                     "error (as in the paper); crashed runs and runs with no outcome yet are left out.")
     collect.add_argument("sweep_dir", metavar="SWEEP_DIR")
     collect.set_defaults(func=cmd_sweep_collect)
@@ -133,8 +133,9 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                     "optimizer, from SWEEP_DIR/results.csv, by the rules of `vitc sweep report`.")
     plot.add_argument("sweep_dir", metavar="SWEEP_DIR")
     plot.add_argument("--out", help="directory for edf.png and edf.csv (default: SWEEP_DIR)")
-    plot.add_argument("--name", default="edf", help="file name stem of the PNG and CSV (default: edf)")
-    plot.add_argument("--step", type=float, default=0.5, help="error resolution of the CSV, in %% (default 0.5)")
+    plot.add_argument("--name", default=argparse.SUPPRESS, help="file name stem of the PNG and CSV (default: edf)")
+    plot.add_argument("--step", type=float, default=argparse.SUPPRESS,
+                      help="error resolution of the CSV, in %% (default: 0.5)")
     plot.set_defaults(func=cmd_sweep_plot)
     report = sweep_sub.add_parser(
         "report", help="one self-contained HTML page of the sweep -> SWEEP_DIR/report.html",

@@ -21,7 +21,7 @@ from vitc.schema import Config
 
 
 @contextmanager
-def engine_session(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[None]:
+def engine_session(dist: DistEnv, rt: Runtime, timeout_s: float) -> Iterator[None]:
     """The process group, with DeepSpeed's distributed state on it, for engines built inside the
     block. Every rank."""
     if not rt.on_gpu:

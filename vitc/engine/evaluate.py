@@ -81,7 +81,7 @@ def evaluate_weights(cfg: Config, dist: DistEnv) -> Accuracy:
     except RuntimeError as e:  # missing/unexpected keys or shapes: another model's weights
         raise VitcError(f"{cfg.eval.weights} does not fit model '{spec.name}': "
                         f"{' '.join(str(e).split())[:400]}") from None
-    with process_group(dist, rt, cfg.train.dist_timeout_s):
+    with process_group(dist, rt, cfg.train.collective_timeout_min * 60):
         loader = build_eval_loader(cfg, run, dist)
         model.to(rt.device)
         return evaluate(model, loader, lambda x: x.to(rt.device, torch.float32))

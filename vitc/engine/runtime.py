@@ -76,7 +76,7 @@ _GROUP: DistEnv | None = None  # the process group's rendezvous, once created
 
 
 @contextmanager
-def process_group(dist: DistEnv, rt: Runtime, timeout_s: int) -> Iterator[DistEnv]:
+def process_group(dist: DistEnv, rt: Runtime, timeout_s: float) -> Iterator[DistEnv]:
     """Join (or, for a lone process, create) the process group, and export the launcher
     variables for the duration of the block. Every rank calls this.
 

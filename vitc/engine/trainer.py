@@ -4,9 +4,9 @@
 `deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
 complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
 ranks sum, with one all_reduce on the device, two flags and the loss: a preemption signal arrived
-(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job, the
-process exits 0) and a loss was not finite (then all ranks stop with a `Diverged` error before any
-later save can overwrite good state). The host reads the sums, which waits for the device, only
+(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job; a
+run not requeued exits 128 + the signal) and a loss was not finite (then all ranks stop with a
+`Diverged` error before any later save can overwrite good state). The host reads the sums, which waits for the device, only
 every `log.every_steps` steps, before every save and at the end of an epoch: the same steps on
 every rank, so the ranks still agree, and a signal is acted on at most `log.every_steps` steps
 late. Every end leaves RUN_DIR/outcome.json (vitc/outcome.py).
@@ -51,9 +51,11 @@ from vitc.engine.runtime import (
     run_on,
     seed_everything,
 )
+from vitc.engine.timeouts import collective_failure, collectives_may_wait
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.models.cost import model_cost
+from vitc.log import run_log
 from vitc.models.vit import VisionTransformer
 from vitc.outcome import Diverged, RunEnding, RunOutcome, Score
 from vitc.run import Run
@@ -67,8 +69,8 @@ def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
     """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
     at every end (vitc/outcome.py), an error's too, which then propagates."""
     dist = discover() if dist is None else dist
-    with run_lock(Path(cfg.train.run_dir), dist.is_main):  # before anything writes the run directory
-        return _train(cfg, dist)
+    with run_lock(Path(cfg.train.run_dir), dist.is_main), run_log(cfg.train.run_dir, dist.is_main):
+        return _train(cfg, dist)  # the lock before anything writes the run directory
 
 
 def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
@@ -80,7 +82,7 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
                                                  dist.rank, cfg.optim.name)
                      if cfg.checkpoint.resume else None)  # before any collective can time out
         handlers = {s: signal.getsignal(s) for s in SIGNALS}
-        with engine_session(dist, rt, cfg.train.dist_timeout_s):
+        with engine_session(dist, rt, cfg.train.collective_timeout_min * 60):
             try:
                 preempt = PreemptionSignal()
                 ending.trainer = Trainer(cfg, dist, rt, preempt, run, converted)
@@ -90,7 +92,10 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
     except BaseException as error:
-        ending.record_failure(error)
+        failure = collective_failure(error, dist, cfg)  # a dead or stuck peer: say so in one line
+        ending.record_failure(failure or error)
+        if failure is not None:
+            raise failure from None
         raise
     if outcome.status != "preempted":
         return outcome
@@ -162,7 +167,8 @@ class Trainer:
             self.ema = ShardedEMA(self.engine.module, rule)
         lr = self.run.lr
         if resume:
-            restored = restore(self, resume)
+            with collectives_may_wait(cfg.checkpoint.save_timeout_min, cfg.train.collective_timeout_min):
+                restored = restore(self, resume)
             self.step, self.epoch, self.micro_in_epoch = restored.step, restored.epoch, restored.micro_in_epoch
             self.total_steps, self.last_saved = restored.total_steps, resume.info
             self.evaluation, self.ema_evaluation = restored.evaluation, restored.ema_evaluation
@@ -432,6 +438,7 @@ class Trainer:
         ema_files = (None if self.ema is None else
                      lambda tag_dir: self.ema.save(tag_dir, self.dist.rank, self.dist.world_size))
         log_data_position(self, "save")  # before the checkpoint is complete: a resume finds it logged
-        checkpoint.save(self.engine, self.run_dir, info, client_state(self), self.dist.rank,
-                        self.cfg.checkpoint.keep_last, rank_files=ema_files)
+        with collectives_may_wait(self.cfg.checkpoint.save_timeout_min, self.cfg.train.collective_timeout_min):
+            checkpoint.save(self.engine, self.run_dir, info, client_state(self), self.dist.rank,
+                            self.cfg.checkpoint.keep_last, rank_files=ema_files)
         self.last_saved = info

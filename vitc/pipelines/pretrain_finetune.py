@@ -221,7 +221,7 @@ def _export_stage(layout: Layout, stage: str, cfg: Config, dist: DistEnv) -> Non
     """Rank 0 exports `stage`'s run (the pretraining's also with its class map, for
     finetune.head=map); the other ranks wait until rank 0's marker says the files are complete."""
     if not dist.is_main:
-        return _wait_for(layout.marker(f"export_{stage}"), cfg.train.dist_timeout_s)
+        return _wait_for(layout.marker(f"export_{stage}"), cfg.checkpoint.save_timeout_min * 60)
     from vitc.weights.export import export_weights
 
     export_weights(layout.run(stage), layout.weights(stage))

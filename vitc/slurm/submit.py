@@ -105,12 +105,13 @@ def _template(name: str) -> str:
     return path.read_text()
 
 
-def _launch_body(slurm: SlurmConfig, workdir: Path) -> str:
+def _launch_body(slurm: SlurmConfig, workdir: Path, state_dir: Path) -> str:
     exports = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in sorted(slurm.env.items()))
     return render(_template("launch.sh"), {
         "workdir": shlex.quote(str(workdir)), "env_exports": exports,
         "exit_wait_s": str(slurm.exit_wait_s), "python": shlex.quote(sys.executable),
-        "srun_binding": srun_binding(slurm)})
+        "srun_binding": srun_binding(slurm), "state_dir": shlex.quote(str(state_dir)),
+        "node_failure_requeues": str(slurm.node_failure_requeues)})
 
 
 def srun_binding(slurm: SlurmConfig) -> str:
@@ -131,7 +132,7 @@ def render_job_script(cfg: Config, config_path: Path, workdir: Path) -> str:
     return render(_template(f"{cfg.slurm.template}.sbatch"), {
         "job_name": job_name(cfg), "config": shlex.quote(str(config_path)),
         "sbatch_options": sbatch_options(cfg.slurm, f"{log_dir}/%x-%j.out"),
-        "launch_body": _launch_body(cfg.slurm, workdir)})
+        "launch_body": _launch_body(cfg.slurm, workdir, log_dir)})
 
 
 def render_sweep_script(list_path: Path, count: int, slurm: SlurmConfig, name: str,
@@ -145,7 +146,7 @@ def render_sweep_script(list_path: Path, count: int, slurm: SlurmConfig, name: s
         "job_name": name, "config_list": shlex.quote(str(list_path)),
         "last_index": str(count - 1), "parallel": str(parallel),
         "sbatch_options": sbatch_options(slurm, f"{log_dir}/%x-%A_%a.out"),
-        "launch_body": _launch_body(slurm, workdir)})
+        "launch_body": _launch_body(slurm, workdir, log_dir)})
 
 
 def resolve_submission(config: str | Path, overrides: list[str], **allocation) -> Config:

@@ -18,7 +18,7 @@ export MASTER_ADDR=${MASTER_ADDR:-$first_node}
 export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))
 
 # NCCL and threading: the one place these are set. A failed or timed-out collective raises
-# (train.dist_timeout_s) instead of hanging the job; site settings come from slurm.env below.
+# (train.collective_timeout_min) instead of hanging the job; site settings come from slurm.env below.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
@@ -48,8 +48,31 @@ srun_pid=$!
 while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
 wait "$srun_pid"
 status=$?
-if [ "$status" -ne 0 ]; then
-    echo "vitc: error: the training step ended with status $status: a rank failed or was" \
-         "killed (its srun error is above); the job ends here" >&2
+[ "$status" -eq 0 ] && exit 0
+
+# A node that failed (down, not responding) takes its ranks with it: requeue the job, which resumes
+# from the newest complete checkpoint on other nodes, up to slurm.node_failure_requeues times over
+# the run's life (counted in a file beside the job logs; SLURM_RESTART_COUNT counts preemptions too).
+lost=""
+for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+    state=$(scontrol show node "$node" 2>/dev/null | grep -o 'State=[^ ]*')
+    case "$state" in *DOWN*|*FAIL*|*NOT_RESPONDING*|*'*'*) lost="$lost $node" ;; esac
+done
+lost=${lost# }
+if [ -n "$lost" ]; then
+    count_file={{state_dir}}/node_failures${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}
+    used=$(cat "$count_file" 2>/dev/null || echo 0)
+    if [ "$used" -lt {{node_failure_requeues}} ]; then
+        echo $((used + 1)) > "$count_file"
+        echo "vitc: node failure ($lost): requeueing job $SLURM_JOB_ID ($((used + 1)) of" \
+             "{{node_failure_requeues}}); it resumes from the newest complete checkpoint" >&2
+        scontrol requeue "$SLURM_JOB_ID" && exit 0
+    fi
+    echo "vitc: error: node failure ($lost) after $used requeue(s) for node failures" \
+         "(slurm.node_failure_requeues={{node_failure_requeues}}): giving up; resubmit the same" \
+         "command to resume from the newest complete checkpoint" >&2
+    exit "$status"
 fi
+echo "vitc: error: the training step ended with status $status: a rank failed or was" \
+     "killed (its srun error is above); the job ends here" >&2
 exit "$status"
