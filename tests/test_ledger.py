@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 from engine_runs import digit_shards, torchrun, vitc, write_config
-from test_resume_exact import kill_once_saved
+from engine_runs import kill_after_checkpoint as kill_once_saved
 
 from vitc.cli import main
 from vitc.data.ledger import build_ledger, surviving
