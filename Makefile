@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast install
+.PHONY: demo test test-fast test-matrix install
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ demo: $(STAMP)
 # Two workers on a 2-core machine (the suite alone keeps ~1.1 cores busy), each test file on one of
 # them so its module fixtures are made once; tests/conftest.py says how they share the machine.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix" tests
+
+# Every cell of the lifecycle matrix (stage x precision x optimizer, docs/engine.md): hours on 2 cores.
+test-matrix: $(STAMP)
+	$(PY) -m pytest -n 2 -m matrix tests/test_lifecycle.py
 
 # What a change usually needs, in under 3 minutes here: every test not marked `slow` (over ~5 s of CPU).
 # pytest's exit code 5 (no test collected) fails make like any other.

@@ -162,7 +162,8 @@ def walked(shards, tmp_path_factory):
 
 
 def cells(subset=None):
-    return [pytest.param(c, id=c.name, marks=() if c in FAST else pytest.mark.slow)
+    # the cells outside FAST take 6-18 min each here: `make test-matrix` runs them, `make test` the FAST ones
+    return [pytest.param(c, id=c.name, marks=() if c in FAST else (pytest.mark.slow, pytest.mark.matrix))
             for c in CELLS if subset is None or subset(c)]
 
 
