@@ -16,13 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "vitc"
 
 # Which of vitc's packages (or top-level modules) may import each heavy library. The model is plain
-# PyTorch; only the engine wraps it in DeepSpeed (and weights consolidates ZeRO partitions with
-# DeepSpeed's own reader), only the data wing reads WebDataset shards, only the audit counts with
+# PyTorch; only the engine wraps it in DeepSpeed (weights consolidates ZeRO partitions with
+# DeepSpeed's own reader, checkpoint completes its universal conversions with DeepSpeed's version
+# stamp), only the data wing reads WebDataset shards, only the audit counts with
 # fvcore; config, the distributed environment, slurm submission, plan and sweep planning run on a
 # login node.
 MAY_IMPORT = {
     "torch": {"models", "audit", "data", "engine", "bench", "checkpoint", "weights"},
-    "deepspeed": {"engine", "weights"},
+    "deepspeed": {"engine", "weights", "checkpoint"},
     "webdataset": {"data"},
     "fvcore": {"audit"},
 }
