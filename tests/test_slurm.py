@@ -80,8 +80,9 @@ def test_dry_run_on_cpu_runs_one_task_per_node_without_gpus(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--nodes", "0"], "expected at least 1 node, got 0"),
-    (["--gpus-per-node", "-1"], "expected 0 (CPU) or more GPUs, got -1"),
+    (["--nodes", "0"], "'slurm.nodes' in `--nodes 0`: expected a value >= 1, got 0"),
+    (["--gpus-per-node", "-1"], "'slurm.gpus_per_node' in `--gpus-per-node -1`: expected a value >= 0, got -1"),
+    (["--exit-wait-s", "0"], "'slurm.exit_wait_s' in `--exit-wait-s 0`: expected a value >= 1, got 0"),
     (["--time", "two days"], "slurm.time: expected a Slurm time limit"),
     (["--time", "5"], "slurm.signal_seconds: the preemption signal must come"),
     (["slurm.sbatch_args=[exclusive]"], "expected long sbatch options like '--exclusive'"),

@@ -43,6 +43,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return cfg
 
 
+def check_flag(key: str, value: Any, flag: str) -> None:
+    """A command-line flag that sets config `key`, checked by the schema as the key is (type and
+    range); an error names the flag as the user wrote it."""
+    _check_dict(_nest(key, value), Config, "", f"`{flag} {value}`")
+
+
 def check_relations(cfg: Config) -> None:
     """What no single key's range says: keys that constrain each other, and the model itself."""
     if cfg.schedule.warmup_epochs > cfg.schedule.epochs:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vitc.config import config_to_dict, dump_config, load_config
+from vitc.config import check_flag, config_to_dict, dump_config, load_config
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.resources import resource
@@ -150,10 +150,13 @@ def render_sweep_script(list_path: Path, count: int, slurm: SlurmConfig, name: s
 
 
 def resolve_submission(config: str | Path, overrides: list[str], **allocation) -> Config:
-    """The run's config with CLI allocation flags (nodes=..., time=...; None = keep) applied as
-    `slurm.KEY=VALUE` overrides after the others, so the schema checks a flag as it checks the key."""
-    flags = [f"slurm.{k}={json.dumps(v)}" for k, v in allocation.items() if v is not None]  # JSON is YAML
-    cfg = load_config(config, [*overrides, *flags])
+    """The run's config with CLI allocation flags (nodes=..., time=...; None = keep) applied after
+    the overrides; the schema checks each flag as it checks its key in a config."""
+    given = {k: v for k, v in allocation.items() if v is not None}
+    for key, value in given.items():  # the schema's type and range, as for the key in a config
+        check_flag(f"slurm.{key}", value, "--" + key.replace("_", "-"))
+    cfg = load_config(config, overrides)
+    cfg = dataclasses.replace(cfg, slurm=dataclasses.replace(cfg.slurm, **given))
     check_slurm_config(cfg.slurm)
     return cfg
 
