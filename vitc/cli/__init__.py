@@ -8,14 +8,14 @@ import argparse
 import logging
 import sys
 
-from vitc.cli import audit, config, data, engine, pipelines, plan, slurm
+from vitc.cli import audit, bench, config, data, engine, pipelines, plan, slurm, sweep
 from vitc.cli.args import HelpFormatter, split_overrides
 from vitc.distributed.signals import INTERRUPTED_EXIT, Interrupted
 from vitc.errors import VitcError
 from vitc.log import setup_logging
 
 # each module adds its subcommands; the work lives in the modules they call
-COMMAND_GROUPS = (audit, plan, config, data, engine, pipelines, slurm)
+COMMAND_GROUPS = (audit, plan, config, data, engine, pipelines, sweep, slurm, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,10 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitc", description="Pretrain Vision Transformers with a convolutional stem (ViT-C) at scale.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    bench = sub.add_parser("bench", help="speed benchmarks, each against a baseline in the same run")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     for group in COMMAND_GROUPS:
-        group.add_parsers(sub, bench_sub)
+        group.add_parsers(sub)
     _use_formatter(parser)
     return parser
 

@@ -1,13 +1,17 @@
-"""`vitc audit` and `vitc bench model`: model cost and model speed."""
+"""`vitc audit`: model cost (flops, activations, parameters) and conv/patchify parity."""
 
 import argparse
 import sys
 
-from vitc.cli.args import MODEL_HELP, add_timing_args
-
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from vitc.audit.report import audit_row, check_parity, format_rows, parity_pairs, resolve_targets
+    from vitc.audit.report import (
+        audit_row,
+        check_parity,
+        format_rows,
+        parity_pairs,
+        resolve_targets,
+    )
 
     specs = resolve_targets(args.targets, args.overrides, args.resolution, args.num_classes)
     print(format_rows([audit_row(spec) for spec, _ in specs], args.format))
@@ -20,14 +24,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def cmd_bench_model(args: argparse.Namespace) -> int:
-    from vitc.bench.model import bench_model, format_model_bench
-
-    print(format_model_bench(bench_model(args.model, args.batch, args.iters, args.rounds, args.processes)))
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
         "audit", help="flops, activations and parameters of models (fvcore + analytic check)",
         description="Count flops (1 multiply-add = 1 flop), activations and parameters with fvcore, "
@@ -42,9 +39,3 @@ def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsers
                        help="fail when a conv-stem model's flops differ from its patchify twin's "
                             "by more than audit.parity_tolerance")
     audit.set_defaults(func=cmd_audit, split="targets")
-
-    bench_model = bench_sub.add_parser("model", help="forward+backward images/s: ViT_C vs ViT_P vs timm")
-    bench_model.add_argument("--model", default="vit_c_1gf", help=MODEL_HELP)
-    bench_model.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
-    add_timing_args(bench_model, rounds=3, iters=3)
-    bench_model.set_defaults(func=cmd_bench_model)

@@ -42,7 +42,7 @@ def resolved_model(cfg, num_classes) -> dict:
     return model
 
 
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="WHAT")
     show = config_sub.add_parser(

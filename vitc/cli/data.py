@@ -1,10 +1,8 @@
-"""`vitc shards build|verify|index`, `vitc data ledger` and `vitc bench data`."""
+"""`vitc shards build|verify|index` and `vitc data ledger`."""
 
 import argparse
 import json
 import sys
-
-from vitc.cli.args import add_timing_args
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
@@ -36,14 +34,6 @@ def cmd_shards_index(args: argparse.Namespace) -> int:
     m = index_shards(args.dir, args.prefix, args.workers)
     print(f"{args.dir}: indexed {len(m.shards)} shards, {m.num_samples} samples, {m.num_classes} "
           f"classes, {len(m.skipped)} samples without image or label")
-    return 0
-
-
-def cmd_bench_data(args: argparse.Namespace) -> int:
-    from vitc.bench.data import bench_data
-
-    print(bench_data(args.shards, args.images, args.batch, args.workers, args.rounds, args.auto_augment,
-                     args.random_erasing, not args.no_shard_build, processes=args.processes).describe())
     return 0
 
 
@@ -114,23 +104,6 @@ def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
     index.set_defaults(func=cmd_shards_index)
 
 
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_shards_parser(sub)
     _add_data_parser(sub)
-    bench_data = bench_sub.add_parser(
-        "data", help="train loader images/s/core vs torchvision ImageFolder and bare JPEG decode",
-        description="Images/s per core of (a) the vitc train loader, (b) torchvision ImageFolder + "
-                    "DataLoader with the same recipe, (c) bare full-size PIL decode, over the same "
-                    "JPEGs taken from DIR's shards; plus `vitc shards build` images/s with 1 and 2 "
-                    "workers. Per core = images per CPU-second of the main process and its workers.")
-    bench_data.add_argument("--shards", required=True, metavar="DIR", help="a shard directory with manifest.json")
-    bench_data.add_argument("--images", type=int, metavar="N", help="use the first N images (default: all)")
-    bench_data.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
-    bench_data.add_argument("--workers", type=int, default=2, help="loader workers for (a) and (b)")
-    add_timing_args(bench_data, rounds=5)
-    bench_data.add_argument("--auto-augment", choices=("autoaugment", "randaugment", "none"),
-                            default="autoaugment")
-    bench_data.add_argument("--random-erasing", type=float, default=0.25,
-                            help="RandomErasing probability in both pipelines (default 0.25, DeiT's)")
-    bench_data.add_argument("--no-shard-build", action="store_true", help="skip the shard-build rows")
-    bench_data.set_defaults(func=cmd_bench_data)

@@ -1,9 +1,9 @@
-"""`vitc train`, `vitc eval`, `vitc export`, `vitc demo` and `vitc bench engine`."""
+"""`vitc train`, `vitc eval`, `vitc export` and `vitc demo`."""
 
 import argparse
 import json
 
-from vitc.cli.args import MODEL_HELP, add_timing_args, given, job_rank, one_config
+from vitc.cli.args import given, job_rank, one_config
 from vitc.errors import VitcError
 
 
@@ -79,29 +79,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_engine(args: argparse.Namespace) -> int:
-    from vitc.bench.engine import bench_engine, format_engine_bench
-
-    print(format_engine_bench(bench_engine(args.model, args.batch, args.iters, args.rounds, args.stages,
-                                                  processes=args.processes)))
-    return 0
-
-
-def cmd_bench_meters(args: argparse.Namespace) -> int:
-    from vitc.bench.meters import bench_meters, format_meters_bench
-
-    print(format_meters_bench(bench_meters(args.model, args.batch, args.iters, args.rounds, args.processes,
-                                           args.stage, args.log_every)))
-    return 0
-
-
-def cmd_bench_startup(args: argparse.Namespace) -> int:
-    from vitc.bench.startup import bench_startup, format_startup
-
-    print(format_startup(*bench_startup(args.out, args.rounds)))
-    return 0
-
-
 def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train a model with DeepSpeed ZeRO (docs/engine.md)",
@@ -139,29 +116,5 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
-    engine = bench_sub.add_parser(
-        "engine", help="step time through DeepSpeed (ZeRO 0-3) vs a plain PyTorch loop")
-    engine.add_argument("--model", default="vit_p_1gf", help=MODEL_HELP)
-    engine.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
-    add_timing_args(engine, rounds=5, iters=5)
-    engine.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to time, comma-separated")
-    engine.set_defaults(func=cmd_bench_engine)
-    startup = bench_sub.add_parser(
-        "startup", help="seconds from `vitc train` to its first step (the demo model, CPU)")
-    startup.add_argument("--out", default="runs/demo", help="directory for the demo shards and the run")
-    startup.add_argument("--rounds", type=int, default=3, help="fresh processes timed (median taken)")
-    startup.set_defaults(func=cmd_bench_startup)
-    meters = bench_sub.add_parser(
-        "meters", help="the training step with MFU/goodput metering vs without, each in its own process")
-    meters.add_argument("--model", default="vit_p_1gf")
-    meters.add_argument("--batch", type=int, default=32)
-    meters.add_argument("--stage", type=int, default=1, choices=(0, 1, 2, 3), help="ZeRO stage of the step")
-    meters.add_argument("--log-every", type=int, default=20, help="steps per log line (log.every_steps)")
-    add_timing_args(meters, rounds=5, iters=20)
-    meters.set_defaults(func=cmd_bench_meters)
-
-
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_engine_parsers(sub)
-    _add_bench_engine_parser(bench_sub)

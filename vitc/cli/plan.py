@@ -41,7 +41,7 @@ def _node_list(text: str) -> list[int]:
         raise VitcError(f"--sweep-nodes expects comma-separated node counts like 1,8,64,512, got '{text}'")
 
 
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser(
         "plan", help="memory, time and cost of a run at cluster scale, before booking it",
         description="Plan a run: per-GPU memory by ZeRO stage (model states, activations), the "

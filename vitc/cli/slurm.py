@@ -31,7 +31,7 @@ def cmd_slurm_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     slurm = sub.add_parser("slurm", help="submit a run to Slurm and follow it (docs/slurm.md)")
     slurm_sub = slurm.add_subparsers(dest="slurm", required=True, metavar="WHAT")
     slurm_submit = slurm_sub.add_parser(
