@@ -15,7 +15,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dist = job_rank(args)
     check_run_inputs(cfg, dist.world_size)  # before torch, the run's lock or a worker: writes nothing
 
-    from vitc.engine.trainer import train
+    from vitc.engine.train import train
 
     outcome = train(cfg, dist)
     if dist.is_main:

@@ -1,15 +1,14 @@
-"""`vitc train`: one trainer for one CPU process, torchrun, and Slurm srun alike.
+"""The training loop of one invocation (`vitc.engine.train` starts it).
 
-`train(cfg)` discovers the launcher once, builds the plain model and data, wraps the model with
-`deepspeed.initialize` in exactly one place (`vitc/engine/build.py`), resumes from the newest
-complete checkpoint, and runs the loop, which calls only engine methods. Every optimizer step the
-ranks sum, with one all_reduce on the device, two flags and the loss: a preemption signal arrived
-(then all ranks save at one same step, rank 0 writes the outcome and requeues the Slurm job; a
-run not requeued exits 128 + the signal) and a loss was not finite (then all ranks stop with a
-`Diverged` error before any later save can overwrite good state). The host reads the sums, which waits for the device, only
-every `log.every_steps` steps, before every save and at the end of an epoch: the same steps on
-every rank, so the ranks still agree, and a signal is acted on at most `log.every_steps` steps
-late. Every end leaves RUN_DIR/outcome.json (vitc/outcome.py).
+The trainer builds the plain model and data, wraps the model with `deepspeed.initialize` in
+exactly one place (`vitc/engine/build.py`), restores the resume point, and runs the loop, which
+calls only engine methods. Every optimizer step the ranks sum, with one all_reduce on the device,
+two flags and the loss: a preemption signal arrived (then all ranks save at one same step, rank 0
+writes the outcome and requeues the Slurm job) and a loss was not finite (then all ranks stop with
+a `Diverged` error before any later save can overwrite good state). The host reads the sums, which
+waits for the device, only every `log.every_steps` steps, before every save and at the end of an
+epoch: the same steps on every rank, so the ranks still agree, and a signal is acted on at most
+`log.every_steps` steps late.
 """
 
 import json
@@ -26,16 +25,22 @@ import torch.nn.functional as F
 
 from vitc.checkpoint import resume_point
 from vitc.checkpoint import store as checkpoint
-from vitc.checkpoint.lock import run_lock
 from vitc.checkpoint.resume_point import ResumePoint
 from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
-from vitc.distributed.env import DistEnv, discover
-from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, requeue_job
-from vitc.engine.build import build_engine, engine_session
+from vitc.distributed.env import DistEnv
+from vitc.distributed.signals import PreemptionSignal
+from vitc.engine.build import build_engine
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import DataWait, Goodput, MetricsLog, RunMeters, Window, console_line
+from vitc.engine.meters import (
+    DataWait,
+    Goodput,
+    MetricsLog,
+    RunMeters,
+    Window,
+    console_line,
+)
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
@@ -47,67 +52,20 @@ from vitc.engine.resume import client_state, log_data_position, restore
 from vitc.engine.runtime import (
     Runtime,
     environment_summary,
-    resolve_runtime,
     run_on,
     seed_everything,
 )
-from vitc.engine.timeouts import collective_failure, collectives_may_wait
+from vitc.engine.timeouts import collectives_may_wait
 from vitc.errors import VitcError
 from vitc.fileio import atomic_write_text
 from vitc.models.cost import model_cost
-from vitc.log import run_log
 from vitc.models.vit import VisionTransformer
-from vitc.outcome import Diverged, RunEnding, RunOutcome, Score
+from vitc.outcome import Diverged, Score
 from vitc.run import Run
 from vitc.schema import Config
 from vitc.weights.init_from import init_model
 
 log = logging.getLogger(__name__)
-
-
-def train(cfg: Config, dist: DistEnv | None = None) -> RunOutcome:
-    """Train as `cfg` says; every rank of the job calls this. Rank 0 writes RUN_DIR/outcome.json
-    at every end (vitc/outcome.py), an error's too, which then propagates."""
-    dist = discover() if dist is None else dist
-    with run_lock(Path(cfg.train.run_dir), dist.is_main), run_log(cfg.train.run_dir, dist.is_main):
-        return _train(cfg, dist)  # the lock before anything writes the run directory
-
-
-def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
-    ending = RunEnding(Path(cfg.train.run_dir), dist.is_main)
-    try:
-        rt = resolve_runtime(cfg.train, dist)
-        run = run_on(cfg, dist, rt)  # before anything heavy starts
-        converted = (resume_point.before_joining(Path(cfg.train.run_dir), dist.world_size, run.zero_stage,
-                                                 dist.rank, cfg.optim.name)
-                     if cfg.checkpoint.resume else None)  # before any collective can time out
-        handlers = {s: signal.getsignal(s) for s in SIGNALS}
-        with engine_session(dist, rt, cfg.train.collective_timeout_min * 60):
-            try:
-                preempt = PreemptionSignal()
-                ending.trainer = Trainer(cfg, dist, rt, preempt, run, converted)
-                outcome = ending.record(ending.trainer.fit())
-                tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
-            finally:
-                for sig, handler in handlers.items():
-                    signal.signal(sig, handler)
-    except BaseException as error:
-        failure = collective_failure(error, dist, cfg)  # a dead or stuck peer: say so in one line
-        ending.record_failure(failure or error)
-        if failure is not None:
-            raise failure from None
-        raise
-    if outcome.status != "preempted":
-        return outcome
-    # requeue_job ends this Slurm job at once when it requeues: only after the checkpoint and the outcome
-    if not preempt.interrupted and dist.is_main and requeue_job(dist.slurm_job):
-        return outcome
-    if dist.slurm_job and not dist.is_main:  # rank 0's exit code speaks for the job
-        return outcome
-    signum = preempt.received or signal.SIGTERM  # a peer's signal: this rank got none itself
-    raise Interrupted(f"interrupted ({signal.Signals(signum).name}): {cfg.train.run_dir} saved at step "
-                      f"{outcome.step}; `vitc train` with the same config resumes from it", signum)
-
 
 
 class Trainer:

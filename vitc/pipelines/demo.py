@@ -15,7 +15,7 @@ from vitc.config import load_config, model_spec
 from vitc.data.shards.build import BuildOptions, build_shards
 from vitc.data.shards.embedded import digits_imagefolder
 from vitc.data.shards.manifest import Manifest
-from vitc.engine.trainer import train
+from vitc.engine.train import train
 from vitc.errors import VitcError
 from vitc.models.cost import model_cost
 from vitc.resources import resource
