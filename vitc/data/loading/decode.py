@@ -118,10 +118,9 @@ def decode_crop(data: bytes, box: Box, out_size: tuple[int, int], reduce: bool =
     plan = plan_decode(height, width, box, out_size, is_jpeg=reduce and data[:2] == b"\xff\xd8")
     pixels = decode_full(data, height, width, plan.reduction, fast)
     b = plan.decoded_box
-    # torch's uint8 antialiased resize is ~3x faster than PIL's here (measured, 320 px -> 224 px), but
-    # only on channels-last-dense input (its AVX2 kernel): a window of the decoded image is not, and
-    # took the 2x slower path (0.35 against 0.17 ms per image in the loader, measured). So the crop is
-    # copied out whole first, and the result, with the same pixels either way, keeps HWC memory.
+    # torch's uint8 antialiased resize takes its fast (AVX2) kernel only on channels-last-dense input,
+    # which a window of the decoded image is not: the crop is copied out whole first, the same pixels
+    # either way (docs/loader.md, "Where the CPU goes")
     crop = np.ascontiguousarray(pixels[b.top:b.top + b.height, b.left:b.left + b.width])
     return F.resize(torch.from_numpy(crop).permute(2, 0, 1), list(out_size), antialias=True)
 

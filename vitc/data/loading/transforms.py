@@ -206,12 +206,10 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().sub_(mean).div_(std)
 
 
-# torchvision's MixUp and CutMix build their output from two batch-sized copies (the rolled batch,
-# and a scaled or cloned one): 0.10 and 0.07 ms/image at 32 x 224 px on the CPU, against 0.035 and
-# 0.014 in place (measured). The batch is our own fresh float copy, so these keep torchvision's
-# sampling (Beta lam, CutMix box), pairing (image i with image i-1) and label mixing, and only
-# apply the image blend in place, last image first so each still reads its original neighbour.
-# On the GPU torchvision's few large kernels beat a per-image loop of launches: they run there.
+# torchvision's MixUp and CutMix build their output from two batch-sized copies; our batch is our own
+# fresh float copy, so these keep torchvision's sampling, pairing (image i with i-1) and label mixing
+# and blend the images in place, last image first so each still reads its original neighbour. On
+# the GPU torchvision's own few large kernels run (docs/loader.md, "Where the CPU goes").
 
 
 class InPlaceMixUp(v2.MixUp):
