@@ -36,12 +36,9 @@ def deepspeed_config(run: Run, load_universal: bool = False) -> dict[str, Any]:
         # DeepSpeed's own bf16/fp16 modes cast the parameters: off, the autocast below instead
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
-        # Gradients are summed over micro-batches and over ranks in fp32, whatever the compute
-        # precision: with 8-16 accumulation steps a low-precision sum loses the small contributions.
-        # deepspeed 0.19 reads both keys in runtime/config.py and honours them at every stage:
-        # ZeRO-0 all-reduces in `communication_data_type` (engine.py `allreduce_bucket`);
-        # ZeRO-1/2 (zero/stage_1_and_2.py `gradient_accumulation_dtype`, `average_tensor`) and
-        # ZeRO-3 (zero/stage3.py, the same names) accumulate and reduce in those dtypes.
+        # Gradients are summed over micro-batches and ranks in fp32, whatever the compute precision:
+        # with 8-16 accumulation steps a low-precision sum loses the small contributions. Where
+        # DeepSpeed honours both keys at each stage: docs/engine.md, "Precision".
         "data_types": {"grad_accum_dtype": "fp32"},
         "communication_data_type": "fp32",
         # torch.optim.SGD is not on DeepSpeed's list of ZeRO-tested optimizers; it is sound
@@ -53,10 +50,8 @@ def deepspeed_config(run: Run, load_universal: bool = False) -> dict[str, Any]:
         "checkpoint": {"load_universal": load_universal},
     }
     if run.precision in AUTOCAST_DTYPES:
-        # No module's parameters are marked for low-precision communication
-        # (`lower_precision_safe_modules`, runtime/torch_autocast.py): with the default list
-        # ZeRO-3 would gather Linear/Conv weights in bf16 and also reduce their gradients in bf16
-        # (zero/stage3.py `get_param_comm_dtype`), breaking the fp32 reduction above.
+        # No module is marked lower-precision safe: with DeepSpeed's default list ZeRO-3 would also
+        # reduce Linear/Conv gradients in bf16, breaking the fp32 reduction (docs/engine.md, "Precision")
         ds["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[run.precision],
                                 "lower_precision_safe_modules": []}
     if run.clip_grad is not None:

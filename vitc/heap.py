@@ -3,11 +3,10 @@
 A CPU training step allocates and frees the same large tensors again and again: float batches of
 19 MB at 32 x 224 px, MixUp's rolled copy, activations. glibc serves blocks above its mmap
 threshold with a fresh mmap and unmaps them on free, and trims the heap top above its trim
-threshold, so every such tensor is page-faulted in anew: measured 0.65 ms/image in the loader's
-batch transform (normalize, RandomErasing, MixUp/CutMix at 32 x 224 px), 0.18 ms with the heap
-kept. PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; nothing in torch or
-Python sets glibc's own knobs, hence `mallopt` through ctypes. The cost: the process keeps its
-peak heap mapped rather than returning it between steps.
+threshold, so every such tensor is page-faulted in anew (the cost, with and without:
+docs/loader.md, "Where the CPU goes"). PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc
+for this; nothing in torch or Python sets glibc's own knobs, hence `mallopt` through ctypes. The
+cost: the process keeps its peak heap mapped rather than returning it between steps.
 
 Left alone when the user has tuned malloc already (MALLOC_*_ env variables, or another allocator
 preloaded) and off glibc.

@@ -91,12 +91,9 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
             logging.getLogger("DeepSpeed")
         finally:
             logging.setLoggerClass(logging.Logger)
-    # Start-up lines that every CPU run printed and that say nothing the run's own first line does
-    # not ("... 1 rank(s), cpu, ..."): DeepSpeed's "Setting accelerator to CPU" at import (its
-    # logger "DeepSpeed", deepspeed/utils/logging.py) and torch's "No CUDA runtime is found" when a
-    # CUDA toolkit is installed without a GPU (torch/utils/cpp_extension.py, imported by DeepSpeed's
-    # op builder). Filters on those two messages alone: every other warning of both loggers shows.
-    # Called before DeepSpeed is imported: logging.getLogger returns the logger it will use.
+    # Two start-up lines every CPU run printed that say nothing the run's own first line does not;
+    # only those two messages are filtered (docs/engine.md, "Running"). Called before DeepSpeed is
+    # imported: logging.getLogger returns the logger it will use.
     logging.getLogger("DeepSpeed").addFilter(_DEEPSPEED_START)
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA)
     # fvcore traces with TorchScript, which torch now marks deprecated on every call.

@@ -186,18 +186,14 @@ def zero_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         raise VitcError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     zero: dict[str, Any] = {"stage": stage}
     if stage > 0:
-        # contiguous_gradients copies every gradient into a preallocated bucket as it is produced,
-        # which keeps the CUDA caching allocator from fragmenting; on the CPU it is only a copy:
-        # against the plain loop (vit_p_1gf, batch 32, 2 cores) one run measured ZeRO-1 +6.0 % ->
-        # +3.2 %, ZeRO-2 +8.4 % -> +2.0 % without it, a later one 1.9 and 0.7 points, inside its
-        # noise (tools/bench_engine_variants.py; docs/engine.md).
+        # contiguous_gradients keeps the CUDA caching allocator from fragmenting; on the CPU it is
+        # only a copy (docs/engine.md, "DeepSpeed's overhead")
         zero.update(reduce_bucket_size=train.reduce_bucket_size,
                     allgather_bucket_size=train.allgather_bucket_size,
                     overlap_comm=on_gpu, contiguous_gradients=on_gpu)
     if stage == 3:
-        # memory_efficient_linear stays DeepSpeed's default (on): torch's own linear is faster on the
-        # CPU (ZeRO-3 +17.7 -> +12.4 %) but keeps every gathered weight alive until backward
-        # (docs/engine.md; tests/test_engine_train.py checks none is kept)
+        # memory_efficient_linear stays on: torch's own linear keeps every gathered weight alive until
+        # backward (docs/engine.md, "DeepSpeed's overhead"; tests/test_engine_train.py checks none is)
         zero.update(stage3_prefetch_bucket_size=train.allgather_bucket_size,
                     stage3_param_persistence_threshold=10_000,
                     # `vitc export` consolidates from the optimizer's fp32 partitions

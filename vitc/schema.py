@@ -262,8 +262,8 @@ class DataConfig:
     label_smoothing: float = bounded(0.1, ge=0, le=1)  # the released configs
     # eval: resize to image_size / ratio, center crop image_size
     eval_crop_ratio: float = bounded(0.875, gt=0, le=1)
-    # libjpeg-turbo's fast integer IDCT and chroma upsampling (train and eval alike): ~10 % faster
-    # decode for differences of a grey level or two; false = its accurate defaults (PIL's)
+    # libjpeg-turbo's fast integer IDCT and chroma upsampling (train and eval alike); false = its
+    # accurate defaults (PIL's). Speed and pixel difference: docs/loader.md, "Config"
     fast_jpeg_decode: bool = True
     # Skipped (undecodable or unlabeled) samples beyond this fraction of a worker's data stop the run.
     max_bad_fraction: float = bounded(0.001, ge=0, le=1)
@@ -271,7 +271,7 @@ class DataConfig:
     decode_device: Literal["cpu", "cuda"] = "cpu"  # cuda: nvJPEG batch decode (falls back to cpu)
     pin_memory: bool | Literal["auto"] = "auto"  # `auto`: when CUDA is available
     # Where uint8 batches become float (normalize, erasing, MixUp/CutMix): on the GPU a quarter of
-    # the bytes cross PCIe and the trainer's CPU is spared ~0.7 ms/image. `auto`: cuda if available.
+    # the bytes cross PCIe and the trainer's CPU is spared that work. `auto`: cuda if available.
     batch_device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -2,8 +2,8 @@
 
 A marker alone says a save finished; it cannot say the files are still what was written (a
 truncated copy, a disk that lost a block). The marker therefore lists every file of the tag with
-its size and CRC-32 (zlib's: about 1 GB/s, 65-105 ms per 100 MB on this 2-core machine, against
-150-170 ms for blake2b; it guards against damage, not against an adversary), and resume, export
+its size and CRC-32 (zlib's, faster than a cryptographic hash, docs/engine.md; it guards against
+damage, not against an adversary), and resume, export
 and pruning check them before trusting the tag.
 
 Also here: the one-line report of a save that ran out of disk space.

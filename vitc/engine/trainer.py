@@ -141,10 +141,8 @@ class Trainer:
         model = VisionTransformer(self.run.spec)
         init_model(model, self.cfg, self.dist.rank)  # finetune.init_from (vitc/weights/init_from.py)
         freeze(model, self.cfg.train.freeze)  # before the optimizer groups and the EMA copy are made
-        # the parameters stay contiguous (DeepSpeed broadcasts each as `p.data.view(torch.uint8)`,
-        # and under ZeRO-1/2 they become views into its flat buffers): `_prepare` makes only the
-        # input NHWC, and cuDNN then runs the convs in NHWC (ATen ConvUtils.h
-        # `cudnn_conv_suggest_memory_format` follows the input's or the weight's format)
+        # the parameters stay contiguous, for DeepSpeed's broadcast and flat buffers; `_prepare` makes
+        # only the input NHWC, which cuDNN follows (docs/engine.md, "Precision", channels_last)
         return model.to(self.rt.device)
 
     def performance(self) -> dict[str, float]:

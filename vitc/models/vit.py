@@ -37,12 +37,9 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(spec.width, spec.num_classes)
         init_vit_weights(self)
 
-    # Modules whose parameters ZeRO-3 gathers and releases as one (DeepSpeed's z3 leaf modules): its
-    # hooks then run once per block instead of once per linear and norm. Measured with `vitc bench
-    # engine` (vit_p_1gf, batch 32, 2-core CPU): ZeRO-3's forward overhead 81 -> 44 ms, backward
-    # 132 -> 99 ms per step. A block's weights are few next to its activations (12 d^2 values).
-    # Not the conv stem: as one leaf, its last conv's weight was not gathered again for backward
-    # (deepspeed 0.19.8; the ReLUs in it are in place), and its few modules cost little.
+    # Modules ZeRO-3 gathers and releases as one (z3 leaf modules), so its hooks run once per block;
+    # not the conv stem, whose last conv's weight was then not gathered again for backward
+    # (docs/engine.md, "DeepSpeed's overhead")
     zero3_leaf_modules = (Block,)
 
     def no_weight_decay_params(self) -> set[str]:

@@ -4,7 +4,7 @@ Decode dominates the loader's CPU cost (docs/loader.md, issue #4), so a crop tha
 output size anyway is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale (libjpeg-turbo, through
 simplejpeg) — the largest reduction that still leaves the crop at least the output size. Only the
 power-of-two scales are used: libjpeg-turbo's other M/8 scales are slower than a full decode
-(measured: 3/4 and 7/8 at about half the full-decode rate).
+(docs/loader.md, "Where the CPU goes").
 
 The crop box is always expressed in full-resolution pixels. A reduced decode snaps it to whole
 reduced pixels; `plan_decode` returns that snapped box, which is then *the* box: the full-decode
@@ -87,9 +87,9 @@ def plan_decode(height: int, width: int, box: Box, out_size: tuple[int, int], is
 def decode_full(data: bytes, height: int, width: int, reduction: int = 1, fast: bool = True) -> np.ndarray:
     """RGB uint8 [H/r, W/r, 3]. libjpeg-turbo first; PIL for what it refuses (PNG/WebP in an index).
 
-    `fast`: libjpeg-turbo's fast integer IDCT and fast chroma upsampling, each about 5 % of the
-    decode (measured: 0.39 -> 0.36 ms for 500x375 together), for differences of a grey level or two
-    (see data.fast_jpeg_decode); otherwise its accurate defaults, which PIL uses too.
+    `fast`: libjpeg-turbo's fast integer IDCT and fast chroma upsampling, for differences of a grey
+    level or two (data.fast_jpeg_decode; its speed-up in docs/loader.md); otherwise its accurate
+    defaults, which PIL uses too.
     """
     try:
         if reduction == 1:
@@ -118,10 +118,9 @@ def decode_crop(data: bytes, box: Box, out_size: tuple[int, int], reduce: bool =
     plan = plan_decode(height, width, box, out_size, is_jpeg=reduce and data[:2] == b"\xff\xd8")
     pixels = decode_full(data, height, width, plan.reduction, fast)
     b = plan.decoded_box
-    # torch's uint8 antialiased resize is ~3x faster than PIL's here (measured, 320 px -> 224 px), but
-    # only on channels-last-dense input (its AVX2 kernel): a window of the decoded image is not, and
-    # took the 2x slower path (0.35 against 0.17 ms per image in the loader, measured). So the crop is
-    # copied out whole first, and the result, with the same pixels either way, keeps HWC memory.
+    # torch's uint8 antialiased resize takes its fast (AVX2) kernel only on channels-last-dense input,
+    # which a window of the decoded image is not: the crop is copied out whole first, the same pixels
+    # either way (docs/loader.md, "Where the CPU goes")
     crop = np.ascontiguousarray(pixels[b.top:b.top + b.height, b.left:b.left + b.width])
     return F.resize(torch.from_numpy(crop).permute(2, 0, 1), list(out_size), antialias=True)
 

@@ -212,8 +212,8 @@ def _start(dataloader: DataLoader):
     """`iter(dataloader)`, with the workers forked (when they are) from a frozen garbage collector.
 
     gc.freeze() before fork, as Python's gc docs advise for forked children: the workers' collector
-    then never walks the objects they inherit (torch, the model), which was a tenth of a worker's
-    CPU time in profiles, and so never dirties those pages (copy-on-write faults).
+    then never walks the objects they inherit (torch, the model), nor dirties those pages
+    (copy-on-write faults); its cost: docs/loader.md, "Where the CPU goes".
     """
     gc.freeze()
     try:

@@ -2,10 +2,9 @@
 
 DataLoader sends each batch a worker makes through a fresh shared-memory segment: created and
 faulted in page by page in the worker, mapped and faulted in again in the training process, then
-unmapped. For uint8 batches that was about 0.2 ms of system time per image (measured, 32 x 224 px,
-2 workers). Here each worker owns a few fixed buffers, made before the workers fork and faulted in
-once; a batch travels as the index of the buffer holding it. torch and DataLoader have no such
-reusable channel, hence this module.
+unmapped (its cost: docs/loader.md, "Where the CPU goes"). Here each worker owns a few fixed
+buffers, made before the workers fork and faulted in once; a batch travels as the index of the
+buffer holding it. torch and DataLoader have no such reusable channel, hence this module.
 
 Ownership: `owner[w, k]` is the pass (generation) whose batch fills worker w's buffer k, 0 when
 free. A worker writes only into a buffer that is free or holds a batch of an earlier pass (batches

@@ -18,9 +18,9 @@ horizontal flip, AutoAugment or RandAugment. Per batch: normalize, PCA lighting,
 MixUp/CutMix, label smoothing — float work done once on a stacked batch instead of per image. Every draw comes from a seed given
 with the sample or the batch (vitc.data.loading.draws), never from the process's running generator.
 
-AutoAugment and RandAugment run on PIL images: on uint8 224 px images they are 2x (AutoAugment) and
-4.5x (RandAugment) faster than on tensors here (measured), because the tensor path does its affine
-ops in float; the crop/resize runs on tensors, which is 3x faster than PIL's.
+AutoAugment and RandAugment run on PIL images, faster there than on tensors, whose path does its
+affine ops in float; the crop/resize runs on tensors, faster than PIL's (docs/loader.md, "Where the
+CPU goes").
 """
 
 from dataclasses import dataclass
@@ -157,8 +157,7 @@ class EvalSampleTransform:
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
     """uint8 [3, H, W] -> PIL RGB: straight from HWC memory (what `decode_crop` returns), else by
-    merging the three planes; both far cheaper than F.to_pil_image's interleaving copy (measured at
-    224 px: 0.024 and 0.034 ms against 0.16 ms)."""
+    merging the three planes; both far cheaper than F.to_pil_image's interleaving copy (docs/loader.md)."""
     hwc = image.permute(1, 2, 0)
     if hwc.is_contiguous():
         return Image.frombuffer("RGB", (image.shape[2], image.shape[1]), hwc.numpy(), "raw", "RGB", 0, 1)
@@ -168,9 +167,8 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> contiguous uint8 [3, H, W], each plane packed by PIL straight from its pixels:
-    0.05 ms at 224 px, against 0.09 for `Image.split` + stack and 0.10 for torch's transposing copy
-    of the HWC array (measured)."""
+    """PIL RGB -> contiguous uint8 [3, H, W], each plane packed by PIL straight from its pixels,
+    cheaper than `Image.split` + stack or torch's transposing copy (docs/loader.md)."""
     planes = bytearray()
     for band in "RGB":
         planes += image.tobytes("raw", band)
@@ -206,12 +204,10 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().sub_(mean).div_(std)
 
 
-# torchvision's MixUp and CutMix build their output from two batch-sized copies (the rolled batch,
-# and a scaled or cloned one): 0.10 and 0.07 ms/image at 32 x 224 px on the CPU, against 0.035 and
-# 0.014 in place (measured). The batch is our own fresh float copy, so these keep torchvision's
-# sampling (Beta lam, CutMix box), pairing (image i with image i-1) and label mixing, and only
-# apply the image blend in place, last image first so each still reads its original neighbour.
-# On the GPU torchvision's few large kernels beat a per-image loop of launches: they run there.
+# torchvision's MixUp and CutMix build their output from two batch-sized copies; our batch is our own
+# fresh float copy, so these keep torchvision's sampling, pairing (image i with i-1) and label mixing
+# and blend the images in place, last image first so each still reads its original neighbour. On
+# the GPU torchvision's own few large kernels run (docs/loader.md, "Where the CPU goes").
 
 
 class InPlaceMixUp(v2.MixUp):
