@@ -33,9 +33,10 @@ def test_eight_h100s_need_more_loader_cores_than_a_node_has_and_the_plan_says_so
 
 def test_cores_needed_are_the_gpus_images_per_s_over_the_loaders_rate_per_core(capsys):
     out = plan_json(capsys, "vit_c_1gf", "--nodes", "2", "--gpus-per-node", "8", "--loader-rate", "1000")
-    per_node = out["plan"]["run"]["images_per_s"] / 2
-    assert out["loader"]["gpu_images_per_s"] == pytest.approx(per_node)
+    per_node = out["loader"]["gpu_images_per_s"]  # what the GPUs would consume, data aside
     assert out["loader"]["cores"] == pytest.approx(per_node / 1000)
+    # 1,000 images/s per core cannot feed 16 H100s on vit_c_1gf: the run waits for data
+    assert out["plan"]["run"]["images_per_s"] / 2 < per_node
     assert "--loader-rate" in out["loader"]["source"]
 
 

@@ -8,7 +8,7 @@ from vitc.config import load_config, model_spec
 from vitc.deepspeed_config import deepspeed_config
 from vitc.distributed.env import DistEnv
 from vitc.engine.optim import build_optimizer, param_groups
-from vitc.engine.runtime import resolve_runtime
+from vitc.engine.runtime import resolve_runtime, run_on
 from vitc.engine.schedule import WarmupCosine, warmup_cosine
 from vitc.errors import VitcError
 from vitc.models.vit import VisionTransformer
@@ -104,4 +104,4 @@ def test_deepspeed_config_is_generated_and_the_passthrough_wins():
 def test_fp16_on_cpu_is_refused():
     cfg = load_config(None, ["train.precision=fp16"])
     with pytest.raises(VitcError, match="fp16 needs a GPU"):
-        resolve_runtime(cfg.train, DistEnv())
+        run_on(cfg, DistEnv(), resolve_runtime(cfg.train, DistEnv()))  # the run resolves the precision

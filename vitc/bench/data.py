@@ -153,11 +153,16 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)
 
 
+def _train_loader(overrides: list[str], num_classes: int, gpu=None):
+    """The train loader the trainer builds for these overrides, on one rank."""
+    cfg = load_config(None, [*overrides, f"model.num_classes={num_classes}"])
+    return build_train_loader(cfg, resolve_run(cfg, 1, shards=("train",)), DistEnv(), gpu)
+
+
 def loader_epoch(overrides: list[str], num_classes: int):
     """(a): one epoch of vitc's train loader per call."""
     _single_threaded()
-    cfg = load_config(None, [*overrides, f"model.num_classes={num_classes}"])
-    loader = build_train_loader(cfg, resolve_run(cfg, 1, shards=("train",)), DistEnv())
+    loader = _train_loader(overrides, num_classes)
     return lambda: sum(images.shape[0] for images, _ in loader)
 
 
@@ -188,8 +193,7 @@ class _CpuShareOfGpuDecode(GpuDecode):
 def gpu_decode_cpu_share_epoch(overrides: list[str], num_classes: int):
     """(f): one epoch of the train loader's CPU work under `data.decode_device: cuda`, per call."""
     _single_threaded()
-    loader = build_train_loader(load_config(None, overrides), DistEnv(), num_classes,
-                                gpu=_CpuShareOfGpuDecode(1, torch.device("cpu")))
+    loader = _train_loader(overrides, num_classes, _CpuShareOfGpuDecode(1, torch.device("cpu")))
     return lambda: sum(labels.shape[0] for _, labels in loader)
 
 
