@@ -13,7 +13,6 @@ for numerics and MFU) and skips, naming why, what needs a GPU; tests/test_gpu_sm
 
 import argparse
 import contextlib
-import io
 import subprocess
 import sys
 import tempfile
@@ -149,28 +148,13 @@ class Smoke:
         return f"{spec.name}{' (1 block, 32 px)' if self.cpu else ''}: bf16 within {worst:.2%} of fp32 over 3 steps"
 
     def jpeg_decode(self) -> str:
-        """RGB, grayscale and CMYK JPEGs through the GPU decoder; CMYK goes to the CPU decoder."""
-        from PIL import Image
-        from torchvision.io import ImageReadMode, decode_jpeg
+        """RGB, grayscale and CMYK JPEGs through the GPU decode path against the CPU's pixels; CMYK
+        must fall back to the CPU decoder (vitc.data.loading.gpu_check)."""
+        from vitc.data.loading.gpu_check import check_gpu_decode
 
-        from vitc.data.loading.decode import Box
-        from vitc.data.loading.gpu_decode import GpuDecode
-
-        datas = []
-        for mode in ("RGB", "L", "CMYK"):
-            buffer = io.BytesIO()
-            Image.new(mode, (48, 40), color=(90, 60, 30, 10)[:len(mode)] if mode != "L" else 120).save(buffer, "JPEG")
-            datas.append(buffer.getvalue())
-        if self.cpu:  # the CPU's decode_jpeg stands in for nvJPEG: the same routing, not nvJPEG itself
-            decoder = GpuDecode(32, torch.device("cpu"), lambda d, dev: [decode_jpeg(
-                torch.frombuffer(bytearray(x), dtype=torch.uint8), mode=ImageReadMode.RGB) for x in d])
-        else:
-            decoder = GpuDecode(32, torch.device("cuda", torch.cuda.current_device()))
-        images, kept = decoder.images(datas, [Box(0, 0, 40, 48)] * 3, [0, 1, 2], lambda image, seed: image)
-        if kept != [0, 1, 2] or tuple(images.shape) != (3, 3, 32, 32):
-            raise AssertionError(f"decoded {kept} -> {tuple(images.shape)}")
-        where = "CPU stand-in for nvJPEG" if self.cpu else f"nvJPEG on {images.device}"
-        return f"RGB, grayscale and CMYK decoded to [3, 32, 32] ({where}; {decoder.fallbacks} on the CPU decoder)"
+        if not self.cpu:
+            return "; ".join(check_gpu_decode())
+        return "; ".join(check_gpu_decode(torch.device("cpu"), _cpu_stand_in)) + " (CPU stand-in for the GPU decoder)"
 
     def zero_stages(self) -> str:
         for stage in range(4):
@@ -282,3 +266,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cpu_stand_in(datas: list[bytes], boxes, device: torch.device) -> list:
+    """The CPU's decode_jpeg in the GPU decoder's place for `--cpu`: the same routing (the decode
+    path sends CMYK to the CPU decoder before it gets here), not the hardware decoder itself."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images = []
+    for data, box in zip(datas, boxes):
+        full = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        images.append(full[:, box.top:box.top + box.height, box.left:box.left + box.width].to(device))
+    return images
