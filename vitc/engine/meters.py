@@ -196,7 +196,8 @@ _CPU_PEAK: list[float] = []
 def measured_matmul_peak(size: int = 512, repeats: int = 8) -> float:
     """flops/s of a square fp32 matmul on the CPU, the best of a few (measured once a process)."""
     if not _CPU_PEAK:
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        own = torch.Generator().manual_seed(0)  # not the global generator: a resumed run restored it
+        a, b = torch.randn(size, size, generator=own), torch.randn(size, size, generator=own)
         torch.mm(a, b)  # warm-up
         best = float("inf")
         for _ in range(repeats):
