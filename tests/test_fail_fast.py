@@ -429,3 +429,12 @@ def test_config_show_prints_the_resolved_model_and_this_machines_device(shards, 
     assert model["num_classes"] == 10  # `auto`, counted in the digits' manifest
     assert shown["derived"]["device"] == ("gpu" if visible_gpus() else "cpu")
     assert shown["derived"]["precision"] == ("bf16" if visible_gpus() else "fp32")
+
+
+def test_an_unreadable_image_is_named_without_pils_in_memory_file_repr():
+    from vitc.data.loading.decode import UndecodableImage, decode_full, image_size
+
+    for read in (lambda: image_size(b"not an image"), lambda: decode_full(b"not an image", 8, 8)):
+        with pytest.raises(UndecodableImage) as error:
+            read()
+        assert "BytesIO" not in str(error.value) and "0x" not in str(error.value), str(error.value)

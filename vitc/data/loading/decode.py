@@ -13,6 +13,7 @@ path given the same box reads exactly the same image region, so both paths share
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,12 @@ def image_size(data: bytes) -> tuple[int, int]:
             width, height = Image.open(io.BytesIO(data)).size
             return height, width
         except Exception as e:  # PIL raises many types for garbage bytes
-            raise UndecodableImage(f"not a readable image ({e})") from None
+            raise UndecodableImage(f"not a readable image ({_pil_reason(e)})") from None
+
+
+def _pil_reason(error: Exception) -> str:
+    """PIL's message without the in-memory file's repr it names ("<_io.BytesIO object at 0x...>")."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error)) or type(error).__name__
 
 
 def _snap(start: int, length: int, full: int, r: int) -> tuple[int, int, int, int]:
@@ -104,7 +110,7 @@ def decode_full(data: bytes, height: int, width: int, reduction: int = 1, fast: 
             with Image.open(io.BytesIO(data)) as image:
                 return np.array(image.convert("RGB"))
         except Exception as e:
-            raise UndecodableImage(f"corrupt image ({jpeg_error}; PIL: {e})") from None
+            raise UndecodableImage(f"corrupt image ({jpeg_error}; PIL: {_pil_reason(e)})") from None
 
 
 def decode_crop(data: bytes, box: Box, out_size: tuple[int, int], reduce: bool = True,

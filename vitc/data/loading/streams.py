@@ -7,6 +7,7 @@ a thread and gives up after `timeout` seconds with an error naming the shard.
 """
 
 import queue
+import re
 import threading
 from collections.abc import Iterator
 
@@ -56,7 +57,7 @@ class TimedStream:
             except queue.Empty:
                 self._fail(f"no data for {self.timeout:g} s (stalled read; data.read_timeout_s)")
             if isinstance(item, Exception):
-                self._fail(f"read failed: {item}")
+                self._fail(f"read failed: {describe_read_error(item)}")
             self._eof = not item
             self._buffer += item
         size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
@@ -95,3 +96,16 @@ def shard_samples(shard: Shard, timeout: float) -> Iterator[dict]:
                                           f"({e.args[0] if e.args else e})") from None
     finally:
         stream.close()
+
+
+# webdataset's `pipe:` reader reports a failed command as its Popen arguments and status:
+# "(('cat x.tar',), {'shell': True, 'bufsize': 8192}): exit 1 (read) {}"
+_PIPE_EXIT = re.compile(r"^\(\('(?P<cmd>.*)',\), \{.*?\}\): exit (?P<status>-?\d+)")
+
+
+def describe_read_error(error: Exception) -> str:
+    """One readable reason: a `pipe:` command and its exit status rather than webdataset's tuple."""
+    found = _PIPE_EXIT.match(str(error))
+    if found:
+        return f"the command `{found['cmd']}` exited with status {found['status']}"
+    return str(error)
