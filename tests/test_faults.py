@@ -4,6 +4,7 @@ no traceback, and nothing that was good on disk is lost."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,8 @@ def test_shards_build_onto_a_full_disk_is_one_line_keeps_no_temp_file_and_resume
     result = vitc(*command, check=False)
     line = error_line(result)
     assert result.returncode == 2 and "no space left" in line and str(disk / "shards") in line
+    needed = float(re.search(r"about ([0-9.]+) MiB more needed for \d+ of 4 shards", line).group(1))
+    assert needed > 0.01  # a real estimate: the digits' shards are about 0.1 MiB each
     assert not [p for p in (disk / "shards").iterdir() if p.name.endswith(".tmp")]
     subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)  # space freed
     vitc(*command)

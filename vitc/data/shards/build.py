@@ -289,10 +289,13 @@ def build_shards(src: str | os.PathLike, out: str | os.PathLike, prefix: str = "
         except OSError as e:  # each shard is written under a temp name, removed when its write fails
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            needed = sum(item.size for item in listing.items) - sum(p.stat().st_size for p in _shard_files(out, prefix))
-            raise VitcError(f"no space left on the device of {out} for the shards: about {max(needed, 0) / 2**20:.1f} "
-                            f"MiB more needed, {shutil.disk_usage(out).free / 2**20:.1f} MiB free; free some "
-                            "space and run the same command again (finished shards are kept)") from None
+            done = [p.stat().st_size for p in _shard_files(out, prefix)]
+            left = max(len(plans) - len(done), 1)  # the shard that failed at least
+            # a finished shard's mean size, else the inputs' (re-encoding changes it by a factor near 1)
+            per_shard = sum(done) / len(done) if done else sum(i.size for i in listing.items) / max(len(plans), 1)
+            raise VitcError(f"no space left on the device of {out} for the shards: about {left * per_shard / 2**20:.1f} "
+                            f"MiB more needed for {left} of {len(plans)} shards, {shutil.disk_usage(out).free / 2**20:.1f} "
+                            "MiB free; free some space and run the same command again (finished shards are kept)") from None
     ordered = [outcomes[plan.name] for plan in plans]
     manifest = _write_manifest(out, prefix, listing, ordered,
                                {**dataclasses.asdict(options), "plan_sha256": fingerprint})
