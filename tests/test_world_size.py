@@ -69,5 +69,5 @@ def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_p
     schedule = warmup_cosine(ScheduleConfig(epochs=3, warmup_epochs=0.5), steps_per_epoch=50)
     position = round(resumed["state"]["schedule_fraction"].item() * 150)
     assert resumed["state"]["next_lr"][0].item() == pytest.approx(5e-4 * schedule(position))
-    assert "schedule step 6 of 150 at global batch 4" in resumed["log"]
+    assert "step 3/147 as the step lines count them, at global batch 4" in resumed["log"]  # 3 + 150 - 6
     assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 2

@@ -13,8 +13,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         resolve_targets,
     )
 
+    from tqdm import tqdm
+
     specs = resolve_targets(args.targets, args.overrides, args.resolution, args.num_classes)
-    print(format_rows([audit_row(spec) for spec, _ in specs], args.format))
+    # tracing takes seconds per model: `vitc audit all` shows its progress on stderr
+    traced = tqdm(specs, desc="fvcore trace", unit="model", file=sys.stderr, disable=len(specs) < 2, leave=False)
+    print(format_rows([audit_row(spec) for spec, _ in traced], args.format))
     if not args.parity:
         return 0
     results = check_parity(parity_pairs(specs))

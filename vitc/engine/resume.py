@@ -121,9 +121,8 @@ def _restore_resized(trainer, client: dict, fresh: checkpoint.FreshSchedule, ste
     lr = checkpoint.continue_schedule(trainer.engine.lr_scheduler, fresh, position)
     total_steps = step + trainer.total_steps - position
     return micro_in_epoch, total_steps, (
-        f": epoch {epoch + 1} continues at {100 * fraction:.0f} %, schedule step {position} of "
-        f"{trainer.cfg.schedule.epochs * trainer.steps_per_epoch} at global batch {trainer.global_batch} "
-        f"(next lr {lr:.3g})")
+        f": epoch {epoch + 1} continues at {100 * fraction:.0f} %, step {step}/{total_steps} as the step "
+        f"lines count them, at global batch {trainer.global_batch} (next lr {lr:.3g})")
 
 
 def steps_per_parameter(optimizer) -> None:
