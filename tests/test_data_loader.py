@@ -428,3 +428,14 @@ def test_a_script_using_the_loader_exits_without_closing_it(tmp_path, use):
         pytest.fail(f"the script hung at exit ({use}); its output: {e.stdout!r}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "end of script"
+
+
+@pytest.mark.parametrize("kept", [0.3, 0.5, 0.9])
+def test_a_truncated_shard_is_named_as_truncated_wherever_it_was_cut(tmp_path, kept):
+    shards = write_shards(tmp_path, sizes=(8,))
+    tar = shards / "train-000000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[:int(len(data) * kept) // 512 * 512])  # at a tar block: parses as a shorter tar
+    with pytest.raises(VitcError, match=r"shard train-000000\.tar: truncated: it ends after [\d,]+ of the "
+                                        rf"{len(data):,} bytes its manifest records"):
+        list(train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0"), num_classes=8))

@@ -23,8 +23,10 @@ CHUNK = 1 << 18
 class TimedStream:
     """A readable stream over `raw` whose every wait for data is bounded by `timeout` seconds."""
 
-    def __init__(self, raw, name: str, timeout: float):
+    def __init__(self, raw, name: str, timeout: float, expected_bytes: int | None = None):
         self.raw, self.name, self.timeout = raw, name, timeout
+        # a tar cut at a member boundary parses as a shorter valid stream: its size tells
+        self.expected_bytes, self.read_bytes = expected_bytes, 0
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._buffer = bytearray()
         self._eof = self._closed = False
@@ -59,6 +61,10 @@ class TimedStream:
             if isinstance(item, Exception):
                 self._fail(f"read failed: {describe_read_error(item)}")
             self._eof = not item
+            self.read_bytes += len(item)
+            if self._eof and self.expected_bytes is not None and self.read_bytes < self.expected_bytes:
+                self._fail(f"truncated: it ends after {self.read_bytes:,} of the {self.expected_bytes:,} bytes "
+                           "its manifest records (rebuild it; `vitc shards verify` checks every shard)")
             self._buffer += item
         size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
         out = bytes(self._buffer[:size])
@@ -87,7 +93,7 @@ def shard_samples(shard: Shard, timeout: float) -> Iterator[dict]:
         raw = wds.gopen(shard.url, "rb")
     except Exception as e:
         raise VitcError(f"shard {shard.name}: cannot open '{shard.url}': {e}") from None
-    stream = TimedStream(raw, shard.name, timeout)
+    stream = TimedStream(raw, shard.name, timeout, shard.bytes)
     try:
         yield from group_by_keys(tar_file_expander([{"url": shard.name, "stream": stream}]))
     except Exception as e:  # tarfile.ReadError, webdataset's duplicate-key ValueError, ...

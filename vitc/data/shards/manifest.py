@@ -165,11 +165,13 @@ def _check_consistent(manifest: Manifest, data: dict, origin: str) -> None:
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard as the loader sees it: manifest name, where to read it from, sample count."""
+    """One shard as the loader sees it: manifest name, where to read it from, sample count, and
+    its size in bytes as the manifest records it (None: unknown)."""
 
     name: str
     url: str
     samples: int
+    bytes: int | None = None
 
 
 def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
@@ -181,7 +183,7 @@ def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
     if isinstance(spec, str) and not manifest_path and os.path.isdir(spec):
         manifest = Manifest.load(spec)
         paths = manifest.shard_paths(spec)
-        return [Shard(r.name, str(p), r.samples) for r, p in zip(manifest.shards, paths)], manifest
+        return [Shard(r.name, str(p), r.samples, r.bytes) for r, p in zip(manifest.shards, paths)], manifest
     urls = [u for item in ([spec] if isinstance(spec, str) else spec) for u in expand_urls(item)]
     manifest = Manifest.load(manifest_path or _manifest_beside(urls[0], key))
     records = {r.name: r for r in manifest.shards}
@@ -191,7 +193,7 @@ def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
         if not names:
             raise VitcError(f"data.{key}: shard '{url}' is not in the manifest "
                             f"({len(records)} shards, e.g. {next(iter(records), '-')})")
-        shards.append(Shard(names[-1], url, records[names[-1]].samples))
+        shards.append(Shard(names[-1], url, records[names[-1]].samples, records[names[-1]].bytes))
     return shards, manifest
 
 
