@@ -438,3 +438,13 @@ def test_an_unreadable_image_is_named_without_pils_in_memory_file_repr():
         with pytest.raises(UndecodableImage) as error:
             read()
         assert "BytesIO" not in str(error.value) and "0x" not in str(error.value), str(error.value)
+
+
+def test_a_shard_directory_that_does_not_exist_is_named_as_missing(tmp_path, capsys):
+    from vitc.cli import main
+
+    missing = tmp_path / "nowhere" / "train"
+    assert main(["plan", "vit_c_1gf", f"data.train_shards={missing}", "model.num_classes=auto", "--nodes", "1",
+                 "--gpus-per-node", "8"]) != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"'{missing}' does not exist" in line and "train_manifest" not in line, line

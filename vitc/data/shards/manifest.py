@@ -204,6 +204,10 @@ def expand_urls(item: str) -> list[str]:
 
 def _manifest_beside(url: str, key: str) -> Path:
     directory = Path(url).parent
+    local = "://" not in url and not url.startswith("pipe:")
+    if local and not Path(url).exists() and not directory.is_dir():
+        raise VitcError(f"data.{key}: '{url}' does not exist (expected a shard directory with "
+                        f"{MANIFEST_NAME}, a brace pattern of shard files, or a list of paths/URLs)")
     if "://" in url or url.startswith("pipe:") or not (directory / MANIFEST_NAME).is_file():
         manifest_key = key.replace("_shards", "_manifest")
         raise VitcError(f"data.{key} names shards without a local {MANIFEST_NAME} beside them "
