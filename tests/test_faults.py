@@ -145,6 +145,10 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(shards, tmp_path
     line = error_line(result)
     assert result.returncode == 2 and "no space left" in line and str(disk / "m.safetensors") in line
     assert list(disk.iterdir()) == []
+    result = vitc("export", str(tmp_path / "run"), "--format", "timm", "--out", str(disk / "timm"), check=False)
+    line = error_line(result)
+    assert result.returncode == 2 and "no space left" in line and str(disk / "timm") in line, line
+    assert list(disk.iterdir()) == []
 
 
 @pytest.mark.slow

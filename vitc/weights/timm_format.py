@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from vitc.checkpoint.integrity import out_of_space, space_line
 from vitc.errors import VitcError
 from vitc.fileio import atomic_output, atomic_write_text
 from vitc.models.spec import MODELS, ViTSpec
@@ -105,10 +106,19 @@ def write_timm_dir(state: dict[str, torch.Tensor], spec: ViTSpec, out: str | os.
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VitcError(f"--out {out}: --format timm writes a directory, but this is a file")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / WEIGHTS_FILE) as tmp:  # straight to disk: a 1B-parameter model is 4 GB
-        save_file({k: v.contiguous() for k, v in to_timm_keys(state).items()}, str(tmp), metadata=metadata)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    try:
+        with atomic_output(out / WEIGHTS_FILE) as tmp:  # straight to disk: a 1B-parameter model is 4 GB
+            save_file({k: v.contiguous() for k, v in to_timm_keys(state).items()}, str(tmp), metadata=metadata)
+        atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    except (OSError, SafetensorError) as e:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves nothing behind
+        if not out_of_space(e):
+            raise VitcError(f"writing the timm checkpoint {out} failed: {e}") from None
+        raise VitcError(space_line("the timm checkpoint", out,
+                                   sum(v.numel() * v.element_size() for v in state.values()))) from None
     log.info("wrote timm checkpoint %s (architecture %s)", out, architecture)
     return out
 
