@@ -1,7 +1,9 @@
 """`vitc plan`: memory, time and cost of a run, against hand-computed cases and a real `vitc train`."""
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,11 @@ from vitc.models.cost import largest_layer_params, model_cost
 from vitc.models.spec import get_spec
 from vitc.models.vit import VisionTransformer
 from vitc.plan.activations import activation_memory
-from vitc.plan.comm import comm_volume
+from vitc.plan.comm import comm_volume, link_bandwidth
 from vitc.plan.deepspeed_model import DeepSpeedModel
 from vitc.plan.gpus import get_gpu, load_gpus
 from vitc.plan.memory import ZeroSetup, deepspeed_model_states_bytes, model_states
-from vitc.plan.planner import plan_memory, plan_run, sweep
+from vitc.plan.planner import kernel_share_for, plan_memory, plan_run, sweep
 from vitc.plan.setup import Cluster, load_run_config, run_setup
 from vitc.plan.throughput import compute_time
 from vitc.run import resolve_run
@@ -256,6 +258,30 @@ def test_plan_prints_the_step_split_and_the_predicted_mfu_with_what_limits_it(ca
     mfu = next(line for line in out.splitlines() if "predicted MFU" in line)
     assert "limited by" in mfu and "all-gather of the updated fp32 parameters" in mfu
     assert "DeepSpeed runs DeepSpeedZeroOptimizer (ZeRO-2)" in out
+    assert re.search(r"50% MFU needs the kernels at ≥ 0\.\d\d of peak \(--mfu\)$", mfu)
+
+
+def test_across_nodes_each_gpu_sends_one_hop_in_gpus_per_node_over_the_network():
+    """NCCL's rings, one per rail: a GPU's share crosses the network on 1 hop of 8, the node's 8
+    rails carry the 8 rings together; NVLink bounds the other 7 hops."""
+    h100 = get_gpu("h100")
+    assert link_bandwidth(h100, 1, 8) == 450e9  # one node: NVLink
+    assert link_bandwidth(h100, 16, 8) == 400e9  # 8 rails × 50 GB/s, under NVLink's 450 × 8/7
+    assert link_bandwidth(h100, 16, 1) == 50e9  # one GPU per node: its own rail only
+    assert link_bandwidth(h100, 16, 2) == 100e9
+    fast_network = dataclasses.replace(h100, inter_node_gbps=100.0)
+    assert link_bandwidth(fast_network, 16, 8) == pytest.approx(450e9 * 8 / 7)  # then NVLink limits
+
+
+def test_the_plan_finds_the_kernel_efficiency_that_50_percent_mfu_needs():
+    plan = plan_run(run_setup(load_run_config("vit_c_72gf", []), Cluster(16, 8)))
+    share = kernel_share_for(plan, 0.5)
+    assert plan.mfu < 0.5 < share < 1
+    at = lambda k: plan_run(dataclasses.replace(plan.setup, mfu=k)).mfu
+    assert at(share) >= 0.5 > at(share - 0.01)
+    # a 512-node step is the communication floor: not even kernels at peak reach 50 %
+    assert kernel_share_for(plan_run(run_setup(load_run_config("vit_c_72gf", ["train.micro_batch=1"]),
+                                               Cluster(512, 8))), 0.5) is None
 
 
 def test_a_loader_that_cannot_keep_up_shows_as_data_wait(capsys):

@@ -16,9 +16,13 @@ backward: the last micro-batch's at ZeRO-1, every one at ZeRO-2/3), except each 
 bucket, reduced after backward ends; ZeRO-3's prefetched gathers (behind forward and backward).
 The all-gather after the optimizer step and every all-reduce after backward are exposed.
 
-Assumption (stated beside every result): a collective that spans nodes runs at the per-GPU
-inter-node bandwidth (the slowest link of the ring); within one node at the intra-node bandwidth;
-latency and NCCL's protocol overheads are ignored.
+Assumption (stated beside every result): NCCL's rings, one per network rail. Within one node a
+GPU's share moves at the intra-node bandwidth. Once the job spans nodes, of the G GPUs of a node
+each ring leaves the node from one GPU only: a GPU sends 1 of its G hops over the network and the
+other G-1 over NVLink, and the node's G rails carry the G rings together. Its share therefore moves
+at min(G × the per-GPU network share, G/(G-1) × the intra-node bandwidth): 400 GB/s for 8 H100s
+on 8 × 400 Gb/s, where charging the whole share to one GPU's 50 GB/s rail would make every step's
+traffic 8× slower than NCCL runs it. Latency and NCCL's protocol overheads are ignored.
 """
 
 from dataclasses import dataclass
@@ -68,13 +72,18 @@ def comm_volume(params: int, ds: DeepSpeedModel, world_size: int, accum: int = 1
     return CommVolume(0, accum * grads, gathers, gathers + accum * hidden_grads, 1.0)
 
 
-def link_bandwidth(gpu: GpuSpec, nodes: int) -> float:
-    """Bytes/s per GPU for a collective over all ranks: inter-node as soon as it spans nodes."""
-    return (gpu.inter_node_gbps if nodes > 1 else gpu.intra_node_gbps) * 1e9
+def link_bandwidth(gpu: GpuSpec, nodes: int, gpus_per_node: int) -> float:
+    """Bytes/s at which a collective over all ranks moves each GPU's share (module docstring)."""
+    if nodes == 1:
+        return gpu.intra_node_gbps * 1e9
+    network = gpus_per_node * gpu.inter_node_gbps
+    if gpus_per_node == 1:
+        return network * 1e9
+    return min(network, gpu.intra_node_gbps * gpus_per_node / (gpus_per_node - 1)) * 1e9
 
 
-def comm_time(volume: CommVolume, gpu: GpuSpec, nodes: int) -> float:
-    return volume.total / link_bandwidth(gpu, nodes) if volume.total else 0.0
+def comm_time(volume: CommVolume, gpu: GpuSpec, nodes: int, gpus_per_node: int) -> float:
+    return volume.total / link_bandwidth(gpu, nodes, gpus_per_node) if volume.total else 0.0
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,10 @@ class StepTime:
         return self.compute_s + self.exposed_comm_s + self.data_wait_s
 
 
-def step_time(compute_s: float, volume: CommVolume, gpu: GpuSpec, nodes: int, overlap: bool = True) -> StepTime:
+def step_time(compute_s: float, volume: CommVolume, gpu: GpuSpec, nodes: int, gpus_per_node: int,
+              overlap: bool = True) -> StepTime:
     """Compute plus the communication compute cannot hide (`overlap=False`: none hides)."""
-    bandwidth = link_bandwidth(gpu, nodes)
+    bandwidth = link_bandwidth(gpu, nodes, gpus_per_node)
     if not overlap:
         return StepTime(compute_s, volume.total / bandwidth)
     hideable_s = volume.hideable / bandwidth

@@ -181,10 +181,10 @@ def plan_run(setup: RunSetup) -> Plan:
     images_per_gpu = setup.micro_batch * setup.grad_accum
     compute_s = compute_time(cost.flops, images_per_gpu, setup.gpu.peak_flops(setup.precision), setup.mfu)
     comm = comm_volume(cost.params, setup.deepspeed, setup.world_size, setup.grad_accum)
-    step = step_time(compute_s, comm, setup.gpu, setup.nodes, setup.overlap)
+    step = step_time(compute_s, comm, setup.gpu, setup.nodes, setup.gpus_per_node, setup.overlap)
     return Plan(setup, cost.params, cost.flops, memory,
                 train_flops_per_step(cost.flops, setup.global_batch), compute_s, comm,
-                comm_time(comm, setup.gpu, setup.nodes), step,
+                comm_time(comm, setup.gpu, setup.nodes, setup.gpus_per_node), step,
                 run_time(step.total_s, setup.global_batch, setup.world_size, setup.dataset_size, setup.epochs))
 
 
@@ -197,6 +197,25 @@ def with_loader(plan: Plan, node_images_per_s: float) -> Plan:
     step = dataclasses.replace(plan.step, data_wait_s=wait)
     return dataclasses.replace(plan, step=step, run=run_time(step.total_s, s.global_batch, s.world_size,
                                                                s.dataset_size, s.epochs))
+
+
+def kernel_share_for(plan: Plan, target: float) -> float | None:
+    """The least share of peak the kernels must reach (`--mfu`) for the predicted MFU to reach
+    `target`, everything else of `plan` held (its data wait too); None when not even kernels at
+    peak reach it. The predicted MFU rises with the kernels' share (a faster step hides less
+    communication, but never loses more than it gains), so bisection finds it."""
+    def reached(share: float) -> float:
+        other = plan_run(dataclasses.replace(plan.setup, mfu=share))
+        step = dataclasses.replace(other.step, data_wait_s=plan.data_wait_s)
+        return share * other.compute_s / step.total_s
+
+    if reached(1.0) < target:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (middle, high) if reached(middle) < target else (low, middle)
+    return high
 
 
 def check_fits(plan: Plan) -> Plan:

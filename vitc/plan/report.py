@@ -5,7 +5,7 @@ import json
 import math
 
 from vitc.plan.comm import link_bandwidth
-from vitc.plan.planner import Plan, RunSetup
+from vitc.plan.planner import Plan, RunSetup, kernel_share_for, plan_run
 from vitc.plan.throughput import LoaderNeed
 
 GIB = 2**30
@@ -23,8 +23,9 @@ def assumptions(s: RunSetup) -> list[str]:
         f"{gpu.memory_gib:g} GiB, {gpu.runtime_gib:g} GiB taken by the runtime before the model",
         f"the kernels reach {s.mfu:g} of peak while computing (--mfu); the audit's forward flops count a multiply-add as 1, the peak as 2; "
         "training = 3 × forward (checkpointing's recompute is not model flops: it lowers the MFU reached)",
-        f"communication: ring collectives at {gpu.intra_node_gbps:g} GB/s per GPU within a node, "
-        f"{gpu.inter_node_gbps:g} GB/s once the job spans nodes, no latency term; {overlap}",
+        f"communication: NCCL rings, one per network rail, at {gpu.intra_node_gbps:g} GB/s per GPU within a node; "
+        f"across nodes each GPU sends 1 of {s.gpus_per_node} hops over its {gpu.inter_node_gbps:g} GB/s rail "
+        f"and the rest over NVLink ({_link(s)}); no latency term; {overlap}",
         f"engine: {s.deepspeed.describe()} (read from vitc.deepspeed_config's dict; vitc/plan/deepspeed_model.py)",
         f"memory: DeepSpeed's allocations for ZeRO-{s.zero_stage} {s.precision} with {s.optimizer} "
         "(vitc/plan/memory.py); activations = what autograd saves (vitc/models/cost.py saved_elements); "
@@ -36,7 +37,7 @@ def assumptions(s: RunSetup) -> list[str]:
 
 def _link(s: RunSetup) -> str:
     where = "inter-node" if s.nodes > 1 else "intra-node"
-    return f"{where} {link_bandwidth(s.gpu, s.nodes) / 1e9:g} GB/s per GPU"
+    return f"{where} {link_bandwidth(s.gpu, s.nodes, s.gpus_per_node) / 1e9:g} GB/s per GPU"
 
 
 def _gib(value: int) -> str:
@@ -65,8 +66,8 @@ def _memory_lines(plan: Plan) -> list[str]:
     share = lambda partitioned: f" (1/{n} each)" if partitioned and n > 1 else ""  # noqa: E731
     rows = [
         ("runtime (before the model)", m.runtime),
-        (f"parameters, {s.precision}{share(s.zero_stage == 3)}", st.params),
-        (f"gradients{share(s.zero_stage >= 2)}", st.grads),
+        (f"parameters, {s.deepspeed.param_dtype}{share(s.zero_stage == 3)}", st.params),
+        (f"gradients, {s.deepspeed.param_dtype}{share(s.zero_stage >= 2)}", st.grads),
         (f"fp32 master parameters{share(s.zero_stage >= 1)}", st.master),
         (f"fp32 gradients{share(s.zero_stage >= 1)}", st.fp32_grads),
         (f"optimizer states, {s.optimizer}{share(s.zero_stage >= 1)}", st.optimizer),
@@ -121,8 +122,26 @@ def _step_lines(plan: Plan) -> list[str]:
     ]
 
 
+MFU_TARGET = 0.5  # what a well-run large-model job on current GPUs is expected to reach
+
+
 def limit(plan: Plan) -> str:
-    """Which assumption holds the predicted MFU down, with its numbers."""
+    """Which assumption holds the predicted MFU down, with its numbers, and what 50 % would need."""
+    return f"{_limit(plan)}; {_target(plan)}"
+
+
+def _target(plan: Plan) -> str:
+    if plan.mfu >= MFU_TARGET:
+        return f"{MFU_TARGET:.0%} MFU reached"
+    share = kernel_share_for(plan, MFU_TARGET)
+    if share is None:
+        at_peak = dataclasses.replace(plan.setup, mfu=1.0)
+        return (f"{MFU_TARGET:.0%} MFU is out of reach here: kernels at peak would give "
+                f"{plan_run(at_peak).mfu:.0%} (fewer nodes, a larger batch or a faster network move it)")
+    return f"{MFU_TARGET:.0%} MFU needs the kernels at ≥ {math.ceil(share * 100) / 100:.2f} of peak (--mfu)"
+
+
+def _limit(plan: Plan) -> str:
     s = plan.setup
     losses = {"exposed communication": plan.exposed_comm_s, "data wait": plan.data_wait_s}
     worst = max(losses, key=losses.get)
