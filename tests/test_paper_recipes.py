@@ -1,6 +1,8 @@
 """The shipped paper configs are the paper's runs: each config that reproduces one of the authors' 14
 released configs resolves, at the released GPU count, to every value pinned with its source in
-tests/data/paper_recipes.json (the paper where it states a value, else the released file)."""
+tests/data/paper_recipes.json (the paper where it states a value, else the released file); and the
+runs of the paper's stability grid (§5.1/§5.2, configs/in1k_stability/) train at Table 4 (left)'s lr/wd
+and otherwise as those configs."""
 
 import json
 from pathlib import Path
