@@ -1,6 +1,8 @@
 """The shipped paper configs are the paper's runs: each config that reproduces one of the authors' 14
 released configs resolves, at the released GPU count, to every value pinned with its source in
-tests/data/paper_recipes.json (the paper where it states a value, else the released file)."""
+tests/data/paper_recipes.json (the paper where it states a value, else the released file); and the
+runs of the paper's stability grid (§5.1/§5.2, configs/in1k_stability/) train at Table 4 (left)'s lr/wd
+and otherwise as those configs."""
 
 import json
 from pathlib import Path
@@ -244,3 +246,43 @@ def test_auto_augment_uses_the_authors_fill_and_interpolation_and_states_its_pol
     assert augment.interpolation == v2.InterpolationMode.BILINEAR
     assert entry["vitc"]["interpolation"] == entry["value"]["interpolation"] == "bilinear"
     assert augment.fill == entry["vitc"]["fill"] == entry["value"]["fill"] == 128  # pycls's grey
+
+
+STABILITY = json.loads((REPO / "tests/data/paper_recipes.json").read_text())["stability"]
+STABILITY_DIR = REPO / "configs/in1k_stability"
+STABILITY_RUNS = [(model, optimizer, epochs) for model in STABILITY["models"]
+                  for optimizer in STABILITY["optimizers"]["value"] for epochs in STABILITY["epochs"]["value"]]
+
+
+def test_the_stability_grid_of_5_1_and_5_2_is_shipped_run_by_run():
+    # §5.2: {P, C} × {1, 4, 18} GF × {50, 100, 200, 400} epochs × {AdamW, SGD}: 48 runs, one file each
+    assert len(STABILITY_RUNS) == 48
+    assert {p.name for p in STABILITY_DIR.glob("*.yaml")} == {f"{m}_{o}_{e}ep.yaml" for m, o, e in STABILITY_RUNS}
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    return {k: v for key, value in tree.items()
+            for k, v in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
+
+
+@pytest.mark.parametrize("model, optimizer, epochs", STABILITY_RUNS)
+def test_each_stability_run_trains_at_table_4_left_and_otherwise_as_the_table_2_run(model, optimizer, epochs):
+    from dataclasses import asdict
+
+    pinned, name = STABILITY["models"][model], f"{model}_{optimizer}_{epochs}ep"
+    cfg = load_config(STABILITY_DIR / f"{name}.yaml", ["data.train_shards=null"])
+    run = resolve_run(cfg, pinned["num_gpus"]["value"], "gpu", shards=())
+    o = cfg.optim
+    assert (run.model.name, o.name, cfg.schedule.epochs) == (model, optimizer, epochs)
+    assert (o.reference_batch, run.global_batch, run.grad_accum) == (2048, STABILITY["global_batch"]["value"], 1)
+    assert o.base_lr == pytest.approx(pinned[optimizer]["base_lr_at_2048"]["value"]) == pytest.approx(run.lr)
+    assert o.weight_decay == pytest.approx(pinned[optimizer]["weight_decay"]["value"])
+    if optimizer == "sgd":
+        assert (o.momentum, o.nesterov) == (STABILITY["sgd_momentum"]["value"], STABILITY["sgd_nesterov"]["value"])
+    else:
+        assert o.betas == STABILITY["betas"]["value"]
+    assert cfg.train.run_dir == f"runs/in1k_stability/{name}"  # no two runs share a directory
+    # the rest of the recipe is the model's Table 2 config's, pinned above
+    table2 = flat(asdict(load_config(REPO / f"configs/in1k/{model}.yaml", ["data.train_shards=null"])))
+    differ = {k for k, v in flat(asdict(cfg)).items() if v != table2[k]}
+    assert differ <= {"optim.name", "optim.base_lr", "optim.weight_decay", "schedule.epochs", "train.run_dir"}

@@ -22,7 +22,7 @@ from vitc.run import resolve_run
 from vitc.sweep.analysis import load_runs
 from vitc.sweep.collect import RESULTS_CSV
 from vitc.sweep.edf import edf, error_thresholds
-from vitc.sweep.make import load_spec, make_sweep, read_runs
+from vitc.sweep.make import load_spec, make_sweep, read_runs, sample_runs
 from vitc.sweep.run import pending_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,10 +286,16 @@ def test_run_collect_plot_a_sweep_where_one_run_diverges(shards, tmp_path, capsy
 
 
 def test_shipped_sweep_specs_make_their_runs(tmp_path):
-    for name, count in (("paper_edf", 64 * 2 * 6), ("mini_edf", 16 * 2 * 2)):
+    for name, count in (("paper_edf", 64 * 2 * 6), ("mini_edf", 16 * 2 * 2), ("stem_edf", 64 * 2 * 8),
+                        ("deep_edf", 64 * 1 * 2)):
         spec = load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml")
         assert spec.samples * len(spec.optimizers) * len(spec.models) == count
         assert all(path.is_file() for path in spec.models.values())
+    # Fig. 8 pairs the deeper models' runs with the §5.3 sweep's 4GF and 18GF runs: same settings
+    paper, deep = (load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml") for name in ("paper_edf", "deep_edf"))
+    settings = [{(r.lr, r.weight_decay, r.epochs, r.seed) for r in sample_runs(spec, dict.fromkeys(spec.models, ""))
+                 if r.optimizer == "adamw"} for spec in (paper, deep)]
+    assert len(settings[0]) == 64 and settings[0] == settings[1]
     runs = make_sweep(REPO / "configs" / "sweeps" / "mini_edf.yaml", tmp_path / "mini",
                       ["data.train_shards=shards/train", "data.val_shards=shards/val"])
     assert len(runs) == 64 and {r.epochs for r in runs} == {30}

@@ -5,7 +5,7 @@ after the optimizer step of iteration `cur_iter` (0-based, within the epoch), wh
 cur_iter % period == 0, every entry of the state dict (buffers included) becomes
 ema × (1 − alpha) + weight × alpha, with alpha = min(1, EMA_ALPHA × batch / epochs × period)
 (batch: pycls's TRAIN.BATCH_SIZE, the global batch), and alpha = 1 (a copy) while
-cur_epoch < WARMUP_EPOCHS. The paper evaluates this EMA in all its experiments (§4, "For
+cur_epoch < WARMUP_EPOCHS. The paper evaluates this EMA in all its experiments (§5.4, "For
 inference, we use an exponential moving average (EMA) of the model weights").
 
 "Iteration" is one optimizer step at the global batch, counted within the epoch as pycls counts

@@ -176,7 +176,7 @@ for _key, (_w, _h, _r, _dp, _dc, _stem) in _FAMILY.items():
 MODELS["vit_c_72gf_released"] = with_overrides(
     MODELS["vit_c_72gf"], depth=21, stem_channels=STEM_72GF_RELEASED[0], stem_strides=STEM_72GF_RELEASED[1],
     name="vit_c_72gf_released")
-# The stem designs the paper compares at 4GF (Appendix A, Table 3; §5.5, Fig. 7), on ViT-S width
+# The stem designs the paper compares at 4GF (Appendix A: Table 3, Fig. 7), on ViT-S width
 # 384, heads 6, MLP ×3. S1-S4 each hold one patchify layer (kernel = stride > 2) among 3×3 convs, a
 # 1×1 to the width last; BN + ReLU after every conv but the last, as in the C-stem. name: (depth,
 # kernels, strides, paddings, channels of the convs before the 1×1, norm)

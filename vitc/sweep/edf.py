@@ -1,4 +1,4 @@
-"""Empirical distribution functions of errors (Radosavovic et al., 2019; the paper's Fig. 4-6).
+"""Empirical distribution functions of errors (Radosavovic et al., 2019; the paper's Figs. 4-5, 7-8).
 
 EDF(e) = the fraction of models whose error is below e. A curve that rises earlier and higher
 means more of the sampled optimizer settings train well: the paper's measure of optimizability.
