@@ -1,15 +1,17 @@
 """A run saved on one number of ranks resumes on another without losing state: every parameter,
 buffer (the conv stem's BatchNorm statistics), Adam moment and EMA weight is restored exactly through
 DeepSpeed's universal checkpoint, and the lr schedule continues at the same epoch position
-(tests/world_size_probe.py gathers the trainer's full state on each side)."""
+(tests/world_size_probe.py gathers the trainer's full state on each side). Only rank 0 reads the
+checkpoints for their checksums (tests/integrity_probe.py counts each rank's reads)."""
 
+import json
 
 import pytest
 import torch
 from engine_runs import ROOT, launcher, run_ranks, write_config
 
+from vitc.checkpoint import integrity, universal
 from vitc.checkpoint import store as checkpoint
-from vitc.checkpoint import universal
 from vitc.engine.schedule import warmup_cosine
 from vitc.schema import ScheduleConfig
 
@@ -71,3 +73,32 @@ def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_p
     assert resumed["state"]["next_lr"][0].item() == pytest.approx(5e-4 * schedule(position))
     assert "step 3/147 as the step lines count them, at global batch 4" in resumed["log"]  # 3 + 150 - 6
     assert checkpoint.newest_checkpoint(tmp_path / "run").world_size == 2
+
+
+INTEGRITY_PROBE = str(ROOT / "tests" / "integrity_probe.py")
+
+
+@pytest.mark.slow
+def test_only_rank_0_reads_the_checkpoints_for_their_checksums_and_every_rank_skips_a_damaged_one(shards, tmp_path):
+    # saved on 1 rank at steps 2 and 4, resumed on 2: the newest tag has another layout
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", shards, run, train={"micro_batch": 4, "global_batch": 8},
+                          checkpoint={"every_steps": 2})
+    saved = run_ranks([*launcher(1), "-m", "vitc.cli", "train", str(config), "train.max_steps=4"])
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    root = checkpoint.checkpoint_root(run)
+    states = root / checkpoint.tag_for(4) / "mp_rank_00_model_states.pt"
+    data = bytearray(states.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: only its CRC-32 tells
+    states.write_bytes(bytes(data))
+    intact = [str(root / checkpoint.tag_for(2) / name) for name in integrity.tag_files(root / checkpoint.tag_for(2))
+              if name != checkpoint.MARKER]
+
+    resumed = run_ranks([*launcher(2), INTEGRITY_PROBE, str(tmp_path / "probe"), str(config), "train.max_steps=5"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"probe.rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[1]["crc"] == []  # rank 1 takes rank 0's word
+    assert str(states) in ranks[0]["crc"] and set(intact) <= set(ranks[0]["crc"])
+    assert ranks[0]["loaded"] == ranks[1]["loaded"] == ["step_00000002_universal"]
+    skipped = [line for line in resumed.stderr.splitlines() if "skipped checkpoint" in line]
+    assert len(skipped) == 1 and str(states) in skipped[0] and "using step_00000002" in skipped[0]

@@ -162,8 +162,9 @@ class CheckpointConfig:
 
     every_steps: int = bounded(1000, ge=1)
     keep_last: int = bounded(2, ge=1)
-    # The collectives of a save (and of the conversion to another world size) may wait this long:
-    # writing a large model's optimizer shards to a shared filesystem takes minutes.
+    # The collectives of a save or a load (and the broadcast in which the other ranks wait while
+    # rank 0 checks a checkpoint's files at resume) may wait this long: writing or reading a large
+    # model's optimizer shards on a shared filesystem takes minutes.
     save_timeout_min: float = bounded(30.0, gt=0)
     resume: bool = True
 

@@ -1,8 +1,11 @@
 """Which checkpoint a starting run resumes from and which tag DeepSpeed loads: decided once per start.
 
-A checkpoint of another layout (world size or ZeRO stage) is found and converted before the process
-group forms (`before_joining`), so no collective timeout bounds the conversion; otherwise rank 0
-reads the newest intact checkpoint once the group exists and every rank takes its answer (`agreed`).
+Rank 0 alone reads the checkpoints' files against their markers (the integrity check reads every
+file of a tag: at 128 ranks on a 14 GB checkpoint, one read instead of 128) and picks the newest
+intact one; every rank takes its answer through one broadcast, then the same tag (`agreed`). A tag
+of another layout (world size or ZeRO stage) is converted after that broadcast, by rank 0, while
+the other ranks wait for the converted directory on the filesystem: no collective is pending then,
+so no collective timeout bounds a conversion.
 """
 
 from dataclasses import dataclass
@@ -10,12 +13,9 @@ from pathlib import Path
 
 import torch.distributed as tdist
 
-from vitc.checkpoint.store import (
-    CheckpointInfo,
-    newest_checkpoint,
-    newest_intact_checkpoint,
-)
+from vitc.checkpoint.store import CheckpointInfo, newest_intact_checkpoint
 from vitc.checkpoint.universal import loadable_tag
+from vitc.errors import VitcError
 
 
 @dataclass(frozen=True)
@@ -25,31 +25,24 @@ class ResumePoint:
     universal: bool
 
 
-def before_joining(run_dir: Path, world_size: int, zero_stage: int, rank: int,
-                   optimizer: str) -> ResumePoint | None:
-    """Every rank, before the process group forms: when the newest checkpoint has another layout,
-    the newest intact one (every rank reads the same files; rank 0 says what it skipped) and its
-    universal conversion (rank 0 converts, the others wait on the filesystem). None when there is
-    nothing to convert: `agreed` decides then."""
-    saved = newest_checkpoint(run_dir)
-    if saved is None or (saved.world_size, saved.zero_stage) == (world_size, zero_stage):
-        return None
-    info = newest_intact_checkpoint(run_dir, quiet=rank != 0)
-    return _point(run_dir, info, world_size, zero_stage, rank, optimizer)
-
-
 def agreed(run_dir: Path, world_size: int, zero_stage: int, rank: int, optimizer: str) -> ResumePoint | None:
-    """Every rank, in the process group: rank 0's newest intact checkpoint (one integrity read),
-    shared with every rank."""
-    found: list = [newest_intact_checkpoint(run_dir) if rank == 0 else None]
+    """Every rank, in the process group: rank 0's newest intact checkpoint (its one integrity read,
+    and its one line naming what it skipped), shared with every rank; then the tag to load, a
+    universal conversion when its layout differs (rank 0 converts, the others wait on the
+    filesystem, outside any collective). None when there is nothing to resume."""
+    found: list = [_newest_intact(run_dir) if rank == 0 else None]
     tdist.broadcast_object_list(found, src=0)
-    # same layout: the tag itself; an older intact tag of another layout is converted here
-    return _point(run_dir, found[0], world_size, zero_stage, rank, optimizer)
-
-
-def _point(run_dir: Path, info: CheckpointInfo | None, world_size: int, zero_stage: int, rank: int,
-           optimizer: str) -> ResumePoint | None:
+    info = found[0]
+    if isinstance(info, VitcError):  # nothing intact: every rank says so, none waits for rank 0
+        raise info
     if info is None:
         return None
     tag, universal = loadable_tag(run_dir, info, world_size, zero_stage, rank, optimizer)
     return ResumePoint(info, tag, universal)
+
+
+def _newest_intact(run_dir: Path) -> CheckpointInfo | VitcError | None:
+    try:
+        return newest_intact_checkpoint(run_dir)
+    except VitcError as error:
+        return error

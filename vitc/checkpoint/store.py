@@ -5,7 +5,8 @@ A save is a collective: every rank writes its ZeRO partitions through `engine.sa
 that every rank's files are in, writes the completeness marker (with each file's size and CRC-32,
 vitc/checkpoint/integrity.py) and renames the directory to TAG. Resume and export take the newest tag
 whose files match its marker, so neither a save cut short by a kill -9 nor a file damaged later
-is ever loaded. A tag saved on another number of ranks is first converted by DeepSpeed's
+is ever loaded; at resume rank 0 alone checks the files and every rank takes its choice
+(vitc/checkpoint/resume_point.py). A tag saved on another number of ranks is first converted by DeepSpeed's
 universal-checkpoint tool (deepspeed.checkpoint.ds_to_universal), which needs
 `universal_checkpoint_info` in the client state. Buffers travel in the client state beside it.
 """
@@ -119,6 +120,7 @@ def newest_intact_checkpoint(run_dir: str | os.PathLike, quiet: bool = False) ->
     """The newest checkpoint whose marker is readable and whose files match it. Newer tags that
     are not (a save cut short, a missing or corrupt marker, a truncated or missing file) are
     skipped with one warning line naming each and why (`quiet`: no line, for ranks other than 0).
+    Reads every file of each tag it considers: a resume calls it on rank 0 only.
     Nothing is deleted: whoever looks can still see what happened."""
     skipped = []
     for _, path in reversed(_tag_dirs(run_dir)):

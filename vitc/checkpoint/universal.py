@@ -28,7 +28,8 @@ def loadable_tag(run_dir: Path, info: CheckpointInfo, world_size: int, zero_stag
     """(tag to load, whether it is a universal checkpoint). A ZeRO checkpoint saved on another
     number of ranks (or at another stage) is converted once, by rank 0, into TAG_universal while
     the other ranks wait for it on the filesystem: no collective, so no collective timeout bounds
-    a conversion (`vitc train` calls this before the process group forms). What DeepSpeed cannot
+    a conversion (`vitc train` calls this, through vitc/checkpoint/resume_point.py, with no
+    collective pending). What DeepSpeed cannot
     load is refused in one line naming the alternative. Every rank calls this."""
     same_layout = info.world_size == world_size and info.zero_stage == zero_stage
     if same_layout or (info.zero_stage == 0 and zero_stage == 0):

@@ -1,8 +1,8 @@
 """`vitc train`: one training invocation for one CPU process, torchrun, and Slurm srun alike.
 
-`train(cfg)` discovers the launcher once, takes the run directory's lock, resolves the run, decides
-the checkpoint it resumes from (converted before the process group forms when its layout differs),
-then runs a `Trainer` inside the process group. Every end leaves RUN_DIR/outcome.json
+`train(cfg)` discovers the launcher once, takes the run directory's lock, resolves the run, then
+runs a `Trainer` inside the process group (which decides the checkpoint it resumes from,
+vitc/checkpoint/resume_point.py). Every end leaves RUN_DIR/outcome.json
 (vitc/outcome.py); a run that saved after a signal and was not requeued exits 128 + the signal.
 """
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch.distributed as tdist
 
-from vitc.checkpoint import resume_point
 from vitc.checkpoint.lock import run_lock
 from vitc.distributed.env import DistEnv, discover
 from vitc.distributed.signals import SIGNALS, Interrupted, PreemptionSignal, requeue_job
@@ -37,14 +36,11 @@ def _train(cfg: Config, dist: DistEnv) -> RunOutcome:
     try:
         rt = resolve_runtime(cfg.train, dist)
         run = run_on(cfg, dist, rt)  # before anything heavy starts
-        converted = (resume_point.before_joining(Path(cfg.train.run_dir), dist.world_size, run.zero_stage,
-                                                 dist.rank, cfg.optim.name)
-                     if cfg.checkpoint.resume else None)  # before any collective can time out
         handlers = {s: signal.getsignal(s) for s in SIGNALS}
         with engine_session(dist, rt, cfg.train.collective_timeout_min * 60):
             try:
                 preempt = PreemptionSignal()
-                ending.trainer = Trainer(cfg, dist, rt, preempt, run, converted)
+                ending.trainer = Trainer(cfg, dist, rt, preempt, run)
                 outcome = ending.record(ending.trainer.fit())
                 tdist.barrier()  # a rank returns once outcome.json is on disk: its caller reads it
             finally:

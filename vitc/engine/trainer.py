@@ -76,7 +76,7 @@ class Trainer:
     skipped_in_row: int = 0  # optimizer steps DeepSpeed skipped in a row, up to the last one
 
     def __init__(self, cfg: Config, dist: DistEnv, rt: Runtime, preempt: PreemptionSignal,
-                 run: Run | None = None, resume: ResumePoint | None = None):
+                 run: Run | None = None):
         from vitc.data.loading.loader import build_eval_loader, build_train_loader
 
         self.goodput = Goodput()  # start-up runs from here to the first step
@@ -101,12 +101,12 @@ class Trainer:
             if loader is not None:  # forked before the model exists, so that they do not map it
                 loader.start_workers()
         try:
-            self._build(cfg, dist, rt, resume)
+            self._build(cfg, dist, rt)
         except BaseException:  # the workers wait for a first pass: let them go, or exit waits for them
             self.close()
             raise
 
-    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime, converted: ResumePoint | None) -> None:
+    def _build(self, cfg: Config, dist: DistEnv, rt: Runtime) -> None:
         """The model, its EMA, the engine and the resumed state, after the loaders' workers started."""
         model = self._build_model()
         rule = ema_rule(cfg, self.global_batch)
@@ -115,8 +115,7 @@ class Trainer:
         self.ema = ModelEMA(model, rule) if rule is not None and not sharded else None
         self.step = self.epoch = self.micro_in_epoch = 0
         self.last_saved: CheckpointInfo | None = None
-        resume = converted or (resume_point.agreed(self.run_dir, dist.world_size, self.run.zero_stage, dist.rank,
-                                                   cfg.optim.name) if cfg.checkpoint.resume else None)
+        resume = self._resume_point() if cfg.checkpoint.resume else None
         if resume:
             checkpoint.same_architecture(self.run_dir, resume.info, self.run.spec)
         self.engine, self.ds_config = build_engine(model, cfg, self.run, rt, self.steps_per_epoch,
@@ -136,6 +135,15 @@ class Trainer:
         log_data_position(self, "start", resume.info.step if resume else None)
         if dist.is_main:
             self._write_run_files(lr)
+
+    def _resume_point(self) -> ResumePoint | None:
+        """The checkpoint this start resumes from, rank 0's choice (vitc/checkpoint/resume_point.py).
+        The other ranks wait in a broadcast while rank 0 reads the checkpoints' files: a read of a
+        checkpoint through a shared filesystem, bounded as a save or load is. Every rank."""
+        cfg = self.cfg
+        with collectives_may_wait(cfg.checkpoint.save_timeout_min, cfg.train.collective_timeout_min):
+            return resume_point.agreed(self.run_dir, self.dist.world_size, self.run.zero_stage, self.dist.rank,
+                                       cfg.optim.name)
 
     def _build_model(self) -> torch.nn.Module:
         model = VisionTransformer(self.run.spec)
