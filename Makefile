@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix" tests
 
-# Every cell of the lifecycle matrix (stage x precision x optimizer, docs/engine.md): hours on 2 cores.
+# The 13 lifecycle-matrix cells `make test` leaves out (stage x precision x optimizer, docs/engine.md): ~20 min on 2 cores.
 test-matrix: $(STAMP)
 	$(PY) -m pytest -n 2 -m matrix tests/test_lifecycle.py
 

@@ -51,6 +51,23 @@ def test_a_checkpoint_resumes_on_another_world_size_with_its_full_state(shards, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("saved_stage,resumed_stage", [(2, 2), (3, 1)])
+def test_an_sgd_checkpoint_resumes_on_another_world_size_with_its_momentum(shards, tmp_path, saved_stage,
+                                                                           resumed_stage):
+    """DeepSpeed's converter knows Adam's moments only: vitc converts SGD's momentum through them
+    (vitc/checkpoint/universal.py), and the restored momentum is the saved one, bit for bit."""
+    config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run",
+                          train={"micro_batch": 4, "global_batch": 8, "zero_stage": saved_stage},
+                          optim={"name": "sgd", "base_lr": 0.1, "weight_decay": 1e-4})
+    saved = probe(2, tmp_path / "saved.pt", "train", str(config), f"train.max_steps={SAVED_AT}")
+    resumed = probe(1, tmp_path / "resumed.pt", "resume", str(config), f"train.zero_stage={resumed_stage}")
+    assert "universal" in resumed["log"]
+    momentum = [k for k in saved["state"] if k.startswith("momentum_buffer/")]
+    assert momentum and all(saved["state"][k].abs().sum() > 0 for k in momentum)  # trained momentum
+    assert_same_state(resumed["state"], saved["state"])
+
+
+@pytest.mark.slow
 def test_without_a_fixed_global_batch_the_schedule_continues_at_the_same_epoch_position(shards, tmp_path):
     # 2 ranks x 4 images: global batch 8, 25 steps per epoch; then 1 rank: global batch 4, 50 steps
     config = write_config(tmp_path / "run.yaml", shards, tmp_path / "run", train={"micro_batch": 4, "zero_stage": 2})

@@ -3,7 +3,7 @@
 Usage (under torchrun or alone): python tests/world_size_probe.py OUT (train|resume) vitc-train-args...
 `train`: the state after the run's last step (its checkpoint saved). `resume`: the state right after
 the trainer restored the newest checkpoint, before any step. The state: every parameter's fp32
-master and Adam moments (gathered from the ZeRO partitions with DeepSpeed's safe_get_full_*
+master and optimizer state (Adam's moments, SGD's momentum) (gathered from the ZeRO partitions with DeepSpeed's safe_get_full_*
 helpers, which every rank calls), every buffer, the EMA weights, the lr of the next step and the
 position in the schedule and the epoch.
 """
@@ -33,7 +33,7 @@ def full_state(trainer: Trainer) -> dict:
         zero._lazy_init_hp_params_optimizer_state()
     for name, param in module.named_parameters():
         state[f"param/{name}"] = safe_get_full_fp32_param(param).clone()
-        for key in ("exp_avg", "exp_avg_sq"):
+        for key in ("exp_avg", "exp_avg_sq") if trainer.cfg.optim.name == "adamw" else ("momentum_buffer",):
             state[f"{key}/{name}"] = safe_get_full_optimizer_state(param, key).clone()
     state.update({f"buffer/{k}": v.clone() for k, v in module.named_buffers()})
     if trainer.ema is not None:  # written as a checkpoint writes it (shards under ZeRO-3), then joined

@@ -3,6 +3,14 @@ checkpoint. Rank 0 converts the tag once with `python -m deepspeed.checkpoint.ds
 TAG_universal, made loadable by an engine of every ZeRO stage 1-3 (`loadable_at_every_stage`), and
 the run loads it with `checkpoint.load_universal`. ZeRO-0 checkpoints hold whole states and load
 on any world size; between ZeRO-0 and ZeRO 1-3 DeepSpeed has no conversion.
+
+SGD: DeepSpeed's converter reads Adam's moments only (ds_to_universal.py `extract_zero_shards*`
+take `exp_avg` and `exp_avg_sq` by name, a KeyError for an SGD checkpoint), while its ZeRO 1-2
+loader takes whatever state files a parameter's directory holds (universal_checkpoint.py
+`load_hp_checkpoint_state`, then `map_to_flat_opt_states` by those keys). So an SGD checkpoint is
+converted through an input copy whose momentum buffer stands in for the moments
+(`_momentum_as_moments`), and the converted moment files are renamed back to `momentum_buffer.pt`
+(`_moments_as_momentum`): vitc's code only because the converter names Adam's keys.
 """
 
 import logging
@@ -68,7 +76,8 @@ def convert_to_universal(root: Path, tag: str, workers: int | None = None) -> Pa
         log.warning("an unfinished conversion of %s was left in %s: converting again", tag, work)
         shutil.rmtree(work)
     out = work / (tag + UNIVERSAL_SUFFIX)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
+    source = _momentum_as_moments(root / tag, work / tag)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
            "--output_folder", str(out), "--num_extract_workers", str(workers),
            # merging holds whole tensors per worker: DeepSpeed advises fewer merge than extract workers
            "--num_merge_workers", str(max(1, workers // 2))]
@@ -82,10 +91,64 @@ def convert_to_universal(root: Path, tag: str, workers: int | None = None) -> Pa
     if proc.returncode != 0:
         raise VitcError(f"converting checkpoint {root / tag} to a universal checkpoint failed "
                         f"(kept for a retry in {work}):\n" + "\n".join(tail))
+    if source != root / tag:
+        _moments_as_momentum(out / "zero")
     loadable_at_every_stage(out)
     os.replace(out, root / out.name)
     shutil.rmtree(work, ignore_errors=True)
     return root / out.name
+
+
+MOMENTUM, MOMENTS = "momentum_buffer", ("exp_avg", "exp_avg_sq")
+
+
+def _momentum_as_moments(tag_dir: Path, copy: Path) -> Path:
+    """`tag_dir` itself when its optimizer keeps Adam's moments; otherwise `copy`, the same tag
+    whose optimizer-state files show each SGD momentum buffer under both moments' names (one
+    tensor, saved once), the other files hard-linked (copied where links are refused)."""
+    states = sorted(tag_dir.glob("*optim_states.pt"))
+    loaded = [torch.load(f, map_location="cpu", weights_only=False) for f in states[:1]]
+    if not loaded or not _alias_momentum(loaded[0]):
+        return tag_dir
+    copy.mkdir(parents=True)
+    for path in tag_dir.iterdir():
+        if path.is_file() and path not in states:
+            try:
+                os.link(path, copy / path.name)
+            except OSError:
+                shutil.copyfile(path, copy / path.name)
+    for path in states:
+        state = loaded.pop() if path == states[0] else torch.load(path, map_location="cpu", weights_only=False)
+        _alias_momentum(state)
+        torch.save(state, copy / path.name)
+    return copy
+
+
+def _alias_momentum(value) -> bool:
+    """Put every optimizer state dict's momentum buffer under the moments' names (in place);
+    whether there was one to alias."""
+    found = False
+    if isinstance(value, dict):
+        if MOMENTUM in value and not any(m in value for m in MOMENTS):
+            value.update(dict.fromkeys(MOMENTS, value[MOMENTUM]))
+            return True
+        items = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return False
+    for item in items:
+        found = _alias_momentum(item) or found
+    return found
+
+
+def _moments_as_momentum(zero_dir: Path) -> None:
+    """After converting an SGD checkpoint: each parameter's exp_avg.pt is its momentum buffer again;
+    exp_avg_sq.pt (the same values) goes."""
+    for param_dir in (p for p in zero_dir.iterdir() if p.is_dir()):
+        if (param_dir / "exp_avg.pt").is_file():
+            os.replace(param_dir / "exp_avg.pt", param_dir / f"{MOMENTUM}.pt")
+            (param_dir / "exp_avg_sq.pt").unlink(missing_ok=True)
 
 
 # the model-states file DeepSpeed opens in a universal checkpoint, by the loading engine's stage
