@@ -119,3 +119,10 @@ def test_only_rank_0_reads_the_checkpoints_for_their_checksums_and_every_rank_sk
     assert ranks[0]["loaded"] == ranks[1]["loaded"] == ["step_00000002_universal"]
     skipped = [line for line in resumed.stderr.splitlines() if "skipped checkpoint" in line]
     assert len(skipped) == 1 and str(states) in skipped[0] and "using step_00000002" in skipped[0]
+    # a 2-rank fine-tune from the run directory (finetune.init_from): rank 0 alone reads it for its
+    # checksums and consolidates it once; rank 1 reads the consolidated file
+    tuned = run_ranks([*launcher(2), INTEGRITY_PROBE, str(tmp_path / "tune"), str(config),
+                       f"train.run_dir={tmp_path / 'tuned'}", f"finetune.init_from={run}", "train.max_steps=1"])
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"tune.rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[1]["crc"] == [] and any(str(root) in path for path in ranks[0]["crc"])

@@ -30,15 +30,25 @@ def agreed(run_dir: Path, world_size: int, zero_stage: int, rank: int, optimizer
     and its one line naming what it skipped), shared with every rank; then the tag to load, a
     universal conversion when its layout differs (rank 0 converts, the others wait on the
     filesystem, outside any collective). None when there is nothing to resume."""
-    found: list = [_newest_intact(run_dir) if rank == 0 else None]
-    tdist.broadcast_object_list(found, src=0)
-    info = found[0]
-    if isinstance(info, VitcError):  # nothing intact: every rank says so, none waits for rank 0
-        raise info
+    info = newest_intact_on_rank0(run_dir, rank)
     if info is None:
         return None
     tag, universal = loadable_tag(run_dir, info, world_size, zero_stage, rank, optimizer)
     return ResumePoint(info, tag, universal)
+
+
+def newest_intact_on_rank0(run_dir: Path, rank: int) -> CheckpointInfo | None:
+    """The newest intact checkpoint of `run_dir` as rank 0 reads it (the integrity check's one read
+    of every file, its one line naming what it skipped), given to every rank by one broadcast; in a
+    process without a process group, its own read. A run directory with nothing intact raises the
+    same one-line error on every rank: none waits for rank 0."""
+    if not tdist.is_initialized():
+        return newest_intact_checkpoint(run_dir, quiet=rank != 0)
+    found: list = [_newest_intact(run_dir) if rank == 0 else None]
+    tdist.broadcast_object_list(found, src=0)
+    if isinstance(found[0], VitcError):
+        raise found[0]
+    return found[0]
 
 
 def _newest_intact(run_dir: Path) -> CheckpointInfo | VitcError | None:

@@ -78,11 +78,12 @@ def consolidated_once(run_dir: Path, cache_dir: Path, rank: int) -> Path:
     rank 0 alone through `vitc export`'s code path (written atomically), once per tag; the other
     ranks wait for the file on the filesystem and then read it. Consolidating in every process would
     read the whole ZeRO optimizer state once per process (8 per node); waiting on a file rather
-    than in a barrier keeps a long consolidation outside the collective timeout. Every rank."""
-    from vitc.checkpoint.store import newest_intact_checkpoint
+    than in a barrier keeps a long consolidation outside the collective timeout. Only rank 0 reads
+    the checkpoint's files for their checksums (`newest_intact_on_rank0`). Every rank."""
+    from vitc.checkpoint.resume_point import newest_intact_on_rank0
     from vitc.weights.export import export_weights
 
-    info = newest_intact_checkpoint(run_dir, quiet=rank != 0)  # the tag export_weights reads
+    info = newest_intact_on_rank0(run_dir, rank)  # the tag export_weights reads
     if info is None:
         raise VitcError(f"finetune.init_from: no complete checkpoint in {run_dir} (train it with `vitc train` first)")
     cache = cache_dir / f"{run_dir.name}-{info.tag}.safetensors"
