@@ -108,13 +108,13 @@ SHAPES = [(375, 500), (500, 375), (1200, 1600), (64, 400)]
 
 @pytest.mark.parametrize("height, width", SHAPES)
 def test_crop_box_given_torchs_draws_is_torchvisions_box(height, width):
-    # the same uniform numbers in, the same box out: the algorithm is get_params' step for step.
-    # float32 (torchvision) against float64 (here) may round a side the other way now and then
+    # the same uniform numbers in, the same box out: the algorithm is get_params' step for step
+    # (its exp in float32 against math.exp could round a side the other way; for these draws none does)
     with drawing_from(7):
         theirs = [torchvision_crop_box(height, width, (0.08, 1.0)) for _ in range(2000)]
     with drawing_from(7):
         ours = [sample_crop_box(height, width, (0.08, 1.0), TorchDraws()) for _ in range(2000)]
-    assert sum(a == b for a, b in zip(ours, theirs)) >= 0.99 * len(theirs)
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("height, width", SHAPES)
@@ -147,7 +147,8 @@ def test_crop_box_from_python_random_lies_in_the_image_with_torchvisions_area_an
 def test_crop_box_falls_back_to_torchvisions_centre_crop_when_no_try_fits(height, width, scale, expected):
     for seed in range(20):
         assert sample_crop_box(height, width, scale, random.Random(seed)) == expected
-    assert torchvision_crop_box(height, width, scale) == expected
+    with drawing_from(0):
+        assert torchvision_crop_box(height, width, scale) == expected
 
 
 def test_crop_box_is_a_function_of_the_sample_seed_and_leaves_torchs_generator_alone(large_photo):
