@@ -1,10 +1,13 @@
 """The augmentation recipe: reduced-size decode keeps the crop geometry; targets and sizes are right."""
 
 import io
+import math
+import random
 
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as v1
 import torchvision.transforms.v2 as v2
 from PIL import Image
 
@@ -12,6 +15,7 @@ from vitc.config import load_config
 from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
 from vitc.data.loading.draws import drawing_from, part_seed
 from vitc.data.loading.transforms import (
+    RATIO,
     EvalSampleTransform,
     InPlaceCutMix,
     InPlaceMixUp,
@@ -19,6 +23,7 @@ from vitc.data.loading.transforms import (
     TrainBatchTransform,
     TrainSampleTransform,
     center_crop_box,
+    sample_crop_box,
 )
 from vitc.errors import VitcError
 
@@ -79,6 +84,80 @@ def test_fast_jpeg_decode_differs_from_the_accurate_one_by_a_grey_level_or_two(l
 
 def test_small_crops_are_decoded_at_full_size():
     assert plan_decode(375, 500, Box(10, 20, 300, 300), (224, 224)).reduction == 1
+
+
+def torchvision_crop_box(height: int, width: int, scale: tuple[float, float]) -> Box:
+    """torchvision's own RandomResizedCrop box, drawn from torch's generator."""
+    return Box(*v1.RandomResizedCrop.get_params(torch.empty(3, height, width, device="meta"), list(scale), list(RATIO)))
+
+
+class TorchDraws:
+    """random.Random's two draws sample_crop_box makes, taken from torch's generator as get_params
+    takes them (a float32 uniform, an inclusive randint)."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return torch.empty(1).uniform_(low, high).item()
+
+    def randint(self, low: int, high: int) -> int:
+        return torch.randint(low, high + 1, size=(1,)).item()
+
+
+# a wide image whose small-scale tries sometimes do not fit, so the fallback runs too
+SHAPES = [(375, 500), (500, 375), (1200, 1600), (64, 400)]
+
+
+@pytest.mark.parametrize("height, width", SHAPES)
+def test_crop_box_given_torchs_draws_is_torchvisions_box(height, width):
+    # the same uniform numbers in, the same box out: the algorithm is get_params' step for step
+    # (its exp in float32 against math.exp could round a side the other way; for these draws none does)
+    with drawing_from(7):
+        theirs = [torchvision_crop_box(height, width, (0.08, 1.0)) for _ in range(2000)]
+    with drawing_from(7):
+        ours = [sample_crop_box(height, width, (0.08, 1.0), TorchDraws()) for _ in range(2000)]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("height, width", SHAPES)
+def test_crop_box_from_python_random_lies_in_the_image_with_torchvisions_area_and_ratio(height, width):
+    scale = (0.08, 1.0)
+    boxes = [sample_crop_box(height, width, scale, random.Random(seed)) for seed in range(2000)]
+    for box in boxes:
+        assert 0 <= box.top and box.top + box.height <= height and 0 <= box.left and box.left + box.width <= width
+        # a try's area and ratio were in range before its sides were rounded to whole pixels (the
+        # fallback's too in these shapes: a 4:3 crop of 64x400 is a fifth of it)
+        area, ratio = box.height * box.width / (height * width), box.width / box.height
+        side_slack = 1 / min(box.height, box.width)
+        assert scale[0] * (1 - 2 * side_slack) <= area <= scale[1] * (1 + 2 * side_slack)
+        assert RATIO[0] * (1 - 2 * side_slack) <= ratio <= RATIO[1] * (1 + 2 * side_slack)
+    with drawing_from(3):
+        theirs = [torchvision_crop_box(height, width, scale) for _ in range(2000)]
+
+    def quantiles(boxes, of):
+        return np.quantile([of(b) for b in boxes], [0.1, 0.25, 0.5, 0.75, 0.9])
+
+    for of in (lambda b: b.height * b.width / (height * width), lambda b: math.log(b.width / b.height),
+               lambda b: (b.top + b.height / 2) / height, lambda b: (b.left + b.width / 2) / width):
+        assert np.abs(quantiles(boxes, of) - quantiles(theirs, of)).max() < 0.04
+
+
+@pytest.mark.parametrize("height, width, scale, expected", [
+    (100, 1000, (0.99, 1.0), Box(0, 433, 100, 133)),  # too wide for any ratio in RATIO: 4:3 centred
+    (1000, 100, (0.99, 1.0), Box(433, 0, 133, 100)),  # too tall: 3:4 centred
+])
+def test_crop_box_falls_back_to_torchvisions_centre_crop_when_no_try_fits(height, width, scale, expected):
+    for seed in range(20):
+        assert sample_crop_box(height, width, scale, random.Random(seed)) == expected
+    with drawing_from(0):
+        assert torchvision_crop_box(height, width, scale) == expected
+
+
+def test_crop_box_is_a_function_of_the_sample_seed_and_leaves_torchs_generator_alone(large_photo):
+    transform = TrainSampleTransform(recipe())
+    state = torch.get_rng_state()
+    boxes = [transform.plan(large_photo, seed) for seed in range(50)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert boxes == [transform.plan(large_photo, seed) for seed in range(50)]
+    assert len(set(boxes)) > 45  # seeds draw apart (two may snap to one box on the 1/8 decode grid)
 
 
 def recipe(**overrides) -> Recipe:

@@ -3,14 +3,16 @@
     PYTHONPATH=. .venv/bin/python tools/loader_stages.py SHARD_DIR [PASSES] [autoaugment|none]
 
 The stages the loader runs for each sample (vitc.data.loading.transforms and .decode), timed by
-CPU time around each: tar reading and parsing, crop box planning (JPEG header + torchvision's
-RandomResizedCrop draw), decode (libjpeg-turbo, DCT-domain reduction, crop copied out), resize to
-224 px, flip + AutoAugment with the PIL conversions, packing a batch of 32 (torch.stack, as into
-the shared batch buffers), and the training process's per-batch work (normalize, MixUp/CutMix,
-label smoothing). Not counted: transport between processes and the workers' waiting.
+CPU time around each: tar reading and parsing, crop box planning (JPEG header + the
+RandomResizedCrop draw, `sample_crop_box`), decode (libjpeg-turbo, DCT-domain reduction, crop
+copied out), resize to 224 px, flip + AutoAugment with the PIL conversions, packing a batch of
+32 (torch.stack, as into the shared batch buffers), and the training process's per-batch work
+(normalize, MixUp/CutMix, label smoothing). Not counted: transport between processes and the
+workers' waiting.
 """
 
 import collections
+import random
 import sys
 import time
 
@@ -19,7 +21,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 
 from vitc.data.loading.decode import decode_full, image_size, plan_decode
-from vitc.data.loading.draws import drawing_from, part_seed
+from vitc.data.loading.draws import part_seed
 from vitc.data.loading.streams import shard_samples
 from vitc.data.loading.transforms import (
     Recipe,
@@ -69,8 +71,7 @@ def main(shard_dir: str, passes: int = 3, auto_augment: str = "autoaugment") -> 
 
                 def plan(data=data, seed=seed):
                     h, w = image_size(data)
-                    with drawing_from(part_seed(seed, "crop")):
-                        box = sample_crop_box(h, w, recipe.crop_scale)
+                    box = sample_crop_box(h, w, recipe.crop_scale, random.Random(part_seed(seed, "crop")))
                     return h, w, plan_decode(h, w, box, sample.size)
 
                 h, w, p = timed("plan crop", plan)

@@ -10,7 +10,9 @@ pixels whatever the number of workers (which changes the order, not the sample's
 torchvision's transforms draw from torch's global CPU generator (`torch.rand`, `torch.randint`,
 `Beta.sample`; no Python `random` in the ones vitc uses, torchvision 0.29), and take no generator
 argument: `drawing_from` seeds that generator for the block and restores its state afterwards, so
-the training process's own draws (dropout, drop path) are not disturbed. Only the CPU generator is
+the training process's own draws (dropout, drop path) are not disturbed. The crop box alone is
+drawn in plain Python, from its own `random.Random(part_seed(seed, "crop"))`, which touches no
+process-wide state (vitc.data.loading.transforms.sample_crop_box says why). Only the CPU generator is
 touched (`torch.default_generator`, not `torch.manual_seed`, which would reseed every CUDA
 generator): the transforms' parameters are drawn on the CPU even for CUDA images.
 """
