@@ -75,3 +75,18 @@ def test_an_unknown_option_is_refused():
     with pytest.raises(SystemExit) as exit_:
         main(["audit", "vit_p_1gf", "--parity-tolerance", "0.1"])
     assert exit_.value.code == 2
+
+
+def test_a_one_epoch_demo_is_accepted_and_its_configs_resolve(monkeypatch, tmp_path):
+    """`vitc demo --epochs 1` checks the flag alone (the schema's default warmup of 5 epochs is not
+    the demo's: its configs warm up for 1), and hands the epochs to the demo."""
+    from vitc.pipelines import demo
+    from vitc.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: seen.update(kwargs) or [])
+    monkeypatch.setattr(demo, "format_demo", lambda rows: "")
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo")]) == 0
+    assert seen["epochs"] == 1
+    for name in demo.MODELS:
+        assert load_config(demo.CONFIGS / f"{name}.yaml", ["schedule.epochs=1"]).schedule.epochs == 1

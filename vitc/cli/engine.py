@@ -66,10 +66,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vitc.config import load_config
+    from vitc.config import check_flag
 
     if args.epochs is not None:  # through the schema, as schedule.epochs in a config is
-        load_config(None, [f"schedule.epochs={args.epochs}"])
+        check_flag("schedule.epochs", args.epochs, "--epochs")
     if hasattr(args, "out") and Path(args.out).exists() and not Path(args.out).is_dir():
         raise VitcError(f"vitc demo --out: '{args.out}' is a file; expected a directory for shards and runs")
 

@@ -27,7 +27,7 @@ from vitc.data.loading.epoch_plan import (
     EpochPlanner,
     delivery_order,
     even_quotas,
-    resume_point,
+    loader_position,
     skips_after,
 )
 from vitc.errors import VitcError
@@ -203,7 +203,7 @@ def _begin(record: dict, resumed_state: dict | None, layout: Layout) -> tuple[in
     state = resumed_state if record["event"] == "start" else record["loader"]
     if state is None or state["epoch"] < record["epoch"]:  # a fresh run, or at an epoch's end
         return record["epoch"], [0] * layout.workers, 0
-    consumed, fraction = resume_point(state, layout.world_size, layout.workers, layout.batch, layout.batches)
+    consumed, fraction = loader_position(state, layout.world_size, layout.workers, layout.batch, layout.batches)
     return state["epoch"], skips_after(consumed, layout.quotas, fraction or 0.0), record["micro_in_epoch"]
 
 

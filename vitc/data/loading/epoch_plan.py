@@ -189,7 +189,7 @@ def delivery_order(quotas: list[int], skips: list[int]) -> list[int]:
     return order
 
 
-def resume_point(state: dict, world_size: int, workers: int, batch: int,
+def loader_position(state: dict, world_size: int, workers: int, batch: int,
                  batches: int) -> tuple[list[int] | None, float | None]:
     """Where a saved loader state continues on this layout: (batches each worker consumed, None) when
     ranks, workers and batch match; else (None, the fraction of the epoch consumed), since per-worker

@@ -45,7 +45,7 @@ from vitc.data.loading.epoch_plan import (
     WorkerPlan,
     delivery_order,
     eval_deal,
-    resume_point,
+    loader_position,
     train_batches_per_rank,
 )
 from vitc.data.loading.gpu_decode import GpuDecode
@@ -292,7 +292,7 @@ class TrainLoader(_Loader):
             raise VitcError(f"loader state: expected version {STATE_VERSION}, got {state!r:.200}")
         self.epoch, self.bad_samples_before = int(state["epoch"]), int(state.get("bad_samples", 0))
         self._bad = [0] * self.workers
-        consumed, self._resume_fraction = resume_point(state, self.dist.world_size, self.workers, self.batch, self._len)
+        consumed, self._resume_fraction = loader_position(state, self.dist.world_size, self.workers, self.batch, self._len)
         self._worker_batches = consumed if consumed is not None else [0] * self.workers
         if consumed is None:
             log.warning("loader state saved with world_size/workers/batch %s/%s/%s, now %s/%s/%s: resuming "
