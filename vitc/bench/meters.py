@@ -12,8 +12,9 @@ Two measurements, every contender in its own fresh process, timed alike (`vitc.b
   metering's µs per step is the median of the per-round differences (the two rounds of a pair
   run one after the other);
 - the whole step (the engine `vitc train` builds, `vitc.bench.engine.engine_step`) with the
-  bookkeeping, with and without metering: the step's time, and the end-to-end ratios, whose
-  run-to-run noise (9-47 % by wall clock on this shared 2-core VM) is far above the metering's share.
+  bookkeeping, with and without metering, and without it a second time (the run's noise floor):
+  the step's time, and the end-to-end ratios, whose run-to-run noise (up to 17 %, once 47 %, by
+  wall clock on this shared 2-core VM; docs/engine.md) is far above the metering's share.
 The cost printed is the first over the second: metering µs / step ms (the step's wall or CPU time,
 whichever is smaller).
 """
@@ -121,7 +122,7 @@ def engine_booked_step(name: str, batch: int, stage: int, log_every: int, meters
 @dataclass
 class MetersBench:
     book: dict[str, Timing]  # "without", "with": the bookkeeping alone, 1 item a step
-    step: dict[str, Timing]  # "without", "with": the whole step, images
+    step: dict[str, Timing]  # "without", "with", "without2" (its noise floor): the whole step, images
     batch: int
 
     def book_us(self, key: str) -> float:
@@ -148,8 +149,9 @@ def bench_meters(name: str = "vit_p_1gf", batch: int = 32, iters: int = 20, roun
     kwargs = {"name": name, "batch": batch, "log_every": log_every}
     book = [Contender(key, f"{__name__}:bookkeeping", {**kwargs, "meters": key == "with"})
             for key in ("without", "with")]
+    # "without" twice, in processes of their own: what two identical steps differ by in this run
     step = [Contender(key, f"{__name__}:engine_booked_step", {**kwargs, "stage": stage, "meters": key == "with"})
-            for key in ("without", "with")]
+            for key in ("without", "with", "without2")]
     log.info("timing the step's bookkeeping alone with and without MFU/goodput: %d rounds of %d steps",
              book_rounds, book_steps)
     book_timings = time_in_processes(book, 200, book_steps, book_rounds, processes)
@@ -176,7 +178,9 @@ def format_meters_bench(bench: MetersBench) -> str:
                      f"{1e3 * bench.batch / t.per_core:>9.1f}")
     for label, per_core in (("images/s", False), ("images per CPU-second", True)):
         ratio = paired_ratio(bench.step["with"], bench.step["without"], per_core)
-        lines.append(f"  end to end with/without {label}: {ratio:.4f} ({1 - ratio:+.2%})")
+        noise = paired_ratio(bench.step["without2"], bench.step["without"], per_core)
+        lines.append(f"  end to end with/without {label}: {ratio:.4f} ({1 - ratio:+.2%}); "
+                     f"without timed twice: {noise:.4f} ({1 - noise:+.2%})")
     lines.append("  (a whole step's run-to-run noise: not resolved at 1 %; the bookkeeping above is)")
     step_ms = min(step_wall, step_cpu)  # the smaller: the larger share
     lines.append(f"cost of MFU and goodput metering: {metering:.2f} µs / {step_ms:.1f} ms per step = "
