@@ -11,6 +11,7 @@ import pytest
 from vitc.bench import fragments
 from vitc.bench.data import dali_installed
 from vitc.bench.engine import format_engine_bench
+from vitc.bench.meters import MetersBench, bench_meters, format_meters_bench
 from vitc.bench.timing import Contender, Timing, paired_ratio, time_in_processes
 from vitc.cli import main
 from vitc.data.shards.embedded import photo_imagefolder
@@ -164,6 +165,40 @@ def test_the_engine_table_prints_paired_overheads_and_the_noise_floor():
     assert re.search(r"^zero3 +12\.00 +\+25\.0%", table, re.M)
     assert "the plain loop timed twice differs by +2.6%" in table  # median of +0 % and +5.3 %
     assert "each loop is its median of 2 processes" in table
+
+
+def test_the_metering_cost_is_its_paired_bookkeeping_difference_over_the_steps_time():
+    def book(*us_per_round):
+        per_core = tuple(1e6 / us for us in us_per_round)
+        return Timing(1.0, {}, per_core, (sorted(per_core)[len(per_core) // 2],), (per_core,))
+
+    # rounds of 100 µs without and 110, 112, 108 µs with: metering 10 µs (median paired difference)
+    bench = MetersBench({"without": book(100.0, 100.0, 100.0), "with": book(110.0, 112.0, 108.0)},
+                        {"without": Timing(1.0, {}, (80.0,), (40.0,)), "with": Timing(1.0, {}, (79.0,), (40.0,)),
+                         "without2": Timing(1.0, {}, (80.0,), (39.0,))},
+                        batch=8)
+    assert bench.metering_us() == pytest.approx([10.0, 12.0, 8.0])
+    assert bench.step_ms() == pytest.approx((100.0, 200.0))  # 8 images at 80/s wall, 40 per CPU-second
+    out = format_meters_bench(bench)
+    assert re.search(r"^  metering +10\.00 µs/step", out, re.MULTILINE)
+    assert re.search(r"^  without +80\.00 +0\.0% +100\.0 +200\.0$", out, re.MULTILINE)
+    assert "with/without images/s: 0.9875 (+1.25%); without timed twice: 1.0000 (+0.00%)" in out
+    assert "with/without images per CPU-second: 1.0000 (+0.00%); without timed twice: 0.9750 (+2.50%)" in out
+    # against the smaller of the step's wall and CPU time: the larger share
+    assert out.endswith("cost of MFU and goodput metering: 10.00 µs / 100.0 ms per step = 0.0100%")
+
+
+@pytest.mark.slow
+def test_bench_meters_times_the_trainers_bookkeeping_with_and_without_metering():
+    bench = bench_meters("vit_p_1gf", batch=1, iters=2, rounds=1, log_every=2, book_steps=40, book_rounds=2)
+    for part in (bench.book, bench.step):  # the contenders' log lines: only "with" carries the meters
+        assert part["with"].details == {"mfu": 1.0, "goodput": 1.0}
+        assert part["without"].details == {"mfu": 0.0, "goodput": 0.0}
+    assert bench.step["without2"].details == {"mfu": 0.0, "goodput": 0.0}
+    assert len(bench.metering_us()) == 2  # one paired difference a round
+    out = format_meters_bench(bench)
+    assert re.search(r"^  metering +-?\d+\.\d+ µs/step +\(paired rounds: .*, 2 pairs\)$", out, re.MULTILINE)
+    assert re.search(r"^cost of MFU and goodput metering: -?\d+\.\d+ µs / \d+\.\d ms per step = -?\d", out, re.MULTILINE)
 
 
 def _data_bench(**extra):

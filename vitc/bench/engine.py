@@ -85,23 +85,31 @@ def engine_step(name: str, batch: int, stage: int, overrides: Sequence[str] = ()
     `block_leaves=False`: ZeRO-3 hooks on every linear and norm (tools/bench_engine_variants.py)."""
     import torch.nn.functional as F
 
-    from vitc.distributed.env import DistEnv
-    from vitc.engine.build import build_engine, engine_session
-    from vitc.engine.runtime import resolve_runtime
+    from vitc.engine.build import build_engine
 
     cfg, run, model, images, labels = _setup(name, batch, stage, overrides)
     if not block_leaves:
         model.zero3_leaf_modules = ()  # hides the class's tuple: vitc.engine.build sets no leaves
-    rt = resolve_runtime(cfg.train, DistEnv())
-    # the process group lives as long as this benchmark process: entered, never left (the step
-    # holds the session, whose exit, on garbage collection, would unset the launcher variables)
-    session = engine_session(DistEnv(), rt, cfg.train.collective_timeout_min * 60)
-    session.__enter__()
+    session, rt = bench_session(cfg)
     engine, _ = build_engine(model, cfg, run, rt)
     step = PhasedStep(batch, lambda _: F.cross_entropy(engine(images), labels), engine.backward,
                       lambda _: engine.step())
     step.session = session
     return step
+
+
+def bench_session(cfg):
+    """(session, runtime): the process group and DeepSpeed's state as `vitc train` starts them, for
+    this benchmark process. Entered, never left: whoever builds on it holds the session, whose exit,
+    on garbage collection, would unset the launcher variables."""
+    from vitc.distributed.env import DistEnv
+    from vitc.engine.build import engine_session
+    from vitc.engine.runtime import resolve_runtime
+
+    rt = resolve_runtime(cfg.train, DistEnv())
+    session = engine_session(DistEnv(), rt, cfg.train.collective_timeout_min * 60)
+    session.__enter__()
+    return session, rt
 
 
 def bench_engine(name: str = "vit_p_1gf", batch: int = 32, iters: int = 5, rounds: int = 5,

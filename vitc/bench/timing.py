@@ -57,6 +57,7 @@ class Timing:
     details: dict[str, float]
     group_rates: tuple[float, ...]
     group_per_core: tuple[float, ...]
+    round_per_core: tuple[tuple[float, ...], ...] = ()  # per process, its rounds' items per CPU-second
 
     @property
     def rate(self) -> float:
@@ -135,7 +136,8 @@ def _median_process(samples: list[list[tuple[float, float]]], startups: list[flo
     per-process medians, for the rate and the per-core rate alike)."""
     return Timing(statistics.median(startups), {k: statistics.median(d[k] for d in details) for k in details[0]},
                   tuple(statistics.median(s[0] for s in per) for per in samples),
-                  tuple(statistics.median(s[1] for s in per) for per in samples))
+                  tuple(statistics.median(s[1] for s in per) for per in samples),
+                  tuple(tuple(s[1] for s in per) for per in samples))
 
 
 def _time_group(contenders: list[Contender], warmup: int, iters: int, rounds: int):

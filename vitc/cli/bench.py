@@ -33,7 +33,7 @@ def cmd_bench_meters(args: argparse.Namespace) -> int:
     from vitc.bench.meters import bench_meters, format_meters_bench
 
     print(format_meters_bench(bench_meters(args.model, args.batch, args.iters, args.rounds, args.processes,
-                                           args.stage, args.log_every)))
+                                           args.stage, args.log_every, args.book_steps, args.book_rounds)))
     return 0
 
 
@@ -58,12 +58,17 @@ def _add_bench_engine_parser(bench_sub: argparse._SubParsersAction) -> None:
     startup.add_argument("--rounds", type=int, default=3, help="fresh processes timed (median taken)")
     startup.set_defaults(func=cmd_bench_startup)
     meters = bench_sub.add_parser(
-        "meters", help="the training step with MFU/goodput metering vs without, each in its own process")
+        "meters", help="what MFU/goodput metering costs a training step: its bookkeeping alone (CPU µs) "
+                       "over the step's time, and the whole step with vs without; each in its own process")
     meters.add_argument("--model", default="vit_p_1gf")
     meters.add_argument("--batch", type=int, default=32)
     meters.add_argument("--stage", type=int, default=1, choices=(0, 1, 2, 3), help="ZeRO stage of the step")
     meters.add_argument("--log-every", type=int, default=20, help="steps per log line (log.every_steps)")
     add_timing_args(meters, rounds=5, iters=20)
+    meters.add_argument("--book-steps", type=int, default=500,
+                        help="steps per round of the bookkeeping alone (default 500)")
+    meters.add_argument("--book-rounds", type=int, default=101,
+                        help="interleaved rounds of the bookkeeping alone (default 101)")
     meters.set_defaults(func=cmd_bench_meters)
 
 

@@ -30,17 +30,11 @@ from vitc.checkpoint.store import CheckpointInfo
 from vitc.config import save_config
 from vitc.distributed.env import DistEnv
 from vitc.distributed.signals import PreemptionSignal
+from vitc.engine.bookkeeping import StepBook
 from vitc.engine.build import build_engine
 from vitc.engine.ema import ModelEMA, ShardedEMA, ema_rule
 from vitc.engine.evaluate import evaluate
-from vitc.engine.meters import (
-    DataWait,
-    Goodput,
-    MetricsLog,
-    RunMeters,
-    Window,
-    console_line,
-)
+from vitc.engine.meters import Goodput, MetricsLog, RunMeters, console_line
 from vitc.engine.optim import freeze
 from vitc.engine.precise_bn import (
     batches_per_rank,
@@ -205,44 +199,34 @@ class Trainer:
     def _train_epoch(self) -> str:
         """Optimizer steps until the epoch ends ('finished') or the run must stop. Every rank."""
         self.loader.set_epoch(self.epoch)  # the epoch a resumed loader is in keeps its position
-        batches, window = iter(self.loader), Window()
-        self.data_wait = DataWait(self.rt.device)
-        loss_sum = torch.zeros((), device=self.rt.device)
-        flags = torch.zeros(4, device=self.rt.device)  # summed over ranks and the steps not yet read
-        step_images = 0  # this rank's images of the step's micro-batches (a host count: no sync)
+        batches = iter(self.loader)
+        self.book = StepBook(self.rt.device, self.dist.world_size, self.accum, self.run_meters)
         if self.goodput.seconds["startup"] == 0.0:
             self.goodput.add("startup", time.perf_counter() - self.goodput.start)
         while self.micro_in_epoch < self.steps_per_epoch * self.accum:
-            self.data_wait.before_batch()
-            batch = next(batches, None)
+            batch = self.book.next_batch(batches)
             if batch is None:  # after a world-size change the loader may resume a batch later
                 break
-            images, targets = batch
-            self.data_wait.after_batch()
-            step_images += len(images)
-            loss_sum += self._micro_step(images, targets)
+            self.book.add_loss(self._micro_step(*batch))
             self.micro_in_epoch += 1
             if self.micro_in_epoch % self.accum:
                 continue
             self.step += 1
-            flags += self._step_flags(loss_sum, step_images)
+            self.book.end_step(self.preempt.requested)
             self._count_skipped()
-            window.add()  # its loss and images when the flags are read
-            loss_sum.zero_()
-            step_images = 0
             if self.ema is not None:  # pycls counts the iteration within the epoch (vitc/engine/ema.py)
                 self.ema.update(self.engine.module, self.epoch, self.micro_in_epoch // self.accum - 1)
             save = self._stop_reason(False) or self.step % self.cfg.checkpoint.every_steps == 0
             if not save and self.step % self.cfg.log.every_steps:
                 continue
-            stop = self._stop_reason(self._agree_on_flags(flags, window))
+            stop = self._stop_reason(self._agree_on_flags())
             if self.step % self.cfg.log.every_steps == 0:
-                window = self._log(window)
+                self._log()
             if stop or save:
                 self._save()
             if stop:
                 return stop
-        if self._agree_on_flags(flags, window):  # before the epoch's save
+        if self._agree_on_flags():  # before the epoch's save
             self._save()
             return self._stop_reason(True)
         return "finished"
@@ -260,34 +244,18 @@ class Trainer:
         fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
         return images.to(self.rt.device, dtype, non_blocking=True, memory_format=fmt)
 
-    def _step_flags(self, loss_sum: torch.Tensor, images: int) -> torch.Tensor:
-        """[preemption requested, loss not finite, loss, images] summed over ranks by one
-        all_reduce, left on the device (no host sync; `torch.full`, unlike `torch.tensor`, copies
-        nothing from the host). Every rank."""
-        flags = torch.stack([torch.full((), float(self.preempt.requested), device=self.rt.device),
-                             (~torch.isfinite(loss_sum)).float(), loss_sum.float() / self.accum,
-                             torch.full((), float(images), device=self.rt.device)])
-        tdist.all_reduce(flags)
-        return flags
-
-    def _agree_on_flags(self, flags: torch.Tensor, window: Window) -> bool:
-        """Read the flags summed since the last read (this waits for the device) and zero them:
-        whether any rank was signalled; the mean loss goes to `window`. Raises on a non-finite loss
-        before anything is saved. Every rank, at the same steps."""
-        preempted, diverged, loss, images = flags.tolist()
-        flags.zero_()
-        window.loss_sum += loss / self.dist.world_size
-        window.images += round(images)
-        waited = self.data_wait.read()  # the device is synced already
-        window.data_s += waited
-        self.goodput.add("data_wait", waited)
-        if diverged > 0:
+    def _agree_on_flags(self) -> bool:
+        """Read the step flags summed since the last read (this waits for the device): whether any
+        rank was signalled. Raises on a non-finite loss before anything is saved. Every rank, at
+        the same steps."""
+        preempted, diverged, loss = self.book.read()
+        if diverged:
             good = self.last_saved.tag if self.last_saved else "none saved yet"
             raise Diverged(
                 f"loss is not finite (mean over ranks {loss:.4g}) at epoch {self.epoch + 1}, "
                 f"step {self.step}: training stopped and the last good checkpoint ({good}) is kept. "
                 "Lower optim.base_lr, set train.clip_grad, or use train.precision=fp32")
-        return preempted > 0
+        return preempted
 
     def _count_skipped(self) -> None:
         """DeepSpeed skips an optimizer step whose gradients are not finite (ZeRO >= 1, fp16 loss
@@ -317,17 +285,16 @@ class Trainer:
         max_steps = self.cfg.train.max_steps
         return "max_steps" if max_steps is not None and self.step >= max_steps else None
 
-    def _log(self, window: Window) -> Window:
-        """Console line, JSONL and TensorBoard (rank 0); returns a fresh window."""
+    def _log(self) -> None:
+        """Console line, JSONL and TensorBoard (rank 0); the book starts a new window."""
+        summary = self.book.record(self.step)
         if self.metrics is not None:
-            record = {**self.run_meters.record(window, self.dist.world_size, self.step),
-                      "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
+            record = {**summary, "epoch": self.epoch, "epochs": self.cfg.schedule.epochs,
                       "total_steps": self.total_steps, "lr": self.engine.get_lr()[0],
                       "grad_norm": self._grad_norm()}
             record["eta_s"] = record["step_s"] * (self.total_steps - self.step)
             log.info(console_line({**record, "step": self.step}))
             self.metrics.write("train", self.step, record)
-        return Window()
 
     def _grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
