@@ -210,9 +210,13 @@ def test_eval_on_data_of_other_classes_is_one_clear_error(adamw_run, photo_folde
     assert f"data.val_shards {photos}" in errors[0] and "class 'astronaut'" in errors[0]
 
 
+@pytest.mark.slow
 def test_sgd_with_nesterov_learns(shards, tmp_path):
+    # SGD moves this ViT off the uniform prediction slowly: over 3 epochs its loss fell by -0.19 to
+    # +0.03 across seeds 0-3 (a pass was luck of the draws); over 10 it falls by 0.37-0.72
     config = write_config(tmp_path / "sgd.yaml", shards, tmp_path / "run",
-                          optim={"name": "sgd", "base_lr": 0.1, "weight_decay": 1e-4})
+                          optim={"name": "sgd", "base_lr": 0.1, "weight_decay": 1e-4},
+                          schedule={"epochs": 10, "warmup_epochs": 0.5})
     assert main(["train", str(config)]) == 0
     assert loss_fell(tmp_path / "run")
 
