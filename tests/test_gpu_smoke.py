@@ -21,3 +21,5 @@ def test_the_gpu_smoke_script_passes_on_the_cpu_path(tmp_path, capsys):
     assert all(status[c] == "PASS" for c in CHECKS if c != "compile"), out
     assert "0 host syncs per steady-state step" in out
     assert re.search(r"vit_c_1gf at batch 4: measured \d+\.\d% of peak, plan predicts 40\.0%", out)
+    assert re.search(r"vit_c_1gf on 16 × 8 with kernels at [\d.]+ of peak: plan predicts \d+\.\d% MFU "
+                     r"\(`vitc plan vit_c_1gf --gpu cpu --nodes 16 --gpus-per-node 8 --mfu [\d.]+", out)

@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
+# the scale-out the MFU line predicts with the measured kernels: ImageNet-21k on 16 nodes × 8 GPUs
+# (docs/plan.md, "MFU of vit_c_72gf on 16 × 8 H100")
+SCALE_OUT, SCALE_OUT_CLASSES = (16, 8), 21841
 TINY = {"name": "vit_c_1gf", "width": 32, "depth": 2, "heads": 2, "stem_channels": [8, 16],
         "stem_strides": [2, 2], "image_size": 32, "num_classes": "auto"}
 
@@ -222,6 +225,14 @@ class Smoke:
             lines.append(f"{name} at batch {batch}: measured {measured:.1%} of peak, plan predicts "
                          f"{plan.mfu:.1%} (`vitc plan {name} --gpu {gpu} --nodes 1 --gpus-per-node 1 "
                          f"train.micro_batch={batch}`)")
+            # the one input of the scale-out prediction only a GPU gives: the kernels' share of peak
+            share = round(min(1.0, max(measured, 0.01)), 2)
+            overrides = [f"train.micro_batch={batch}", f"model.num_classes={SCALE_OUT_CLASSES}"]
+            scaled = plan_run(run_setup(load_run_config(name, overrides), Cluster(*SCALE_OUT, gpu=gpu, mfu=share)))
+            lines.append(f"{name} on {SCALE_OUT[0]} × {SCALE_OUT[1]} with kernels at {share:g} of peak: plan predicts "
+                         f"{scaled.mfu:.1%} MFU (`vitc plan {name} --gpu {gpu} --nodes {SCALE_OUT[0]} "
+                         f"--gpus-per-node {SCALE_OUT[1]} --mfu {share:g} train.micro_batch={batch} "
+                         f"model.num_classes={SCALE_OUT_CLASSES}`)")
         return "; ".join(lines)
 
 
