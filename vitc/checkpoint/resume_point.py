@@ -41,10 +41,11 @@ def newest_intact_on_rank0(run_dir: Path, rank: int) -> CheckpointInfo | None:
     """The newest intact checkpoint of `run_dir` as rank 0 reads it (the integrity check's one read
     of every file, its one line naming what it skipped), given to every rank by one broadcast; in a
     process without a process group, its own read. A run directory with nothing intact raises the
-    same one-line error on every rank: none waits for rank 0."""
-    if not tdist.is_initialized():
+    same one-line error on every rank: none waits for rank 0. Who reads is the process group's rank 0
+    (`rank` says only which rank logs what was skipped without a group)."""
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
         return newest_intact_checkpoint(run_dir, quiet=rank != 0)
-    found: list = [_newest_intact(run_dir) if rank == 0 else None]
+    found: list = [_newest_intact(run_dir) if tdist.get_rank() == 0 else None]
     tdist.broadcast_object_list(found, src=0)
     if isinstance(found[0], VitcError):
         raise found[0]
