@@ -59,13 +59,13 @@ def loadable_tag(run_dir: Path, info: CheckpointInfo, world_size: int, zero_stag
         log.debug("checkpoint %s was saved on %d rank(s) at ZeRO-%d, this run has %d at ZeRO-%d: "
                   "converting it to a universal checkpoint", info.tag, info.world_size, info.zero_stage,
                   world_size, zero_stage)
-        convert_to_universal(checkpoint_root(run_dir), info.tag)
+        convert_to_universal(checkpoint_root(run_dir), info.tag, momentum=optimizer == "sgd")
     while not universal.is_dir():  # rank 0 converts; a failure there ends the job (torchrun, srun --kill-on-bad-exit)
         time.sleep(CONVERT_POLL_S)
     return universal.name, True
 
 
-def convert_to_universal(root: Path, tag: str, workers: int | None = None) -> Path:
+def convert_to_universal(root: Path, tag: str, workers: int | None = None, momentum: bool = False) -> Path:
     """Run `python -m deepspeed.checkpoint.ds_to_universal` on root/tag into root/TAG_universal with
     `workers` parallel extract and merge processes (default: this process's CPUs), its progress in
     the debug log. It works in root/.convert-TAG, renamed at the end: a finished conversion is a
@@ -76,7 +76,7 @@ def convert_to_universal(root: Path, tag: str, workers: int | None = None) -> Pa
         log.warning("an unfinished conversion of %s was left in %s: converting again", tag, work)
         shutil.rmtree(work)
     out = work / (tag + UNIVERSAL_SUFFIX)
-    source = _momentum_as_moments(root / tag, work / tag)
+    source = _momentum_as_moments(root / tag, work / tag) if momentum else root / tag
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
            "--output_folder", str(out), "--num_extract_workers", str(workers),
            # merging holds whole tensors per worker: DeepSpeed advises fewer merge than extract workers
@@ -103,25 +103,25 @@ MOMENTUM, MOMENTS = "momentum_buffer", ("exp_avg", "exp_avg_sq")
 
 
 def _momentum_as_moments(tag_dir: Path, copy: Path) -> Path:
-    """`tag_dir` itself when its optimizer keeps Adam's moments; otherwise `copy`, the same tag
-    whose optimizer-state files show each SGD momentum buffer under both moments' names (one
-    tensor, saved once), the other files hard-linked (copied where links are refused)."""
-    states = sorted(tag_dir.glob("*optim_states.pt"))
-    loaded = [torch.load(f, map_location="cpu", weights_only=False) for f in states[:1]]
-    if not loaded or not _alias_momentum(loaded[0]):
-        return tag_dir
+    """`copy`: the SGD tag `tag_dir` whose optimizer-state files show each momentum buffer under
+    both moments' names (one tensor, saved once), its other files linked."""
     copy.mkdir(parents=True)
-    for path in tag_dir.iterdir():
-        if path.is_file() and path not in states:
-            try:
-                os.link(path, copy / path.name)
-            except OSError:
-                shutil.copyfile(path, copy / path.name)
-    for path in states:
-        state = loaded.pop() if path == states[0] else torch.load(path, map_location="cpu", weights_only=False)
-        _alias_momentum(state)
-        torch.save(state, copy / path.name)
+    for path in (p for p in tag_dir.iterdir() if p.is_file()):
+        if path.name.endswith("optim_states.pt"):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            _alias_momentum(state)
+            torch.save(state, copy / path.name)
+        else:
+            _link_or_copy(path, copy / path.name)
     return copy
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link, or a copy where the filesystem refuses links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _alias_momentum(value) -> bool:
@@ -174,10 +174,7 @@ def loadable_at_every_stage(universal: Path) -> None:
     have = [universal / n for n in MODEL_STATES.values() if (universal / n).is_file()]
     for name in MODEL_STATES.values():
         if have and not (universal / name).exists():
-            try:
-                os.link(have[0], universal / name)
-            except OSError:
-                shutil.copyfile(have[0], universal / name)
+            _link_or_copy(have[0], universal / name)
     state_file = universal / "zero" / "optimizer_state.pt"
     if not state_file.is_file():
         return
