@@ -14,8 +14,11 @@ from PIL import Image
 from vitc.config import load_config
 from vitc.data.loading.decode import Box, decode_crop, image_size, plan_decode
 from vitc.data.loading.draws import drawing_from, part_seed
+from vitc.data.loading.slots import pack
 from vitc.data.loading.transforms import (
+    MEAN,
     RATIO,
+    STD,
     EvalSampleTransform,
     InPlaceCutMix,
     InPlaceMixUp,
@@ -23,6 +26,8 @@ from vitc.data.loading.transforms import (
     TrainBatchTransform,
     TrainSampleTransform,
     center_crop_box,
+    lighting_shift,
+    normalize,
     sample_crop_box,
 )
 from vitc.errors import VitcError
@@ -231,6 +236,31 @@ def test_auto_augment_gives_the_pixels_of_torchvisions_own_pil_conversions(large
             expected = v2.functional.pil_to_tensor(transform.augment(v2.functional.to_pil_image(flipped)))
         out = transform(large_photo, seed)
         assert torch.equal(out, expected) and out.is_contiguous()
+
+
+def test_a_batch_packs_the_pixels_torch_stack_gives_from_channels_last_and_contiguous_images(large_photo):
+    transform = TrainSampleTransform(recipe(auto_augment="none"))
+    resized = [decode_crop(large_photo, transform.plan(large_photo, seed), transform.size) for seed in range(3)]
+    images = [*resized, *(transform(large_photo, seed) for seed in range(3))]  # flipped or not
+    assert not resized[0].is_contiguous()  # torch's fast resize keeps the decoder's channels-last layout
+    out = torch.full((8, *images[0].shape), 7, dtype=torch.uint8)
+    pack(images, out)
+    assert torch.equal(out[:6], torch.stack(images)) and (out[6:] == 7).all()
+
+
+def test_lighting_from_the_transforms_own_generator_draws_what_the_seeded_global_one_draws():
+    generator = torch.Generator()
+    for seed in (0, 5, 2**40 + 3):
+        assert torch.equal(lighting_shift(seed, 0.1, generator), lighting_shift(seed, 0.1))
+
+
+def test_normalize_is_mean_std_normalisation_plus_each_images_shift_over_std():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    shifts = torch.tensor([[1.0, -2.0, 3.0], [0.0, 0.5, -0.5]])
+    expected = (images.float() - mean) / std
+    assert torch.allclose(normalize(images), expected, atol=1e-5)
+    assert torch.allclose(normalize(images, shifts), expected + shifts.view(2, 3, 1, 1) / std, atol=1e-5)
 
 
 def test_recipe_rejects_a_bad_crop_scale():

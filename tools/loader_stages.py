@@ -6,7 +6,7 @@ The stages the loader runs for each sample (vitc.data.loading.transforms and .de
 CPU time around each: tar reading and parsing, crop box planning (JPEG header + the
 RandomResizedCrop draw, `sample_crop_box`), decode (libjpeg-turbo, DCT-domain reduction, crop
 copied out), resize to 224 px, flip + AutoAugment with the PIL conversions, packing a batch of
-32 (torch.stack, as into the shared batch buffers), and the training process's per-batch work
+32 (`slots.pack`, as into the shared batch buffers), and the training process's per-batch work
 (normalize, MixUp/CutMix, label smoothing). Not counted: transport between processes and the
 workers' waiting.
 """
@@ -22,6 +22,7 @@ import torchvision.transforms.v2.functional as F
 
 from vitc.data.loading.decode import decode_full, image_size, plan_decode
 from vitc.data.loading.draws import part_seed
+from vitc.data.loading.slots import pack
 from vitc.data.loading.streams import shard_samples
 from vitc.data.loading.transforms import (
     Recipe,
@@ -79,7 +80,8 @@ def main(shard_dir: str, passes: int = 3, auto_augment: str = "autoaugment") -> 
                 image = timed("resize", _resize, crop, sample.size)
                 pending.append(timed("flip + augment", sample.finish, image, seed))
                 if len(pending) == BATCH:
-                    packed = timed("pack batch", torch.stack, pending)
+                    packed = torch.empty(BATCH, 3, *sample.size, dtype=torch.uint8)
+                    timed("pack batch", pack, pending, packed)
                     labels, seeds = torch.zeros(BATCH, dtype=torch.int64), torch.arange(BATCH)
                     timed("normalize + mix (training process)", batch_transform, packed, labels, seeds, images)
                     pending = []

@@ -19,12 +19,24 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
 PER_WORKER = 4  # DataLoader's prefetch_factor (2) + the batch being finished + one spare
+
+
+def pack(images: list[torch.Tensor], out: torch.Tensor) -> None:
+    """Copy uint8 [3, S, S] CPU images into the first len(images) of `out` [N, 3, S, S].
+
+    By numpy: a resized image is a channels-last view (torch's fast uint8 resize keeps its input's
+    layout), and numpy's transposing copy of one is twice as fast as torch.stack's, 0.05 against
+    0.10 ms per 224 px image (docs/loader.md, "Where the CPU goes now")."""
+    batch = out.numpy()
+    for i, image in enumerate(images):
+        np.copyto(batch[i], image.numpy())
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class BatchSlots:
     def fill(self, worker: int, generation: int, images: list[torch.Tensor]) -> SlotRef:
         """In a worker: stack `images` into a buffer of this worker's that is free for this pass."""
         k = self._acquire(worker, generation)
-        torch.stack(images, out=self.images[worker, k, : len(images)])
+        pack(images, self.images[worker, k])
         self.owner[worker, k] = generation
         return SlotRef(k, len(images))
 

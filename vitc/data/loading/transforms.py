@@ -212,19 +212,22 @@ _STATISTICS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """mean and std as [1, 3, 1, 1] on `device`, made once: `torch.tensor(..., device=cuda)` copies
-    from the host, which on a GPU would be two synchronous copies per batch."""
+    """1 / std and -mean / std as [1, 3, 1, 1] on `device`, made once: `torch.tensor(..., device=cuda)`
+    copies from the host, which on a GPU would be two synchronous copies per batch."""
     if device not in _STATISTICS:
-        _STATISTICS[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-                               torch.tensor(STD, device=device).view(1, 3, 1, 1))
+        mean, std = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
+        _STATISTICS[device] = (std.reciprocal().view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1))
     return _STATISTICS[device]
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float32, ImageNet mean/std normalized."""
-    mean, std = _statistics(images.device)
-    # three passes, but each a same-dtype kernel: a mixed uint8-float `images - mean` is 2x slower
-    return images.float().sub_(mean).div_(std)
+def normalize(images: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 (x - mean) / std, as x / std - mean / std: one conversion and two
+    same-dtype passes (a mixed uint8-float op is 2x slower). `shifts` [B, 3] (0..255 units), added to
+    each image before normalization, rides in the second pass (PCA lighting, `lighting_shifts`)."""
+    scale, offset = _statistics(images.device)
+    if shifts is not None:
+        offset = offset + (shifts * scale.view(1, 3)).view(-1, 3, 1, 1)
+    return images.float().mul_(scale).add_(offset)
 
 
 # torchvision's MixUp and CutMix build their output from two batch-sized copies; our batch is our own
@@ -258,22 +261,31 @@ class InPlaceCutMix(v2.CutMix):
         return inpt
 
 
-def lighting_shift(seed: int, std: float) -> torch.Tensor:
+def lighting_shift(seed: int, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The RGB offset (0..1 pixel units) AlexNet-style PCA lighting adds to every pixel of one image:
     eigvecs @ (alpha * eigvals), alpha ~ N(0, std) three times, drawn from the sample's own seed
-    (pycls `transforms.lighting`, which draws from numpy's process-wide generator instead)."""
-    with drawing_from(part_seed(seed, "lighting")):
-        alpha = torch.randn(3, dtype=torch.float64) * std
-    return torch.tensor(EIG_VECS, dtype=torch.float64) @ (alpha * torch.tensor(EIG_VALS, dtype=torch.float64))
+    (pycls `transforms.lighting`, which draws from numpy's process-wide generator instead).
+
+    `generator`: a CPU generator of the caller's to seed, the same draws as torch's global one seeded
+    alike (`drawing_from`) without saving and restoring the global state (most of this function's
+    41 us per image with it; docs/loader.md)."""
+    if generator is None:
+        with drawing_from(part_seed(seed, "lighting")):
+            alpha = torch.randn(3, dtype=torch.float64) * std
+    else:
+        generator.manual_seed(part_seed(seed, "lighting"))
+        alpha = torch.randn(3, dtype=torch.float64, generator=generator) * std
+    return _EIG_VECS @ (alpha * _EIG_VALS)
 
 
-def add_lighting(x: torch.Tensor, sample_seeds: list[int], std: float) -> torch.Tensor:
-    """PCA lighting on a normalized float batch, in place. pycls adds the offset to the 0..1 image
-    after augmentation and before normalisation, unclipped; (p + s - mean) / std = normalized +
-    s / std, so adding s·255 / STD here (STD in 0..255 units) is the same image."""
-    shifts = torch.stack([lighting_shift(seed, std) for seed in sample_seeds]) * 255
-    shifts = (shifts / torch.tensor(STD, dtype=torch.float64)).to(x.dtype).to(x.device)
-    return x.add_(shifts.view(len(sample_seeds), 3, 1, 1))
+_EIG_VECS, _EIG_VALS = torch.tensor(EIG_VECS, dtype=torch.float64), torch.tensor(EIG_VALS, dtype=torch.float64)
+
+
+def lighting_shifts(sample_seeds: list[int], std: float, generator: torch.Generator) -> torch.Tensor:
+    """PCA lighting's per-image RGB offsets in 0..255 units, float32 [B, 3], for `normalize`. pycls adds
+    the offset to the 0..1 image after augmentation and before normalisation, unclipped; (p + s - mean)
+    / std is the same image as normalize(p) + s / std, which `normalize` computes in one pass."""
+    return (torch.stack([lighting_shift(seed, std, generator) for seed in sample_seeds]) * 255).float()
 
 
 class TrainBatchTransform:
@@ -286,6 +298,7 @@ class TrainBatchTransform:
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        self.lighting = torch.Generator()  # PCA lighting's draws (lighting_shift), this object's own
         # value=0 erases to the mean colour (inputs are normalized), as torchvision's reference does
         # in place: the float batch is ours, so no per-image clone and copy back
         self.erase = v2.RandomErasing(p=recipe.random_erasing, inplace=True) if recipe.random_erasing > 0 else None
@@ -299,9 +312,10 @@ class TrainBatchTransform:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, sample_seeds: torch.Tensor,
                  batch_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize(images)
+        shifts = None
         if self.recipe.pca_std > 0:
-            x = add_lighting(x, sample_seeds.tolist(), self.recipe.pca_std)
+            shifts = lighting_shifts(sample_seeds.tolist(), self.recipe.pca_std, self.lighting).to(images.device)
+        x = normalize(images, shifts)
         if self.erase is not None:  # per image: v2 on a batch would erase one box in all of them
             for image, seed in zip(x, sample_seeds.tolist()):
                 with drawing_from(part_seed(seed, "erase")):
