@@ -2,6 +2,9 @@
 run directory consolidates it once. A run saved on two ranks resuming on one: tests/test_world_size.py
 (the full state) and tests/test_largest_model.py (training on)."""
 
+import re
+import shutil
+
 import pytest
 import torch
 from engine_runs import (
@@ -47,7 +50,7 @@ def test_init_from_a_run_directory_is_consolidated_once_by_rank_0_and_read_by_th
     model = VisionTransformer(model_spec(cfg.model, 10))
     init_model(model, cfg, rank=0)
     cached = list((tmp_path / "ft" / INIT_CACHE).glob("*.safetensors"))
-    assert [p.name for p in cached] == ["pre-step_00000002.safetensors"]
+    assert len(cached) == 1 and re.fullmatch(r"pre-step_00000002-[0-9a-f]{12}\.safetensors", cached[0].name)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in exported(tmp_path / "pre", tmp_path).items())
     # another rank reads the consolidated file: the ZeRO optimizer partitions are not read again
     for partition in (tmp_path / "pre" / "checkpoints" / "step_00000002").glob("*optim_states.pt"):
@@ -55,3 +58,20 @@ def test_init_from_a_run_directory_is_consolidated_once_by_rank_0_and_read_by_th
     other = VisionTransformer(model_spec(cfg.model, 10))
     init_model(other, cfg, rank=1)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_run_trained_again_to_the_same_step_is_consolidated_anew_not_taken_from_the_cache(shards, tmp_path):
+    # the cache is named by the checkpoint's content: a run of the same name and step is not the same run
+    config = write_config(tmp_path / "pre.yaml", shards, tmp_path / "pre")
+    cfg = load_config(config, [f"finetune.init_from={tmp_path / 'pre'}", f"train.run_dir={tmp_path / 'ft'}"])
+    loaded = []
+    for seed in (0, 1):
+        shutil.rmtree(tmp_path / "pre", ignore_errors=True)
+        vitc("train", str(config), "train.max_steps=1", f"train.seed={seed}")
+        model = VisionTransformer(model_spec(cfg.model, 10))
+        init_model(model, cfg)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in exported(tmp_path / "pre", tmp_path).items())
+        loaded.append(model.state_dict()["head.weight"].clone())
+    assert not torch.equal(*loaded)
+    assert len(list((tmp_path / "ft" / INIT_CACHE).glob("pre-step_00000001-*.safetensors"))) == 2

@@ -85,7 +85,8 @@ def test_pipeline_runs_every_stage_resumes_midway_and_redoes_a_deleted_output(co
     assert torch.equal(ft_w["pos_embed"], interpolate_pos_embed(pre_w["pos_embed"], 1, 48 // 4))
 
     # a run directory works as init_from too: its checkpoint is consolidated, its classes read
-    cfg = load_config(ft, [f"finetune.init_from={run / 'pretrain'}", "model.num_classes=3"])
+    cfg = load_config(ft, [f"finetune.init_from={run / 'pretrain'}", "model.num_classes=3",
+                           f"train.run_dir={tmp_path / 'init-check'}"])
     model = VisionTransformer(model_spec(cfg.model))
     assert init_model(model, cfg).head == "map"
     assert torch.equal(model.head.weight, pre_w["head.weight"][rows])

@@ -12,6 +12,7 @@ universal-checkpoint tool (deepspeed.checkpoint.ds_to_universal), which needs
 """
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -145,6 +146,13 @@ def recorded(run_dir: str | os.PathLike, info: CheckpointInfo, key: str):
     """What the marker of `info` records under `key` ("architecture", "classes"); None when it
     predates the key."""
     return _read_marker(checkpoint_root(run_dir) / info.tag / MARKER).get(key)
+
+
+def content_digest(run_dir: str | os.PathLike, info: CheckpointInfo) -> str:
+    """12 hex digits naming a complete checkpoint's content: a hash of its marker, which records
+    every file's size and CRC-32. Reads only the marker (a few KB)."""
+    marker = checkpoint_root(run_dir) / info.tag / MARKER
+    return hashlib.blake2b(marker.read_bytes(), digest_size=6).hexdigest()
 
 
 # what a resumed model may change: regularization, not the parameters' shapes or the function

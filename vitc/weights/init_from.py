@@ -74,19 +74,24 @@ def load_pretrained(source: str | os.PathLike, spec: ViTSpec | None = None, cach
 
 
 def consolidated_once(run_dir: Path, cache_dir: Path, rank: int) -> Path:
-    """The newest intact checkpoint of `run_dir` as cache_dir/RUN-TAG.safetensors, consolidated by
-    rank 0 alone through `vitc export`'s code path (written atomically), once per tag; the other
-    ranks wait for the file on the filesystem and then read it. Consolidating in every process would
-    read the whole ZeRO optimizer state once per process (8 per node); waiting on a file rather
+    """The newest intact checkpoint of `run_dir` as cache_dir/RUN-TAG-DIGEST.safetensors, consolidated by
+    rank 0 alone through `vitc export`'s code path (written atomically), once per checkpoint; the
+    other ranks wait for the file on the filesystem and then read it. Consolidating in every process
+    would read the whole ZeRO optimizer state once per process (8 per node); waiting on a file rather
     than in a barrier keeps a long consolidation outside the collective timeout. Only rank 0 reads
-    the checkpoint's files for their checksums (`newest_intact_on_rank0`). Every rank."""
+    the checkpoint's files for their checksums (`newest_intact_on_rank0`). Every rank.
+
+    DIGEST names the checkpoint's content, a hash of its completion marker (which records every
+    file's size and CRC-32): another run of the same directory name and step, or the same run
+    trained again, is consolidated anew instead of being mistaken for the cached one."""
     from vitc.checkpoint.resume_point import newest_intact_on_rank0
+    from vitc.checkpoint.store import content_digest
     from vitc.weights.export import export_weights
 
     info = newest_intact_on_rank0(run_dir, rank)  # the tag export_weights reads
     if info is None:
         raise VitcError(f"finetune.init_from: no complete checkpoint in {run_dir} (train it with `vitc train` first)")
-    cache = cache_dir / f"{run_dir.name}-{info.tag}.safetensors"
+    cache = cache_dir / f"{run_dir.name}-{info.tag}-{content_digest(run_dir, info)}.safetensors"
     if rank == 0 and not cache.is_file():
         export_weights(run_dir, cache)
     while not cache.is_file():  # a failure on rank 0 ends the job (torchrun, srun --kill-on-bad-exit)
