@@ -512,3 +512,17 @@ def test_workers_whose_pieces_start_mid_shard_seek_and_give_the_batches_a_full_r
         seeked = epoch(number)
         assert len(seeked) == len(batches) and all(
             torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(batches, seeked))
+
+
+
+@pytest.mark.parametrize("kept", [0.3, 0.5, 0.9])  # cut before, near and after where sample 4 starts
+def test_a_truncated_shard_opened_at_an_indexed_sample_is_named_as_truncated(tmp_path, kept):
+    shards = with_sample_index(write_shards(tmp_path, sizes=(8,)), 4)
+    shard = resolve_shards(str(shards), None, "train_shards")[0][0]
+    tar = shards / shard.name
+    data = tar.read_bytes()
+    cut = int(len(data) * kept) // 512 * 512
+    tar.write_bytes(data[:cut])
+    with pytest.raises(VitcError, match=rf"shard train-000000\.tar: truncated: it ends after {cut:,} of the "
+                                        rf"{len(data):,} bytes its manifest records"):
+        keys_from(shard, 5)

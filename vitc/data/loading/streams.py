@@ -24,10 +24,11 @@ CHUNK = 1 << 18
 class TimedStream:
     """A readable stream over `raw` whose every wait for data is bounded by `timeout` seconds."""
 
-    def __init__(self, raw, name: str, timeout: float, expected_bytes: int | None = None):
+    def __init__(self, raw, name: str, timeout: float, expected_bytes: int | None = None, start: int = 0):
         self.raw, self.name, self.timeout = raw, name, timeout
-        # a tar cut at a member boundary parses as a shorter valid stream: its size tells
-        self.expected_bytes, self.read_bytes = expected_bytes, 0
+        # a tar cut at a member boundary parses as a shorter valid stream: its size tells (`start`:
+        # the byte `raw` was opened at)
+        self.expected_bytes, self.read_bytes = expected_bytes, start
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._buffer = bytearray()
         self._eof = self._closed = False
@@ -99,10 +100,10 @@ def shard_samples(shard: Shard, timeout: float, start: int = 0) -> Iterator[dict
         raw = wds.gopen(shard.url, "rb")
         if offset:
             raw.seek(offset)
+            offset = min(offset, os.fstat(raw.fileno()).st_size)  # a file cut short before it: it ends there
     except Exception as e:
         raise VitcError(f"shard {shard.name}: cannot open '{shard.url}': {e}") from None
-    expected = None if shard.bytes is None else shard.bytes - offset
-    stream = TimedStream(raw, shard.name, timeout, expected)
+    stream = TimedStream(raw, shard.name, timeout, shard.bytes, offset)
     stale = (f"shard {shard.name}: its manifest's sample index puts sample {first} ('{key}') at byte {offset:,}, "
              "which this file does not: the manifest does not describe it (rebuild it: `vitc shards index DIR`)")
     verified = key is None  # a seek is checked by the key of the sample it lands on
