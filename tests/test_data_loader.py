@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ from vitc.data.loading.epoch_plan import (
     train_batches_per_rank,
 )
 from vitc.data.loading.slots import PER_WORKER, BatchSlots
-from vitc.data.shards.manifest import Manifest, Shard, ShardRecord
+from vitc.data.loading.streams import shard_samples
+from vitc.data.shards.manifest import Manifest, Shard, ShardRecord, resolve_shards
+from vitc.data.shards.sample_index import sample_index
 from vitc.distributed.env import DistEnv
 from vitc.errors import VitcError
 from vitc.run import class_count
@@ -439,3 +442,87 @@ def test_a_truncated_shard_is_named_as_truncated_wherever_it_was_cut(tmp_path, k
     with pytest.raises(VitcError, match=r"shard train-000000\.tar: truncated: it ends after [\d,]+ of the "
                                         rf"{len(data):,} bytes its manifest records"):
         list(train_loader(plain_config(shards, "data.workers=0", "data.max_bad_fraction=0"), num_classes=8))
+
+
+def with_sample_index(shards: Path, stride: int) -> Path:
+    """The shards' manifest rewritten with a sample index every `stride` samples (vitc writes one
+    every INDEX_STRIDE = 256, more than these test shards hold)."""
+    manifest = Manifest.load(shards)
+    manifest.shards = [replace(r, index=sample_index(shards / r.name, r.samples, stride)) for r in manifest.shards]
+    manifest.save(shards)
+    assert all(r.index for r in manifest.shards if r.samples > stride)
+    return shards
+
+
+def keys_from(shard: Shard, start: int = 0) -> list[str]:
+    return [sample["__key__"] for sample in shard_samples(shard, 10.0, start)]
+
+
+def test_a_shard_read_from_any_sample_gives_what_a_full_read_gives_from_there(tmp_path):
+    shards = with_sample_index(write_shards(tmp_path, sizes=(20,)), 5)
+    shard = resolve_shards(str(shards), None, "train_shards")[0][0]
+    full = keys_from(shard)
+    assert len(full) == 20 and [e[0] for e in shard.index] == [5, 10, 15]
+    assert all(keys_from(shard, start) == full[start:] for start in range(21))
+
+
+def test_a_reader_opened_at_an_indexed_sample_reads_none_of_the_bytes_before_it(tmp_path):
+    shards = with_sample_index(write_shards(tmp_path, sizes=(20,)), 5)
+    shard = resolve_shards(str(shards), None, "train_shards")[0][0]
+    full = keys_from(shard)
+    tar = shards / shard.name
+    offset = shard.index[-1][1]  # where sample 15 starts
+    data = bytearray(tar.read_bytes())
+    data[:offset] = b"\xff" * offset  # everything before it unreadable
+    tar.write_bytes(bytes(data))
+    assert keys_from(shard, 15) == full[15:] and keys_from(shard, 17) == full[17:]
+    with pytest.raises(VitcError, match=r"shard train-000000\.tar"):
+        keys_from(shard, 14)  # opened at sample 10: it reads the damaged bytes
+
+
+@pytest.mark.parametrize("rewrite", ["other samples", "another layout"])
+def test_a_sample_index_that_does_not_match_its_shard_is_one_error_naming_the_fix(tmp_path, rewrite):
+    shards = with_sample_index(write_shards(tmp_path / "a", sizes=(12,)), 4)
+    shard = resolve_shards(str(shards), None, "train_shards")[0][0]
+    # the shard file replaced and its manifest not rebuilt
+    other = write_shards(tmp_path / "b", sizes=(5, 12) if rewrite == "other samples" else (12,),
+                         images={3: ("png", b"\x89PNG" + b"x" * 3000)})
+    (shards / shard.name).write_bytes(max(other.glob("*.tar")).read_bytes())
+    with pytest.raises(VitcError, match=r"shard train-000000\.tar: its manifest's sample index puts sample 4 "
+                                        r"\('s00004'\) at byte [\d,]+, which this file does not: .*vitc shards index"):
+        keys_from(shard, 6)
+
+
+def test_workers_whose_pieces_start_mid_shard_seek_and_give_the_batches_a_full_read_gives(tmp_path):
+    # the default recipe (crops, flips, AutoAugment, mixing) with 2 workers: pixels, targets and order
+    shards = write_shards(tmp_path, sizes=(23, 17, 31))
+    cfg = load_config(None, [f"data.train_shards={shards}", "model.image_size=16", f"train.micro_batch={BATCH}",
+                             "data.workers=2", "data.shuffle_buffer=8"])
+
+    def epoch(number: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = train_loader(cfg)
+        loader.set_epoch(number)
+        planned = [p.start for w in loader.stream.planner.plans(number, None, 0.0) for p in w.pieces]
+        assert any(start >= 3 for start in planned)  # pieces that begin past an indexed sample
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    read = {number: epoch(number) for number in (0, 1)}
+    with_sample_index(shards, 3)
+    for number, batches in read.items():
+        seeked = epoch(number)
+        assert len(seeked) == len(batches) and all(
+            torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(batches, seeked))
+
+
+
+@pytest.mark.parametrize("kept", [0.3, 0.5, 0.9])  # cut before, near and after where sample 4 starts
+def test_a_truncated_shard_opened_at_an_indexed_sample_is_named_as_truncated(tmp_path, kept):
+    shards = with_sample_index(write_shards(tmp_path, sizes=(8,)), 4)
+    shard = resolve_shards(str(shards), None, "train_shards")[0][0]
+    tar = shards / shard.name
+    data = tar.read_bytes()
+    cut = int(len(data) * kept) // 512 * 512
+    tar.write_bytes(data[:cut])
+    with pytest.raises(VitcError, match=rf"shard train-000000\.tar: truncated: it ends after {cut:,} of the "
+                                        rf"{len(data):,} bytes its manifest records"):
+        keys_from(shard, 5)

@@ -298,3 +298,27 @@ def test_bench_shard_build_reports_images_per_second_per_worker_count(digits_fol
 
     assert sorted(rates) == [1, 2] and all(rate > 0 for rate in rates.values())
     assert list(tmp_path.iterdir()) == []  # the timed builds are removed
+
+
+def test_a_built_shard_records_where_every_256th_sample_starts_and_index_finds_the_same(tmp_path):
+    folder = tmp_path / "folder"
+    for i in range(300):  # one shard of 300 samples: one index entry, at sample 256
+        (folder / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(folder / f"c{i % 3}" / f"{i:04d}.jpg")
+    assert main(["shards", "build", str(folder), str(tmp_path / "built"), "--samples-per-shard", "400"]) == 0
+    record = Manifest.load(tmp_path / "built").shards[0]
+    assert record.samples == 300 and [entry[0] for entry in record.index] == [256]
+    _, offset, key = record.index[0]
+    with tarfile.open(tmp_path / "built" / record.name) as tar:  # the 257th sample's first member starts there
+        members = [m for m in tar.getmembers() if m.isreg()]
+    first = next(m for m in members if m.name.startswith(key + "."))
+    assert first.offset == offset and len({m.name.split(".")[0] for m in members[:members.index(first)]}) == 256
+    # `vitc shards index` (shards made elsewhere) records the same index
+    shutil.copytree(tmp_path / "built", tmp_path / "again", ignore=shutil.ignore_patterns("manifest.json"))
+    assert main(["shards", "index", str(tmp_path / "again")]) == 0
+    assert Manifest.load(tmp_path / "again").shards[0].index == record.index
+    # a manifest whose index points elsewhere is found by `vitc shards verify`
+    manifest = Manifest.load(tmp_path / "again")
+    manifest.shards[0].index[0][1] += 512
+    manifest.save(tmp_path / "again")
+    assert main(["shards", "verify", str(tmp_path / "again")]) == 1

@@ -6,6 +6,7 @@ command or a network stream that stops sending blocks its reader forever. `Timed
 a thread and gives up after `timeout` seconds with an error naming the shard.
 """
 
+import os
 import queue
 import re
 import threading
@@ -23,10 +24,11 @@ CHUNK = 1 << 18
 class TimedStream:
     """A readable stream over `raw` whose every wait for data is bounded by `timeout` seconds."""
 
-    def __init__(self, raw, name: str, timeout: float, expected_bytes: int | None = None):
+    def __init__(self, raw, name: str, timeout: float, expected_bytes: int | None = None, start: int = 0):
         self.raw, self.name, self.timeout = raw, name, timeout
-        # a tar cut at a member boundary parses as a shorter valid stream: its size tells
-        self.expected_bytes, self.read_bytes = expected_bytes, 0
+        # a tar cut at a member boundary parses as a shorter valid stream: its size tells (`start`:
+        # the byte `raw` was opened at)
+        self.expected_bytes, self.read_bytes = expected_bytes, start
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._buffer = bytearray()
         self._eof = self._closed = False
@@ -87,19 +89,39 @@ class TimedStream:
         return f"shard {self.name}"
 
 
-def shard_samples(shard: Shard, timeout: float) -> Iterator[dict]:
-    """The samples of one shard as dicts {'__key__', 'jpg', 'cls', ...}; a failed read raises VitcError."""
+def shard_samples(shard: Shard, timeout: float, start: int = 0) -> Iterator[dict]:
+    """The samples of one shard from sample `start` on (in tar order), as dicts {'__key__', 'jpg',
+    'cls', ...}; a failed read raises VitcError. A local shard with a sample index in its manifest
+    is opened at the last indexed sample at or before `start`, so the samples before it are not
+    read (vitc.data.shards.sample_index); a stream (`pipe:`, URLs) reads and skips them."""
+    point = shard.seek_point(start) if os.path.isfile(shard.url) else None
+    first, offset, key = point if point else (0, 0, None)
     try:
         raw = wds.gopen(shard.url, "rb")
+        if offset:
+            raw.seek(offset)
+            offset = min(offset, os.fstat(raw.fileno()).st_size)  # a file cut short before it: it ends there
     except Exception as e:
         raise VitcError(f"shard {shard.name}: cannot open '{shard.url}': {e}") from None
-    stream = TimedStream(raw, shard.name, timeout, shard.bytes)
+    stream = TimedStream(raw, shard.name, timeout, shard.bytes, offset)
+    stale = (f"shard {shard.name}: its manifest's sample index puts sample {first} ('{key}') at byte {offset:,}, "
+             "which this file does not: the manifest does not describe it (rebuild it: `vitc shards index DIR`)")
+    verified = key is None  # a seek is checked by the key of the sample it lands on
     try:
-        yield from group_by_keys(tar_file_expander([{"url": shard.name, "stream": stream}]))
-    except Exception as e:  # tarfile.ReadError, webdataset's duplicate-key ValueError, ...
-        # webdataset appends context to the exception's args; the stream keeps the clean reason
-        raise VitcError(stream.failure or f"shard {shard.name}: not a readable tar stream "
-                                          f"({e.args[0] if e.args else e})") from None
+        for position, sample in enumerate(group_by_keys(tar_file_expander([{"url": shard.name, "stream": stream}])),
+                                          first):
+            if not verified and sample["__key__"] != key:
+                raise VitcError(stale)
+            verified = True
+            if position >= start:
+                yield sample
+    except Exception as e:  # tarfile.ReadError, webdataset's duplicate-key ValueError, a stalled read, ...
+        # webdataset appends context to an exception's args; the stream keeps the clean reason
+        if stream.failure:
+            raise VitcError(stream.failure) from None
+        if not verified:  # the seek landed on another sample, or on no tar header
+            raise VitcError(stale) from None
+        raise VitcError(f"shard {shard.name}: not a readable tar stream ({e.args[0] if e.args else e})") from None
     finally:
         stream.close()
 

@@ -160,12 +160,13 @@ class BatchStream(IterableDataset):
                         "(some samples repeat this epoch)", worker, self.bad, plan.quota)
 
     def _open(self, piece: Piece, opened: collections.Counter) -> Iterator[dict]:
-        """The piece's samples (those before it are read but not decoded), each tagged with how often
-        this worker opened the piece before."""
+        """The piece's samples (a local shard with a sample index is opened near the piece's start;
+        otherwise those before it are read, not decoded), each tagged with how often this worker
+        opened the piece before."""
         times = opened[piece]
         opened[piece] += 1
-        with contextlib.closing(shard_samples(piece.shard, self.timeout)) as samples:  # stops its reader
-            for sample in itertools.islice(samples, piece.start, piece.stop):
+        with contextlib.closing(shard_samples(piece.shard, self.timeout, piece.start)) as samples:  # stops its reader
+            for sample in itertools.islice(samples, piece.samples):
                 sample["__opened__"] = times
                 yield sample
 

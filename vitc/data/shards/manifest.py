@@ -40,17 +40,24 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One shard file: its name inside the directory, sample count, size and checksum."""
+    """One shard file: its name inside the directory, sample count, size and checksum, and where
+    every INDEX_STRIDE-th sample starts (vitc.data.shards.sample_index; empty in manifests written
+    before it, whose shards are then read from their start)."""
 
     name: str
     samples: int
     bytes: int
     sha256: str
+    index: list = field(default_factory=list)
 
     @classmethod
     def of_file(cls, path: str | os.PathLike, samples: int) -> "ShardRecord":
+        from vitc.data.shards.sample_index import (
+            sample_index,  # webdataset: not for resolving shard lists
+        )
+
         path = Path(path)
-        return cls(path.name, samples, path.stat().st_size, file_sha256(path))
+        return cls(path.name, samples, path.stat().st_size, file_sha256(path), sample_index(path, samples))
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,13 @@ class Shard:
     url: str
     samples: int
     bytes: int | None = None
+    index: tuple = ()  # the record's sample index, (sample, byte offset, key) entries
+
+    def seek_point(self, start: int) -> tuple[int, int, str] | None:
+        """The last indexed sample at or before sample `start`: (sample, byte offset, key); None
+        when there is none (the shard is read from its start)."""
+        below = [entry for entry in self.index if entry[0] <= start]
+        return tuple(below[-1]) if below else None
 
 
 def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
@@ -183,7 +197,8 @@ def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
     if isinstance(spec, str) and not manifest_path and os.path.isdir(spec):
         manifest = Manifest.load(spec)
         paths = manifest.shard_paths(spec)
-        return [Shard(r.name, str(p), r.samples, r.bytes) for r, p in zip(manifest.shards, paths)], manifest
+        return [Shard(r.name, str(p), r.samples, r.bytes, tuple(map(tuple, r.index)))
+                for r, p in zip(manifest.shards, paths)], manifest
     urls = [u for item in ([spec] if isinstance(spec, str) else spec) for u in expand_urls(item)]
     manifest = Manifest.load(manifest_path or _manifest_beside(urls[0], key))
     records = {r.name: r for r in manifest.shards}
@@ -193,7 +208,8 @@ def resolve_shards(spec: str | list[str] | None, manifest_path: str | None,
         if not names:
             raise VitcError(f"data.{key}: shard '{url}' is not in the manifest "
                             f"({len(records)} shards, e.g. {next(iter(records), '-')})")
-        shards.append(Shard(names[-1], url, records[names[-1]].samples, records[names[-1]].bytes))
+        record = records[names[-1]]
+        shards.append(Shard(record.name, url, record.samples, record.bytes, tuple(map(tuple, record.index))))
     return shards, manifest
 
 

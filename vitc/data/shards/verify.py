@@ -17,10 +17,17 @@ from typing import BinaryIO
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from vitc.data.samples import JSON_LABEL_FIELDS, BadSample, gpu_decode_refusal, sample_image, sample_label
+from vitc.data.samples import (
+    JSON_LABEL_FIELDS,
+    BadSample,
+    gpu_decode_refusal,
+    sample_image,
+    sample_label,
+)
 from vitc.data.shards.build import check_workers, imap_workers
 from vitc.data.shards.encode import BadInput, check_image
 from vitc.data.shards.manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedInput
+from vitc.data.shards.sample_index import sample_index
 from vitc.errors import VitcError
 
 log = logging.getLogger(__name__)
@@ -141,7 +148,7 @@ def _index_task(path: str) -> ShardScan:
 
 def verify_shards(directory: str | os.PathLike, workers: int = 1, progress: bool = True) -> VerifyReport:
     """Check every shard of `directory` against its manifest: file present, bytes and sha256,
-    sample count, and every sample's image decodes and label is a class index in range."""
+    sample count, sample index, and every sample's image decodes and label is a class index in range."""
     check_workers(workers)
     manifest = Manifest.load(directory)
     paths = manifest.shard_paths(directory)
@@ -155,12 +162,21 @@ def verify_shards(directory: str | os.PathLike, workers: int = 1, progress: bool
     with tqdm(total=len(tasks), unit="shard", desc="verify", disable=not progress) as bar:
         for scan in imap_workers(_verify_task, tasks, workers):
             problems += _compare(scan, records[scan.name], expected_bad)
+            problems += _compare_index(Path(directory) / scan.name, records[scan.name])
             not_for_gpu += [ShardProblem(scan.name, reason, key) for key, reason in scan.not_for_gpu]
             samples += scan.samples
             bar.update()
     problems.sort(key=lambda p: p.shard)
     not_for_gpu.sort(key=lambda p: (p.shard, p.sample))
     return VerifyReport(str(directory), len(paths), samples, problems, not_for_gpu)
+
+
+def _compare_index(path: Path, record: ShardRecord) -> list[ShardProblem]:
+    """The manifest's sample index against the file's headers (read alone: tarfile seeks over the data)."""
+    if not record.index or record.index == sample_index(path, record.samples, record.index[0][0]):
+        return []
+    return [ShardProblem(path.name, "the manifest's sample index does not match the file (write the manifest "
+                                    "again: `vitc shards index DIR`)")]
 
 
 def _compare(scan: ShardScan, record: ShardRecord, expected_bad: set[str]) -> list[ShardProblem]:
@@ -203,7 +219,8 @@ def index_shards(directory: str | os.PathLike, prefix: str | None = None, worker
                         f".json files with a {' or '.join(JSON_LABEL_FIELDS)} field")
     manifest = Manifest(
         prefix=prefix if prefix is not None else _common_prefix([p.name for p in paths]),
-        shards=[ShardRecord(s.name, s.samples, s.bytes, s.sha256) for s in ordered],
+        shards=[ShardRecord(s.name, s.samples, s.bytes, s.sha256, sample_index(directory / s.name, s.samples))
+                for s in ordered],
         classes={str(i): i for i in range(max_label + 1)},
         source={"kind": "indexed", "path": str(directory.resolve())},
         options={"image_keys": sorted(set().union(*(s.image_keys for s in ordered))),
