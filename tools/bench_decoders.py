@@ -31,13 +31,27 @@ SIZE = (224, 224)
 BATCH = 32
 
 
-def main(shard_dir: str, rounds: int = 3) -> None:
+def loader_crops(shard_dir: str) -> tuple[list[bytes], list]:
+    """Every JPEG of the shards and the crop box the train loader draws for it (seed = its index),
+    with vitc's heap settings and one thread, as the loader's workers run."""
     retain_freed_memory()
     torch.set_num_threads(1)
     shards, _ = resolve_shards(shard_dir, None, "train_shards")
     datas = [s["jpg"] for shard in shards for s in shard_samples(shard, 60.0)]
     plan = TrainSampleTransform(Recipe(224, 1))
-    boxes = [plan.plan(d, i) for i, d in enumerate(datas)]
+    return datas, [plan.plan(d, i) for i, d in enumerate(datas)]
+
+
+def crop_window(data: bytes, box) -> np.ndarray:
+    """The decoded crop window (reduced decode where it applies), copied out: HWC uint8, before the resize."""
+    h, w = image_size(data)
+    p = plan_decode(h, w, box, SIZE)
+    pixels, c = decode_full(data, h, w, p.reduction), p.decoded_box
+    return np.ascontiguousarray(pixels[c.top:c.top + c.height, c.left:c.left + c.width])
+
+
+def main(shard_dir: str, rounds: int = 3) -> None:
+    datas, boxes = loader_crops(shard_dir)
 
     def pil_full():
         for d in datas:
@@ -49,10 +63,7 @@ def main(shard_dir: str, rounds: int = 3) -> None:
 
     def vitc_crop():
         for d, b in zip(datas, boxes):
-            h, w = image_size(d)
-            p = plan_decode(h, w, b, SIZE)
-            pixels, c = decode_full(d, h, w, p.reduction), p.decoded_box
-            np.ascontiguousarray(pixels[c.top:c.top + c.height, c.left:c.left + c.width])
+            crop_window(d, b)
 
     def vitc_crop_resize():
         for d, b in zip(datas, boxes):
